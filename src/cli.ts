@@ -1,0 +1,89 @@
+#!/usr/bin/env node
+// `drover`: one CLI for every process (see README).
+import { mkdirSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Command, Option } from 'commander';
+import { ConfigError, loadConfig } from './config';
+import { startDevServer } from './dev-server';
+import { createLogger } from './log';
+import { connectClient, connectNative, registerSearchAttributes } from './temporal-connection';
+import { ensureTemporalCli } from './temporal-cli';
+import { startWorkers } from './workers/main';
+
+const program = new Command('drover').description('Durable dispatcher for fleets of AI coding agents, on Temporal');
+const configOption = () => new Option('-c, --config <file>', 'YAML config file').env('DROVER_CONFIG');
+
+function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolvePromise) => {
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => resolvePromise(signal));
+  });
+}
+
+program
+  .command('temporal-cli')
+  .description('find or build the pinned Temporal CLI and print its path')
+  .action(() => {
+    const path = ensureTemporalCli();
+    console.log(path ?? '(none: @temporalio/testing will download it)');
+  });
+
+program
+  .command('setup-search-attributes')
+  .description("register Drover's search attributes on the configured Temporal cluster (idempotent)")
+  .addOption(configOption())
+  .action(async (opts: { config?: string }) => {
+    const config = loadConfig(opts.config);
+    const { connection } = await connectClient(config.temporal);
+    const added = await registerSearchAttributes(connection, config.temporal.namespace);
+    console.log(added.length ? `registered: ${added.join(', ')}` : 'search attributes already registered');
+    await connection.close();
+  });
+
+program
+  .command('worker')
+  .description('run the workflow worker and the SSH host workers of the config')
+  .addOption(configOption())
+  .action(async (opts: { config?: string }) => {
+    const config = loadConfig(opts.config);
+    const log = createLogger(config.log.level);
+    const { client, connection } = await connectClient(config.temporal);
+    const native = await connectNative(config.temporal);
+    const workers = await startWorkers({ config, client, connection: native, log });
+    const signal = await Promise.race([untilSignal(), workers.done.then(() => undefined)]);
+    if (signal) log.info({ signal }, 'shutting down');
+    await workers.shutdown();
+    await native.close();
+    await connection.close();
+  });
+
+program
+  .command('dev')
+  .description('everything in one process tree on an embedded Temporal dev server (SQLite on disk, Web UI)')
+  .addOption(configOption())
+  .option('--db <file>', 'dev server database', '.drover/dev.sqlite')
+  .option('--temporal-port <port>', 'dev server gRPC port', '7233')
+  .option('--ui-port <port>', 'Temporal Web UI port', '8233')
+  .action(async (opts: { config?: string; db: string; temporalPort: string; uiPort: string }) => {
+    const config = loadConfig(opts.config);
+    const log = createLogger(config.log.level);
+    mkdirSync(resolve(opts.db, '..'), { recursive: true });
+    log.info('starting the Temporal dev server (the first run builds the Temporal CLI: a few minutes)');
+    const env = await startDevServer({ dbFilename: opts.db, port: Number(opts.temporalPort), uiPort: Number(opts.uiPort) });
+    config.temporal.address = env.address;
+    const native = await connectNative(config.temporal);
+    const workers = await startWorkers({ config, client: env.client, connection: native, log });
+    console.log(`drover dev: Temporal ${env.address} · Web UI http://localhost:${opts.uiPort} · database ${opts.db}`);
+    await Promise.race([untilSignal(), workers.done]);
+    await workers.shutdown();
+    await native.close();
+    await env.teardown();
+  });
+
+program.parseAsync().catch((error: unknown) => {
+  if (error instanceof ConfigError) {
+    console.error(error.message);
+    process.exit(2);
+  }
+  console.error(error);
+  process.exit(1);
+});

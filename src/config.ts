@@ -1,0 +1,267 @@
+// Drover's one YAML config file: schema, defaults, `${ENV}` secrets and validation with errors
+// that name the bad key. Every process (api, worker, dev, agent) reads the same file.
+import { readFileSync } from 'node:fs';
+import { type Static, Type as T } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import { parse as parseYaml } from 'yaml';
+import type { TaskOptions } from './model';
+import { TASK_ID_PATTERN } from './names';
+
+const Id = T.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' });
+const AgentTypeName = T.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' });
+/** Milliseconds, or a string such as `30s`, `5m`, `1h`, `250ms`. */
+const Duration = T.Union([T.Integer({ minimum: 0 }), T.String({ pattern: '^[0-9]+(ms|s|m|h)$' })]);
+
+const TemporalSection = T.Object(
+  {
+    address: T.String({ default: 'localhost:7233', minLength: 1 }),
+    namespace: T.String({ default: 'default', minLength: 1 }),
+    tls: T.Optional(
+      T.Object(
+        {
+          serverName: T.Optional(T.String()),
+          caFile: T.Optional(T.String()),
+          certFile: T.Optional(T.String()),
+          keyFile: T.Optional(T.String()),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    apiKey: T.Optional(T.String()),
+  },
+  { additionalProperties: false, default: {} },
+);
+
+const ApiSection = T.Object(
+  {
+    host: T.String({ default: '127.0.0.1' }),
+    port: T.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
+    /** How people reach the API; links in Forgejo comments point here. */
+    publicUrl: T.String({ default: 'http://localhost:3000' }),
+    /** Admin token for registering agents, assign and cancel. Required for those endpoints. */
+    adminToken: T.Optional(T.String({ minLength: 8 })),
+    bodyLimitBytes: T.Integer({ minimum: 1024, default: 1_048_576 }),
+    /** Longest `wait` a dequeue long-poll may ask for. */
+    maxDequeueWait: Duration,
+  },
+  { additionalProperties: false, default: {} },
+);
+
+const WebhookSection = T.Object(
+  {
+    /** HMAC-SHA256 secret Forgejo signs deliveries with; without it deliveries are not verified. */
+    secret: T.Optional(T.String({ minLength: 1 })),
+  },
+  { additionalProperties: false, default: {} },
+);
+
+const ForgejoSection = T.Object(
+  {
+    url: T.Optional(T.String({ pattern: '^https?://' })),
+    token: T.Optional(T.String({ minLength: 1 })),
+  },
+  { additionalProperties: false, default: {} },
+);
+
+const TaskDefaultsSection = T.Object(
+  {
+    matchWindow: Duration,
+    lease: Duration,
+    maxAttempts: T.Integer({ minimum: 1, maximum: 100, default: 3 }),
+    sshHeartbeatTimeout: Duration,
+    runTimeout: Duration,
+  },
+  { additionalProperties: false, default: {} },
+);
+
+const AgentSection = T.Object(
+  {
+    id: Id,
+    token: T.String({ minLength: 8 }),
+    types: T.Array(AgentTypeName, { minItems: 1 }),
+    labels: T.Record(T.String(), T.String(), { default: {} }),
+  },
+  { additionalProperties: false },
+);
+
+export const PROVIDERS = ['claude-code', 'opencode', 'command'] as const;
+const ProviderCommand = T.Object(
+  {
+    provider: T.Union(PROVIDERS.map((p) => T.Literal(p)), { default: 'command' }),
+    /** argv of the agent command; run in the host's working directory, prompt on stdin. */
+    command: T.Array(T.String({ minLength: 1 }), { minItems: 1 }),
+  },
+  { additionalProperties: false },
+);
+
+const HostSection = T.Object(
+  {
+    id: Id,
+    address: T.String({ minLength: 1 }),
+    port: T.Integer({ minimum: 1, maximum: 65535, default: 22 }),
+    user: T.String({ minLength: 1 }),
+    /** Path to the private key file, or `${ENV_VAR}` holding the key itself. */
+    privateKey: T.Optional(T.String({ minLength: 1 })),
+    privateKeyPath: T.Optional(T.String({ minLength: 1 })),
+    /** Pinned host key: a known_hosts line / public key, or a `SHA256:` fingerprint. */
+    hostKey: T.String({ minLength: 1 }),
+    types: T.Array(AgentTypeName, { minItems: 1 }),
+    slots: T.Integer({ minimum: 1, maximum: 1000, default: 1 }),
+    workdir: T.String({ default: '.' }),
+    /** Per agent type: which provider parses the output and which command runs. */
+    agents: T.Record(T.String(), ProviderCommand),
+    healthCheckInterval: Duration,
+  },
+  { additionalProperties: false },
+);
+
+export const ConfigSchema = T.Object(
+  {
+    temporal: TemporalSection,
+    api: ApiSection,
+    webhook: WebhookSection,
+    forgejo: ForgejoSection,
+    /** Agent types Drover knows; tasks for other types are refused. */
+    types: T.Array(AgentTypeName, { default: ['dev', 'reviewer', 'boss'] }),
+    /** Forgejo login → agent type; a login not listed maps to the type of the same name. */
+    logins: T.Record(T.String(), AgentTypeName, { default: {} }),
+    /** Prompt templates per task kind (`{{title}}`, `{{body}}`, `{{url}}`, `{{reviews}}`…). */
+    prompts: T.Record(T.String(), T.String(), { default: {} }),
+    tasks: TaskDefaultsSection,
+    agents: T.Array(AgentSection, { default: [] }),
+    hosts: T.Array(HostSection, { default: [] }),
+    log: T.Object({ level: T.String({ default: 'info' }) }, { additionalProperties: false, default: {} }),
+  },
+  { additionalProperties: false },
+);
+
+export type DroverConfig = Static<typeof ConfigSchema>;
+export type HostConfig = DroverConfig['hosts'][number];
+export type AgentConfig = DroverConfig['agents'][number];
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+const DURATION_DEFAULTS = {
+  'api.maxDequeueWait': '60s',
+  'tasks.matchWindow': '30s',
+  'tasks.lease': '60s',
+  'tasks.sshHeartbeatTimeout': '30s',
+  'tasks.runTimeout': '6h',
+} as const;
+
+export function durationMs(value: number | string): number {
+  if (typeof value === 'number') return value;
+  const match = /^([0-9]+)(ms|s|m|h)$/.exec(value);
+  if (!match) throw new ConfigError(`bad duration ${JSON.stringify(value)}`);
+  const unit = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[match[2] as 'ms' | 's' | 'm' | 'h'];
+  return Number(match[1]) * unit;
+}
+
+/** Replaces `${NAME}` in every string with the environment variable, naming the key when unset. */
+function expandEnv(node: unknown, path: string, env: NodeJS.ProcessEnv): unknown {
+  if (typeof node === 'string') {
+    return node.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, name: string) => {
+      const value = env[name];
+      if (value === undefined) throw new ConfigError(`${path || '(root)'}: environment variable ${name} is not set`);
+      return value;
+    });
+  }
+  if (Array.isArray(node)) return node.map((item, i) => expandEnv(item, `${path}[${i}]`, env));
+  if (node && typeof node === 'object') {
+    return Object.fromEntries(Object.entries(node).map(([k, v]) => [k, expandEnv(v, path ? `${path}.${k}` : k, env)]));
+  }
+  return node;
+}
+
+function pointerToKey(pointer: string): string {
+  return pointer
+    .split('/')
+    .filter(Boolean)
+    .map((part) => (/^[0-9]+$/.test(part) ? `[${part}]` : `.${part}`))
+    .join('')
+    .replace(/^\./, '') || '(root)';
+}
+
+/** Validates a parsed config object; throws ConfigError listing each bad key. */
+export function parseConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env): DroverConfig {
+  const expanded = expandEnv(raw ?? {}, '', env) as Record<string, unknown>;
+  const withDefaults = Value.Default(ConfigSchema, Value.Clone(expanded)) as Record<string, Record<string, unknown>>;
+  for (const [key, fallback] of Object.entries(DURATION_DEFAULTS)) {
+    const [section, field] = key.split('.') as [string, string];
+    if (withDefaults[section] && withDefaults[section][field] === undefined) withDefaults[section][field] = fallback;
+  }
+  for (const host of (withDefaults.hosts as unknown as Array<Record<string, unknown>>) ?? []) {
+    if (host && typeof host === 'object' && host.healthCheckInterval === undefined) host.healthCheckInterval = '5s';
+  }
+  const errors = [...Value.Errors(ConfigSchema, withDefaults)];
+  if (errors.length > 0) {
+    // Report each key once, with the most specific message.
+    const seen = new Map<string, string>();
+    for (const error of errors) {
+      const key = pointerToKey(error.path);
+      if (!seen.has(key)) seen.set(key, error.message);
+    }
+    throw new ConfigError(`invalid config:\n${[...seen].map(([key, message]) => `  ${key}: ${message}`).join('\n')}`);
+  }
+  const config = withDefaults as unknown as DroverConfig;
+  checkConsistency(config);
+  return config;
+}
+
+function checkConsistency(config: DroverConfig): void {
+  const problems: string[] = [];
+  const known = new Set(config.types);
+  const ids = new Set<string>();
+  config.agents.forEach((agent, i) => {
+    if (ids.has(agent.id)) problems.push(`agents[${i}].id: duplicate id ${agent.id}`);
+    ids.add(agent.id);
+    agent.types.forEach((type, j) => {
+      if (!known.has(type)) problems.push(`agents[${i}].types[${j}]: unknown agent type ${type} (not in types)`);
+    });
+  });
+  config.hosts.forEach((host, i) => {
+    if (ids.has(host.id)) problems.push(`hosts[${i}].id: duplicate id ${host.id} (ids are shared by hosts and agents)`);
+    ids.add(host.id);
+    if (!host.privateKey && !host.privateKeyPath) problems.push(`hosts[${i}]: set privateKey or privateKeyPath`);
+    host.types.forEach((type, j) => {
+      if (!known.has(type)) problems.push(`hosts[${i}].types[${j}]: unknown agent type ${type} (not in types)`);
+      if (!host.agents[type]) problems.push(`hosts[${i}].agents.${type}: no command for agent type ${type}`);
+    });
+  });
+  Object.entries(config.logins).forEach(([login, type]) => {
+    if (!known.has(type)) problems.push(`logins.${login}: unknown agent type ${type} (not in types)`);
+  });
+  if (!TASK_ID_PATTERN.test(config.temporal.namespace)) problems.push(`temporal.namespace: invalid namespace`);
+  if (problems.length > 0) throw new ConfigError(`invalid config:\n${problems.map((p) => `  ${p}`).join('\n')}`);
+}
+
+export function loadConfig(path: string | undefined, env: NodeJS.ProcessEnv = process.env): DroverConfig {
+  if (!path) return parseConfig({}, env);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`cannot read config ${path}: ${(error as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (error) {
+    throw new ConfigError(`config ${path} is not valid YAML: ${(error as Error).message}`);
+  }
+  return parseConfig(raw, env);
+}
+
+/** Task options from the config's defaults. */
+export function taskDefaults(config: DroverConfig): TaskOptions & Record<string, number> {
+  return {
+    matchWindowMs: durationMs(config.tasks.matchWindow),
+    leaseMs: durationMs(config.tasks.lease),
+    maxAttempts: config.tasks.maxAttempts,
+    sshHeartbeatTimeoutMs: durationMs(config.tasks.sshHeartbeatTimeout),
+    runTimeoutMs: durationMs(config.tasks.runTimeout),
+    maxHistoryEvents: 2_000,
+  };
+}

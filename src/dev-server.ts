@@ -1,0 +1,30 @@
+// An embedded Temporal dev server with Drover's search attributes registered: used by
+// `drover dev`, the test suite's global setup and the benchmarks.
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { SA } from './names';
+import { ensureTemporalCli } from './temporal-cli';
+
+export interface DevServerOptions {
+  /** On-disk SQLite database; in memory when omitted. */
+  dbFilename?: string;
+  port?: number;
+  /** Web UI port; no UI when omitted. */
+  uiPort?: number;
+  namespace?: string;
+}
+
+export async function startDevServer(options: DevServerOptions = {}): Promise<TestWorkflowEnvironment> {
+  const cli = ensureTemporalCli();
+  return TestWorkflowEnvironment.createLocal({
+    server: {
+      executable: cli ? { type: 'existing-path', path: cli } : { type: 'cached-download' },
+      searchAttributes: Object.values(SA),
+      dbFilename: options.dbFilename,
+      port: options.port,
+      ui: options.uiPort !== undefined,
+      uiPort: options.uiPort,
+      namespace: options.namespace,
+      extraArgs: ['--log-level', 'error'],
+    },
+  });
+}

@@ -1,0 +1,128 @@
+// Drover's domain vocabulary (see DESIGN.md). Pure types and constants only:
+// this module is imported by workflow code, so it must stay free of I/O and Node APIs.
+
+export const TASK_STATES = ['pending', 'running', 'completed', 'failed', 'cancelled'] as const;
+export type TaskState = (typeof TASK_STATES)[number];
+
+export const EXECUTION_MODES = ['undecided', 'ssh_cli', 'http_pull'] as const;
+export type ExecutionMode = (typeof EXECUTION_MODES)[number];
+
+/** What a task asks the agent to do; one open task per repository + number + kind. */
+export const TASK_KINDS = ['implement', 'review', 'address_review', 'merge', 'fix_ci', 'custom'] as const;
+export type TaskKind = (typeof TASK_KINDS)[number];
+
+export const RESULT_OUTCOMES = ['success', 'fork', 'fail'] as const;
+export type ResultOutcome = (typeof RESULT_OUTCOMES)[number];
+
+export interface TaskResult {
+  outcome: ResultOutcome;
+  summary: string;
+  branch?: string;
+  rev?: string;
+  /** Provider-specific extras (session id, cost…), kept for operators. */
+  details?: Record<string, unknown>;
+}
+
+/** An instance that can run tasks: an SSH host slot or a pull agent. */
+export type InstanceKind = 'host' | 'agent';
+export interface InstanceRef {
+  kind: InstanceKind;
+  id: string;
+}
+export interface Claimant extends InstanceRef {
+  /** Agent types the instance serves; a claim for another type is rejected. */
+  types: string[];
+}
+
+export interface TaskOptions {
+  /** Phase 1: how long SSH hosts get to pick the task up before it falls back to HTTP pull. */
+  matchWindowMs: number;
+  /** How long a pull agent's claim lives without a heartbeat. */
+  leaseMs: number;
+  /** Attempts that may be lost (lease lapse, host lost) before the task fails. */
+  maxAttempts: number;
+  /** SSH attempts fail when the host worker stops heartbeating for this long. */
+  sshHeartbeatTimeoutMs: number;
+  /** An SSH attempt that runs longer than this is stopped and counted as lost. */
+  runTimeoutMs: number;
+  /** The workflow continues-as-new once its history passes this many events. */
+  maxHistoryEvents: number;
+}
+
+export const DEFAULT_TASK_OPTIONS: TaskOptions = {
+  matchWindowMs: 30_000,
+  leaseMs: 60_000,
+  maxAttempts: 3,
+  sshHeartbeatTimeoutMs: 30_000,
+  runTimeoutMs: 6 * 60 * 60_000,
+  maxHistoryEvents: 2_000,
+};
+
+export interface TaskInput {
+  agentType: string;
+  kind: TaskKind;
+  /** `owner/name`; empty for a hand-made task with no repository. */
+  repo: string;
+  /** Issue or PR number; 0 when there is none. */
+  number: number;
+  title: string;
+  prompt: string;
+  /** Web link to the issue or PR, shown in comments and the summary. */
+  url?: string;
+  callbackUrl?: string;
+  /** Tasks that share a session key resume the same agent session. */
+  sessionKey?: string;
+  options?: Partial<TaskOptions>;
+}
+
+export type AttemptEnd = 'running' | 'completed' | 'failed' | 'lease_lapsed' | 'lost' | 'released' | 'cancelled';
+
+export interface AttemptRecord {
+  attempt: number;
+  holder: InstanceRef;
+  mode: Exclude<ExecutionMode, 'undecided'>;
+  claimedAt: string;
+  endedAt?: string;
+  end: AttemptEnd;
+  reason?: string;
+}
+
+export interface TaskStatus {
+  taskId: string;
+  input: TaskInput;
+  options: TaskOptions;
+  state: TaskState;
+  mode: ExecutionMode;
+  /** The instance that holds the task (running) or is reserved for it (pending). */
+  assignee?: InstanceRef;
+  reservedFor?: InstanceRef;
+  /** Number of the current (or last) attempt; 0 before the first claim. */
+  attempt: number;
+  /** Attempts lost so far, counted against options.maxAttempts. */
+  lostAttempts: number;
+  leaseExpiresAt?: string;
+  cancelRequested: boolean;
+  createdAt: string;
+  updatedAt: string;
+  claimedAt?: string;
+  closedAt?: string;
+  result?: TaskResult;
+  attempts: AttemptRecord[];
+}
+
+/** What a claimant receives when its claim wins. */
+export interface ClaimGrant {
+  taskId: string;
+  attempt: number;
+  leaseExpiresAt?: string;
+  input: TaskInput;
+}
+
+export interface HeartbeatAnswer {
+  leaseExpiresAt: string;
+  cancelRequested: boolean;
+}
+
+export function isClosed(state: TaskState): boolean {
+  return state === 'completed' || state === 'failed' || state === 'cancelled';
+}

@@ -1,0 +1,46 @@
+// Names shared by workflows, workers, the API and operators' tooling.
+// Pure: imported by workflow code.
+import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+import type { TaskKind } from './model';
+
+/** The workflow worker's queue: task workflows and their bookkeeping activities. */
+export const TASKS_QUEUE = 'drover.tasks';
+
+/** Hosts serving an agent type poll this queue: Temporal's matching is the host match. */
+export function typeQueue(agentType: string): string {
+  return `drover.ssh.${agentType}`;
+}
+
+/** A host's own queue, for tasks a coordinator assigned to it. */
+export function hostQueue(hostId: string): string {
+  return `drover.host.${hostId}`;
+}
+
+export const TASK_WORKFLOW_TYPE = 'taskWorkflow';
+
+export const SA = {
+  state: defineSearchAttributeKey('DroverState', SearchAttributeType.KEYWORD),
+  mode: defineSearchAttributeKey('DroverMode', SearchAttributeType.KEYWORD),
+  agentType: defineSearchAttributeKey('DroverAgentType', SearchAttributeType.KEYWORD),
+  assignee: defineSearchAttributeKey('DroverAssignee', SearchAttributeType.KEYWORD),
+  repo: defineSearchAttributeKey('DroverRepo', SearchAttributeType.KEYWORD),
+  number: defineSearchAttributeKey('DroverNumber', SearchAttributeType.INT),
+  kind: defineSearchAttributeKey('DroverKind', SearchAttributeType.KEYWORD),
+} as const;
+
+/** Search attributes as `name=Type` pairs, the form the Temporal CLI takes. */
+export const SEARCH_ATTRIBUTE_DEFINITIONS: ReadonlyArray<{ name: string; type: 'Keyword' | 'Int' }> = Object.values(SA).map(
+  (key) => ({ name: key.name, type: key.type === SearchAttributeType.INT ? 'Int' : 'Keyword' }),
+);
+
+/**
+ * Readable, URL-safe task id, also the workflow id: `implement:acme:web:42`.
+ * One id per repository + number + kind, which is what makes a re-delivered event find the open task.
+ * Forgejo owner and repository names never contain `:`, so the id is unambiguous.
+ */
+export function taskId(kind: TaskKind, repo: string, number: number): string {
+  return `${kind}:${repo.replace('/', ':')}:${number}`;
+}
+
+/** Task ids are what clients put in URL paths: keep them to a safe alphabet. */
+export const TASK_ID_PATTERN = /^[A-Za-z0-9_.:-]{1,200}$/;

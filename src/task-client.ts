@@ -1,0 +1,193 @@
+// The one way Drover's processes talk to task workflows: starts, Updates and queries, with
+// rejections turned into TaskErrors that carry stable codes.
+import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowNotFoundError } from '@temporalio/common';
+import type { Claimant, ClaimGrant, ExecutionMode, HeartbeatAnswer, InstanceRef, TaskInput, TaskKind, TaskResult, TaskState, TaskStatus } from './model';
+import { SA, TASK_WORKFLOW_TYPE, TASKS_QUEUE, taskId as makeTaskId } from './names';
+import { asRejection, TaskError } from './task-errors';
+import type { taskWorkflow } from './workflows/task';
+import {
+  assignUpdate,
+  cancelUpdate,
+  claimUpdate,
+  completeUpdate,
+  failUpdate,
+  heartbeatUpdate,
+  releaseUpdate,
+  statusQuery,
+} from './workflows/messages';
+
+export interface StartedTask {
+  taskId: string;
+  /** False when an open task with this id already existed and was returned instead. */
+  created: boolean;
+}
+
+export interface TaskFilter {
+  state?: TaskState;
+  mode?: ExecutionMode;
+  agentType?: string;
+  repo?: string;
+  assignee?: string;
+  kind?: TaskKind;
+  /** Only workflows still open (pending or running, or closing). */
+  openOnly?: boolean;
+}
+
+export interface TaskSummary {
+  taskId: string;
+  state?: TaskState;
+  mode?: ExecutionMode;
+  agentType?: string;
+  assignee?: string;
+  repo?: string;
+  number?: number;
+  kind?: TaskKind;
+  startedAt?: string;
+  closedAt?: string;
+}
+
+const QUERY_VALUE = /^[A-Za-z0-9_.:/@-]{1,200}$/;
+
+function quote(value: string): string {
+  // Visibility queries are strings: accept only values that cannot break out of the quotes.
+  if (!QUERY_VALUE.test(value)) throw new TaskError('task_not_found', `invalid filter value ${JSON.stringify(value)}`);
+  return `'${value}'`;
+}
+
+export function buildListQuery(filter: TaskFilter): string {
+  const clauses = [`WorkflowType = '${TASK_WORKFLOW_TYPE}'`];
+  if (filter.openOnly) clauses.push(`ExecutionStatus = 'Running'`);
+  if (filter.state) clauses.push(`${SA.state.name} = ${quote(filter.state)}`);
+  if (filter.mode) clauses.push(`${SA.mode.name} = ${quote(filter.mode)}`);
+  if (filter.agentType) clauses.push(`${SA.agentType.name} = ${quote(filter.agentType)}`);
+  if (filter.repo) clauses.push(`${SA.repo.name} = ${quote(filter.repo)}`);
+  if (filter.assignee) clauses.push(`${SA.assignee.name} = ${quote(filter.assignee)}`);
+  if (filter.kind) clauses.push(`${SA.kind.name} = ${quote(filter.kind)}`);
+  return clauses.join(' AND ');
+}
+
+export class TaskClient {
+  constructor(readonly temporal: Client) {}
+
+  private handle(taskId: string): WorkflowHandle<typeof taskWorkflow> {
+    return this.temporal.workflow.getHandle<typeof taskWorkflow>(taskId);
+  }
+
+  /** Starts the task's workflow, or returns the open task with the same id. */
+  async start(input: TaskInput, options: { taskId?: string } = {}): Promise<StartedTask> {
+    const taskId = options.taskId ?? makeTaskId(input.kind, input.repo, input.number);
+    const summary = `${input.kind} ${input.repo}${input.number ? `#${input.number}` : ''} for ${input.agentType}: ${input.title}`.slice(0, 200);
+    try {
+      await this.temporal.workflow.start<typeof taskWorkflow>(TASK_WORKFLOW_TYPE, {
+        taskQueue: TASKS_QUEUE,
+        workflowId: taskId,
+        args: [{ taskId, input }],
+        workflowIdReusePolicy: 'ALLOW_DUPLICATE',
+        workflowIdConflictPolicy: 'FAIL',
+        staticSummary: summary,
+        typedSearchAttributes: [
+          { key: SA.state, value: 'pending' },
+          { key: SA.mode, value: 'undecided' },
+          { key: SA.agentType, value: input.agentType },
+          { key: SA.repo, value: input.repo },
+          { key: SA.number, value: input.number },
+          { key: SA.kind, value: input.kind },
+        ],
+      });
+      return { taskId, created: true };
+    } catch (error) {
+      // The same event again while the task is open: that task is the answer.
+      if (error instanceof WorkflowExecutionAlreadyStartedError) return { taskId, created: false };
+      throw error;
+    }
+  }
+
+  async status(taskId: string): Promise<TaskStatus> {
+    try {
+      return await this.handle(taskId).query(statusQuery);
+    } catch (error) {
+      if (error instanceof WorkflowNotFoundError) throw new TaskError('task_not_found', `no task ${taskId}`);
+      throw error;
+    }
+  }
+
+  /** Runs an Update and turns the workflow's rejection into a TaskError. */
+  private async update<R>(taskId: string, run: (handle: WorkflowHandle<typeof taskWorkflow>) => Promise<R>): Promise<R> {
+    try {
+      return await run(this.handle(taskId));
+    } catch (error) {
+      const rejection = asRejection(error);
+      if (!rejection) throw error;
+      if (error instanceof WorkflowNotFoundError && !(await this.exists(taskId))) {
+        throw new TaskError('task_not_found', `no task ${taskId}`);
+      }
+      throw new TaskError(rejection.code, rejection.message);
+    }
+  }
+
+  private async exists(taskId: string): Promise<boolean> {
+    try {
+      await this.handle(taskId).describe();
+      return true;
+    } catch (error) {
+      if (error instanceof WorkflowNotFoundError) return false;
+      throw error;
+    }
+  }
+
+  claim(taskId: string, claimant: Claimant): Promise<ClaimGrant> {
+    return this.update(taskId, (h) => h.executeUpdate(claimUpdate, { args: [{ claimant }] }));
+  }
+
+  heartbeat(taskId: string, holder: InstanceRef, attempt: number): Promise<HeartbeatAnswer> {
+    return this.update(taskId, (h) => h.executeUpdate(heartbeatUpdate, { args: [{ holder, attempt }] }));
+  }
+
+  complete(taskId: string, holder: InstanceRef, attempt: number, result: TaskResult): Promise<TaskStatus> {
+    return this.update(taskId, (h) => h.executeUpdate(completeUpdate, { args: [{ holder, attempt, result }] }));
+  }
+
+  fail(taskId: string, holder: InstanceRef, attempt: number, summary: string, details?: Record<string, unknown>): Promise<TaskStatus> {
+    return this.update(taskId, (h) => h.executeUpdate(failUpdate, { args: [{ holder, attempt, summary, details }] }));
+  }
+
+  release(taskId: string, holder: InstanceRef, attempt: number): Promise<TaskStatus> {
+    return this.update(taskId, (h) => h.executeUpdate(releaseUpdate, { args: [{ holder, attempt }] }));
+  }
+
+  assign(taskId: string, target: Claimant, by?: string): Promise<TaskStatus> {
+    return this.update(taskId, (h) => h.executeUpdate(assignUpdate, { args: [{ target, by }] }));
+  }
+
+  cancel(taskId: string, reason?: string, by?: string): Promise<TaskStatus> {
+    return this.update(taskId, (h) => h.executeUpdate(cancelUpdate, { args: [{ reason, by }] }));
+  }
+
+  /** Waits for the task to close and returns its final status. */
+  async result(taskId: string): Promise<TaskStatus> {
+    return this.handle(taskId).result();
+  }
+
+  /** Tasks from Temporal's visibility store (eventually consistent), newest first. */
+  async list(filter: TaskFilter = {}, limit = 100): Promise<TaskSummary[]> {
+    const out: TaskSummary[] = [];
+    for await (const execution of this.temporal.workflow.list({ query: buildListQuery(filter), pageSize: Math.min(limit, 1000) })) {
+      const sa = execution.typedSearchAttributes;
+      out.push({
+        taskId: execution.workflowId,
+        state: sa.get(SA.state) as TaskState | undefined,
+        mode: sa.get(SA.mode) as ExecutionMode | undefined,
+        agentType: sa.get(SA.agentType),
+        assignee: sa.get(SA.assignee),
+        repo: sa.get(SA.repo),
+        number: sa.get(SA.number),
+        kind: sa.get(SA.kind) as TaskKind | undefined,
+        startedAt: execution.startTime.toISOString(),
+        closedAt: execution.closeTime?.toISOString(),
+      });
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+}

@@ -1,0 +1,77 @@
+// The Temporal workers of one SSH host: one on the typed queue of each agent type it serves and
+// one on its own queue (assigned tasks), all behind the host's single slot limit.
+import type { Client } from '@temporalio/client';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { createAttemptActivities } from '../activities/attempt';
+import type { Runner } from '../activities/runner';
+import { hostQueue, typeQueue } from '../names';
+import { HostSlots } from './host-slots';
+
+export interface HostWorkerOptions {
+  connection: NativeConnection;
+  namespace: string;
+  client: Client;
+  hostId: string;
+  types: string[];
+  slots: number;
+  runner: Runner;
+}
+
+export class HostWorkers {
+  private running: Promise<void> | undefined;
+
+  constructor(
+    readonly hostId: string,
+    readonly types: string[],
+    readonly slots: HostSlots,
+    private readonly workers: Worker[],
+  ) {}
+
+  static async create(options: HostWorkerOptions): Promise<HostWorkers> {
+    const slots = new HostSlots(options.slots);
+    const activities = createAttemptActivities({
+      client: options.client,
+      hostId: options.hostId,
+      types: options.types,
+      slots,
+      runner: options.runner,
+    });
+    const queues = [...options.types.map(typeQueue), hostQueue(options.hostId)];
+    const workers = await Promise.all(
+      queues.map((taskQueue) =>
+        Worker.create({
+          connection: options.connection,
+          namespace: options.namespace,
+          taskQueue,
+          activities,
+          identity: `drover-host:${options.hostId}@${taskQueue}`,
+          tuner: {
+            activityTaskSlotSupplier: slots.pollGate(),
+            workflowTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+            localActivityTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+            nexusTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+          },
+          // One poll per queue: each open poll can bring a task, and the host has few slots.
+          activityTaskPollerBehavior: { type: 'simple-maximum', maximum: 1 },
+          // Heartbeats carry cancellation back to the runner: send them promptly.
+          maxHeartbeatThrottleInterval: '1 second',
+          defaultHeartbeatThrottleInterval: '1 second',
+          shutdownGraceTime: '5 seconds',
+        }),
+      ),
+    );
+    return new HostWorkers(options.hostId, options.types, slots, workers);
+  }
+
+  run(): Promise<void> {
+    this.running ??= Promise.all(this.workers.map((w) => w.run())).then(() => undefined);
+    return this.running;
+  }
+
+  async shutdown(): Promise<void> {
+    for (const worker of this.workers) {
+      if (worker.getState() === 'RUNNING') worker.shutdown();
+    }
+    await this.running;
+  }
+}

@@ -1,0 +1,38 @@
+// Message definitions of the task workflow, shared by the workflow, the workers and the API.
+import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import type { Claimant, ClaimGrant, HeartbeatAnswer, InstanceRef, TaskResult, TaskStatus } from '../model';
+
+export interface ClaimRequest {
+  claimant: Claimant;
+  /** SSH attempts pass the dispatch number they were scheduled with. */
+  dispatch?: number;
+}
+export interface HolderRequest {
+  holder: InstanceRef;
+  attempt: number;
+}
+export interface CompleteRequest extends HolderRequest {
+  result: TaskResult;
+}
+export interface FailRequest extends HolderRequest {
+  summary: string;
+  details?: Record<string, unknown>;
+}
+export interface AssignRequest {
+  target: Claimant;
+  by?: string;
+}
+export interface CancelRequest {
+  reason?: string;
+  by?: string;
+}
+
+export const claimUpdate = defineUpdate<ClaimGrant, [ClaimRequest]>('claim');
+export const heartbeatUpdate = defineUpdate<HeartbeatAnswer, [HolderRequest]>('heartbeat');
+export const completeUpdate = defineUpdate<TaskStatus, [CompleteRequest]>('complete');
+export const failUpdate = defineUpdate<TaskStatus, [FailRequest]>('fail');
+/** The holder gives the task back untried (agent shutting down, dropped connection). */
+export const releaseUpdate = defineUpdate<TaskStatus, [HolderRequest]>('release');
+export const assignUpdate = defineUpdate<TaskStatus, [AssignRequest]>('assign');
+export const cancelUpdate = defineUpdate<TaskStatus, [CancelRequest]>('cancel');
+export const statusQuery = defineQuery<TaskStatus>('status');

@@ -1,0 +1,352 @@
+// The task workflow: one per task. It dispatches the task (SSH host match, then HTTP pull),
+// settles every claim, keeps the lease, and records the result. Deterministic code only.
+import * as wf from '@temporalio/workflow';
+import { ActivityCancellationType, ActivityFailure, isCancellation, TimeoutFailure } from '@temporalio/workflow';
+import { TimeoutType } from '@temporalio/common';
+import type { AttemptEnd, ClaimGrant, InstanceRef, TaskInput, TaskResult, TaskState, TaskStatus } from '../model';
+import { DEFAULT_TASK_OPTIONS, isClosed } from '../model';
+import { hostQueue, SA, typeQueue } from '../names';
+import type { AttemptActivities, AttemptOutcome } from './activity-types';
+import type { Rejection } from './claim-rules';
+import { attemptsExhausted, checkAssign, checkCancel, checkClaim, checkHolder, describeInstance } from './claim-rules';
+import {
+  assignUpdate,
+  cancelUpdate,
+  claimUpdate,
+  completeUpdate,
+  failUpdate,
+  heartbeatUpdate,
+  releaseUpdate,
+  statusQuery,
+} from './messages';
+
+export interface TaskWorkflowArgs {
+  taskId: string;
+  input: TaskInput;
+  /** Set when the workflow continues-as-new: everything it knew, carried over. */
+  resume?: { status: TaskStatus; dispatch: number; windowDeadline?: number };
+}
+
+interface OutstandingAttempt {
+  dispatch: number;
+  scope: wf.CancellationScope;
+}
+
+function rejectWith(rejection: Rejection | null): void {
+  if (rejection) throw wf.ApplicationFailure.create({ type: rejection.code, message: rejection.message, nonRetryable: true });
+}
+
+export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> {
+  const iso = (ms: number = Date.now()) => new Date(ms).toISOString();
+  const options = { ...DEFAULT_TASK_OPTIONS, ...args.input.options };
+  const status: TaskStatus = args.resume?.status ?? {
+    taskId: args.taskId,
+    input: args.input,
+    options,
+    state: 'pending',
+    mode: 'undecided',
+    attempt: 0,
+    lostAttempts: 0,
+    cancelRequested: false,
+    createdAt: iso(),
+    updatedAt: iso(),
+    attempts: [],
+  };
+  /** Bumped for every SSH attempt scheduled; a claim must name the current one. */
+  let dispatch = args.resume?.dispatch ?? 0;
+  /** The dispatch whose attempt holds the task while it runs on an SSH host. */
+  let claimedDispatch: number | undefined;
+  /** When phase 1 (host match) of the current attempt ends. */
+  let windowDeadline = args.resume?.windowDeadline;
+  let outstanding: OutstandingAttempt | undefined;
+  const attemptEnds: Array<{ dispatch: number; outcome?: AttemptOutcome; error?: unknown }> = [];
+  let dirty = false;
+  const touch = () => {
+    status.updatedAt = iso();
+    dirty = true;
+  };
+
+  const currentAttempt = () => status.attempts[status.attempts.length - 1];
+
+  function close(state: TaskState, result?: TaskResult): void {
+    status.state = state;
+    if (result) status.result = result;
+    status.closedAt = iso();
+    status.leaseExpiresAt = undefined;
+    touch();
+  }
+
+  function endAttempt(end: AttemptEnd, reason?: string): void {
+    const record = currentAttempt();
+    if (record && record.end === 'running') {
+      record.end = end;
+      record.endedAt = iso();
+      if (reason) record.reason = reason;
+    }
+  }
+
+  /** The holder finished (or gave up): close with its result, unless a cancel came first. */
+  function finish(result: TaskResult): void {
+    endAttempt(result.outcome === 'fail' ? 'failed' : 'completed', result.outcome === 'fail' ? result.summary : undefined);
+    if (status.cancelRequested) close('cancelled', result);
+    else close(result.outcome === 'fail' ? 'failed' : 'completed', result);
+  }
+
+  /** Back to pending/undecided for a fresh dispatch. */
+  function requeue(): void {
+    status.state = 'pending';
+    status.mode = 'undecided';
+    status.assignee = undefined;
+    status.reservedFor = undefined;
+    status.leaseExpiresAt = undefined;
+    claimedDispatch = undefined;
+    windowDeadline = undefined;
+    touch();
+  }
+
+  /** The holder lost the task without a result: count it, then dispatch again or give up. */
+  function loseAttempt(end: AttemptEnd, reason: string): void {
+    endAttempt(end, reason);
+    if (status.cancelRequested) {
+      close('cancelled');
+      return;
+    }
+    status.lostAttempts += 1;
+    if (attemptsExhausted(status)) {
+      close('failed', { outcome: 'fail', summary: `gave up after ${status.lostAttempts} lost attempts; last: ${reason}` });
+    } else {
+      requeue();
+    }
+  }
+
+  function cancelOutstanding(): void {
+    outstanding?.scope.cancel();
+    outstanding = undefined;
+  }
+
+  function scheduleSshAttempt(host: InstanceRef | undefined): void {
+    dispatch += 1;
+    const myDispatch = dispatch;
+    const now = Date.now();
+    if (!host && windowDeadline === undefined) windowDeadline = now + options.matchWindowMs;
+    const activities = wf.proxyActivities<AttemptActivities>({
+      taskQueue: host ? hostQueue(host.id) : typeQueue(status.input.agentType),
+      // Phase 1's window is the schedule-to-start timeout: Temporal's matching is the host match.
+      // An assigned task waits on its host's own queue for as long as the host needs to free a slot.
+      scheduleToStartTimeout: host ? undefined : Math.max(1, (windowDeadline ?? now) - now),
+      startToCloseTimeout: options.runTimeoutMs,
+      heartbeatTimeout: options.sshHeartbeatTimeoutMs,
+      retry: { maximumAttempts: 1 },
+      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    });
+    const scope = new wf.CancellationScope();
+    outstanding = { dispatch: myDispatch, scope };
+    scope
+      .run(() => activities.runAttempt({ taskId: status.taskId, agentType: status.input.agentType, dispatch: myDispatch }))
+      .then(
+        (outcome) => attemptEnds.push({ dispatch: myDispatch, outcome }),
+        (error: unknown) => attemptEnds.push({ dispatch: myDispatch, error }),
+      )
+      .finally(() => {
+        dirty = true;
+      });
+  }
+
+  function isScheduleToStartTimeout(error: unknown): boolean {
+    return (
+      error instanceof ActivityFailure &&
+      error.cause instanceof TimeoutFailure &&
+      error.cause.timeoutType === TimeoutType.SCHEDULE_TO_START
+    );
+  }
+
+  function describeError(error: unknown): string {
+    if (error instanceof ActivityFailure && error.cause) return error.cause.message || String(error.cause);
+    return error instanceof Error ? error.message : String(error);
+  }
+
+  function onAttemptEnd(end: { dispatch: number; outcome?: AttemptOutcome; error?: unknown }): void {
+    if (outstanding?.dispatch === end.dispatch) outstanding = undefined;
+    if (status.state === 'running' && status.mode === 'ssh_cli' && claimedDispatch === end.dispatch) {
+      // The attempt that holds the task has ended.
+      if (end.outcome?.kind === 'finished') finish(end.outcome.result);
+      else if (status.cancelRequested && (end.error === undefined || isCancellation(end.error))) {
+        endAttempt('cancelled');
+        close('cancelled');
+      } else loseAttempt('lost', end.error ? describeError(end.error) : 'SSH attempt ended without a result');
+      return;
+    }
+    if (status.state !== 'pending' || end.dispatch !== dispatch) return; // an attempt we already moved past
+    if (isScheduleToStartTimeout(end.error) && !status.reservedFor) {
+      // Phase 2: no host took the task within the window.
+      status.mode = 'http_pull';
+      touch();
+    }
+    // Otherwise (declined, lost, or failed before claiming) the main loop dispatches again.
+  }
+
+  function wantsSshAttempt(): boolean {
+    if (status.state !== 'pending' || status.cancelRequested || outstanding) return false;
+    if (status.reservedFor) return status.reservedFor.kind === 'host';
+    return status.mode === 'undecided';
+  }
+
+  // ---- messages -------------------------------------------------------------------------------
+
+  wf.setHandler(statusQuery, () => status);
+
+  wf.setHandler(
+    claimUpdate,
+    ({ claimant, dispatch: claimDispatch }): ClaimGrant => {
+      status.attempt += 1;
+      const holder: InstanceRef = { kind: claimant.kind, id: claimant.id };
+      const now = Date.now();
+      status.state = 'running';
+      status.mode = claimant.kind === 'host' ? 'ssh_cli' : 'http_pull';
+      status.assignee = holder;
+      status.reservedFor = undefined;
+      status.claimedAt = iso(now);
+      status.leaseExpiresAt = claimant.kind === 'agent' ? iso(now + options.leaseMs) : undefined;
+      status.attempts.push({ attempt: status.attempt, holder, mode: status.mode, claimedAt: iso(now), end: 'running' });
+      if (claimant.kind === 'host') {
+        claimedDispatch = claimDispatch;
+      } else {
+        // A pull agent won: the SSH attempt still scheduled for this task lost.
+        cancelOutstanding();
+      }
+      touch();
+      return { taskId: status.taskId, attempt: status.attempt, leaseExpiresAt: status.leaseExpiresAt, input: status.input };
+    },
+    { validator: ({ claimant, dispatch: claimDispatch }) => rejectWith(checkClaim(status, claimant, claimDispatch, outstanding?.dispatch ?? -1)) },
+  );
+
+  wf.setHandler(
+    heartbeatUpdate,
+    () => {
+      // No wake-up: the lease timer re-arms itself when it fires early, which keeps history small.
+      status.leaseExpiresAt = iso(Date.now() + options.leaseMs);
+      return { leaseExpiresAt: status.leaseExpiresAt, cancelRequested: status.cancelRequested };
+    },
+    { validator: ({ holder, attempt }) => rejectWith(checkHolder(status, holder, attempt)) },
+  );
+
+  wf.setHandler(
+    completeUpdate,
+    ({ result }) => {
+      finish(result);
+      return status;
+    },
+    { validator: ({ holder, attempt }) => rejectWith(checkHolder(status, holder, attempt)) },
+  );
+
+  wf.setHandler(
+    failUpdate,
+    ({ summary, details }) => {
+      finish({ outcome: 'fail', summary, details });
+      return status;
+    },
+    { validator: ({ holder, attempt }) => rejectWith(checkHolder(status, holder, attempt)) },
+  );
+
+  wf.setHandler(
+    releaseUpdate,
+    () => {
+      endAttempt('released', 'given back by its holder');
+      if (status.cancelRequested) close('cancelled');
+      else requeue();
+      return status;
+    },
+    { validator: ({ holder, attempt }) => rejectWith(checkHolder(status, holder, attempt)) },
+  );
+
+  wf.setHandler(
+    assignUpdate,
+    ({ target }) => {
+      status.reservedFor = { kind: target.kind, id: target.id };
+      status.mode = target.kind === 'host' ? 'ssh_cli' : 'http_pull';
+      // The attempt scheduled on the type's queue must not run now: the host's own queue takes over.
+      cancelOutstanding();
+      touch();
+      return status;
+    },
+    { validator: ({ target }) => rejectWith(checkAssign(status, target)) },
+  );
+
+  wf.setHandler(
+    cancelUpdate,
+    (_request) => {
+      status.cancelRequested = true;
+      if (status.state === 'pending') {
+        cancelOutstanding();
+        close('cancelled');
+      } else if (status.mode === 'ssh_cli') {
+        // Reaches the runner as activity cancellation: the remote process is killed.
+        outstanding?.scope.cancel();
+      }
+      // A pull agent learns of it from its next heartbeat answer; its lease bounds the wait.
+      touch();
+      return status;
+    },
+    { validator: (_request) => rejectWith(checkCancel(status)) },
+  );
+
+  // ---- main loop ------------------------------------------------------------------------------
+
+  let published = '';
+  function publish(): void {
+    const holderOrReserved = status.assignee ?? status.reservedFor;
+    const key = [status.state, status.mode, holderOrReserved?.id ?? ''].join('|');
+    if (key === published) return;
+    published = key;
+    wf.upsertSearchAttributes([
+      { key: SA.state, value: status.state },
+      { key: SA.mode, value: status.mode },
+      { key: SA.assignee, value: holderOrReserved ? holderOrReserved.id : null },
+    ]);
+    const who = holderOrReserved ? ` · ${describeInstance(holderOrReserved)}` : '';
+    const attempt = status.attempt > 0 ? ` · attempt ${status.attempt}` : '';
+    wf.setCurrentDetails(`**${status.state}** (${status.mode})${who}${attempt}${status.result ? ` · ${status.result.outcome}: ${status.result.summary}` : ''}`);
+  }
+
+  while (!isClosed(status.state)) {
+    if (wantsSshAttempt()) {
+      if (!status.reservedFor && windowDeadline !== undefined && Date.now() >= windowDeadline) {
+        status.mode = 'http_pull'; // the window passed while attempts were being declined
+        touch();
+      } else {
+        scheduleSshAttempt(status.reservedFor);
+      }
+    }
+    publish();
+    dirty = false;
+    const leaseLeft =
+      status.state === 'running' && status.mode === 'http_pull' && status.leaseExpiresAt
+        ? Math.max(1, Date.parse(status.leaseExpiresAt) - Date.now())
+        : undefined;
+    if (leaseLeft === undefined) await wf.condition(() => dirty);
+    else await wf.condition(() => dirty, leaseLeft);
+
+    while (attemptEnds.length > 0) onAttemptEnd(attemptEnds.shift()!);
+    if (
+      status.state === 'running' &&
+      status.mode === 'http_pull' &&
+      status.leaseExpiresAt &&
+      Date.now() >= Date.parse(status.leaseExpiresAt)
+    ) {
+      loseAttempt('lease_lapsed', `lease of ${describeInstance(status.assignee!)} lapsed`);
+    }
+
+    const info = wf.workflowInfo();
+    if (!isClosed(status.state) && !outstanding && (info.continueAsNewSuggested || info.historyLength >= options.maxHistoryEvents)) {
+      // Long-held tasks (many heartbeats) start a fresh history, carrying everything over.
+      await wf.condition(wf.allHandlersFinished);
+      publish();
+      await wf.continueAsNew<typeof taskWorkflow>({ taskId: args.taskId, input: args.input, resume: { status, dispatch, windowDeadline } });
+    }
+  }
+
+  cancelOutstanding();
+  publish();
+  await wf.condition(wf.allHandlersFinished);
+  return status;
+}
