@@ -85,6 +85,8 @@ export interface AttemptRecord {
   endedAt?: string;
   end: AttemptEnd;
   reason?: string;
+  /** The last part of the agent's output (SSH attempts), kept for `GET /tasks/{id}/logs`. */
+  logTail?: string;
 }
 
 export interface TaskStatus {

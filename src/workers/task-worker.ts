@@ -2,6 +2,7 @@
 import { fileURLToPath } from 'node:url';
 import { bundleWorkflowCode, NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { TASKS_QUEUE } from '../names';
+import { createReportActivities } from '../activities/report';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
@@ -33,7 +34,7 @@ export async function createTaskWorker(options: TaskWorkerOptions): Promise<Work
     namespace: options.namespace,
     taskQueue: TASKS_QUEUE,
     ...(options.workflowBundle ? { workflowBundle: options.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
-    activities: options.activities ?? {},
+    activities: options.activities ?? createReportActivities(),
     ...(options.identity ? { identity: options.identity } : {}),
   });
 }

@@ -1,5 +1,5 @@
 // The contract between the task workflow and the activities it schedules.
-import type { TaskResult } from '../model';
+import type { TaskResult, TaskStatus } from '../model';
 import type { Rejection } from './claim-rules';
 
 export interface AttemptRequest {
@@ -10,8 +10,8 @@ export interface AttemptRequest {
 }
 
 export type AttemptOutcome =
-  /** The host ran the agent: the attempt's result. */
-  | { kind: 'finished'; attempt: number; result: TaskResult }
+  /** The host ran the agent: the attempt's result, and the tail of its output log. */
+  | { kind: 'finished'; attempt: number; result: TaskResult; log?: string }
   /** The claim was rejected (another claimant won, or the task moved on). */
   | { kind: 'lost'; rejection: Rejection }
   /** The host picked the attempt up but had no free slot or was offline: dispatch again. */
@@ -19,4 +19,15 @@ export type AttemptOutcome =
 
 export interface AttemptActivities {
   runAttempt(request: AttemptRequest): Promise<AttemptOutcome>;
+}
+
+/** A task event that people should hear about (a Forgejo comment, the task's callback URL). */
+export interface TaskEvent {
+  type: 'started' | 'succeeded' | 'forked' | 'failed' | 'cancelled';
+  status: TaskStatus;
+}
+
+export interface ReportActivities {
+  /** Delivers one event; retried until it succeeds, so an outage delays it but never loses it. */
+  reportTaskEvent(event: TaskEvent): Promise<void>;
 }

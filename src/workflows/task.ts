@@ -6,7 +6,7 @@ import { TimeoutType } from '@temporalio/common';
 import type { AttemptEnd, ClaimGrant, InstanceRef, TaskInput, TaskResult, TaskState, TaskStatus } from '../model';
 import { DEFAULT_TASK_OPTIONS, isClosed } from '../model';
 import { hostQueue, SA, typeQueue } from '../names';
-import type { AttemptActivities, AttemptOutcome } from './activity-types';
+import type { AttemptActivities, AttemptOutcome, ReportActivities, TaskEvent } from './activity-types';
 import type { Rejection } from './claim-rules';
 import { attemptsExhausted, checkAssign, checkCancel, checkClaim, checkHolder, describeInstance } from './claim-rules';
 import {
@@ -65,6 +65,18 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     status.updatedAt = iso();
     dirty = true;
   };
+
+  // Reports go out in the background and are retried without limit: a Forgejo outage delays a
+  // comment but never loses it and never fails the task. The workflow waits for them before closing.
+  const reports = wf.proxyActivities<ReportActivities>({
+    startToCloseTimeout: '1 minute',
+    retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '5 minutes' },
+  });
+  const pendingReports: Promise<void>[] = [];
+  function report(type: TaskEvent['type']): void {
+    const snapshot: TaskStatus = { ...status, attempts: status.attempts.map((a) => ({ ...a, logTail: undefined })) };
+    pendingReports.push(reports.reportTaskEvent({ type, status: snapshot }).catch(() => undefined));
+  }
 
   const currentAttempt = () => status.attempts[status.attempts.length - 1];
 
@@ -169,7 +181,11 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     if (outstanding?.dispatch === end.dispatch) outstanding = undefined;
     if (status.state === 'running' && status.mode === 'ssh_cli' && claimedDispatch === end.dispatch) {
       // The attempt that holds the task has ended.
-      if (end.outcome?.kind === 'finished') finish(end.outcome.result);
+      if (end.outcome?.kind === 'finished') {
+        const record = currentAttempt();
+        if (record && end.outcome.log) record.logTail = end.outcome.log;
+        finish(end.outcome.result);
+      }
       else if (status.cancelRequested && (end.error === undefined || isCancellation(end.error))) {
         endAttempt('cancelled');
         close('cancelled');
@@ -208,6 +224,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       status.claimedAt = iso(now);
       status.leaseExpiresAt = claimant.kind === 'agent' ? iso(now + options.leaseMs) : undefined;
       status.attempts.push({ attempt: status.attempt, holder, mode: status.mode, claimedAt: iso(now), end: 'running' });
+      report('started');
       if (claimant.kind === 'host') {
         claimedDispatch = claimDispatch;
       } else {
@@ -347,6 +364,10 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
 
   cancelOutstanding();
   publish();
+  report(
+    status.state === 'cancelled' ? 'cancelled' : status.result?.outcome === 'success' ? 'succeeded' : status.result?.outcome === 'fork' ? 'forked' : 'failed',
+  );
+  await Promise.all(pendingReports);
   await wf.condition(wf.allHandlersFinished);
   return status;
 }
