@@ -41,17 +41,20 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
         ctx.heartbeat({ progress: lastProgress });
         const beat = setInterval(() => ctx.heartbeat({ progress: lastProgress }), deps.heartbeatIntervalMs ?? 1_000);
         try {
-          const result = await deps.runner.run({
+          const runContext = {
             taskId: request.taskId,
             attempt: grant.attempt,
             input: grant.input,
             hostId: deps.hostId,
             signal: ctx.cancellationSignal,
-            progress: (message) => {
+            progress: (message: string) => {
               lastProgress = message;
             },
+          };
+          const result = await deps.runner.run(runContext).catch((error: unknown) => {
+            // A runner stopped by cancellation reports the cancellation, not its own error.
+            throw ctx.cancellationSignal.aborted ? ctx.cancellationSignal.reason : error;
           });
-          // A runner that returns after cancellation still ends the attempt as cancelled.
           if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
           return { kind: 'finished', attempt: grant.attempt, result };
         } finally {

@@ -8,7 +8,12 @@ import { hostQueue, typeQueue } from '../names';
 import { HostSlots } from './host-slots';
 
 export interface HostWorkerOptions {
-  connection: NativeConnection;
+  /**
+   * Opens a connection for this host alone. The SDK refuses two workers on one task queue over
+   * the same connection, and every host of a type polls that type's queue, so each host has its
+   * own connection (closed by shutdown()).
+   */
+  connect: () => Promise<NativeConnection>;
   namespace: string;
   client: Client;
   hostId: string;
@@ -25,6 +30,7 @@ export class HostWorkers {
     readonly types: string[],
     readonly slots: HostSlots,
     private readonly workers: Worker[],
+    private readonly connection: NativeConnection,
   ) {}
 
   static async create(options: HostWorkerOptions): Promise<HostWorkers> {
@@ -37,10 +43,11 @@ export class HostWorkers {
       runner: options.runner,
     });
     const queues = [...options.types.map(typeQueue), hostQueue(options.hostId)];
+    const connection = await options.connect();
     const workers = await Promise.all(
       queues.map((taskQueue) =>
         Worker.create({
-          connection: options.connection,
+          connection,
           namespace: options.namespace,
           taskQueue,
           activities,
@@ -60,7 +67,7 @@ export class HostWorkers {
         }),
       ),
     );
-    return new HostWorkers(options.hostId, options.types, slots, workers);
+    return new HostWorkers(options.hostId, options.types, slots, workers, connection);
   }
 
   run(): Promise<void> {
@@ -73,5 +80,6 @@ export class HostWorkers {
       if (worker.getState() === 'RUNNING') worker.shutdown();
     }
     await this.running;
+    await this.connection.close();
   }
 }

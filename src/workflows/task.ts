@@ -186,8 +186,9 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
         if (record && end.outcome.log) record.logTail = end.outcome.log;
         finish(end.outcome.result);
       }
-      else if (status.cancelRequested && (end.error === undefined || isCancellation(end.error))) {
-        endAttempt('cancelled');
+      else if (status.cancelRequested) {
+        // However the runner stopped (cancellation, or the killed process's error), it was the cancel.
+        endAttempt('cancelled', end.error && !isCancellation(end.error) ? describeError(end.error) : undefined);
         close('cancelled');
       } else loseAttempt('lost', end.error ? describeError(end.error) : 'SSH attempt ended without a result');
       return;

@@ -46,7 +46,7 @@ export async function connectTestTemporal(): Promise<TestTemporal> {
       return worker;
     },
     async startHost(hostId, types, slots, runner) {
-      const host = await HostWorkers.create({ connection: nativeConnection, namespace, client, hostId, types, slots, runner });
+      const host = await HostWorkers.create({ connect: () => NativeConnection.connect({ address }), namespace, client, hostId, types, slots, runner });
       workers.push({ run: host.run(), stop: () => host.shutdown() });
       return host;
     },

@@ -1,0 +1,364 @@
+// Every transition of the task workflow, against the real Temporal dev server.
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import type { Claimant, TaskInput, TaskOptions, TaskStatus } from '../src/model';
+import { TaskError } from '../src/task-errors';
+import { RecordingRunner, untilAborted } from './support/runners';
+import { connectTestTemporal, type TestTemporal, uniqueRepo, uniqueType, waitFor } from './support/temporal';
+import { recordedHistories, recordHistory } from './support/histories';
+
+let t: TestTemporal;
+beforeAll(async () => {
+  t = await connectTestTemporal();
+  await t.startTaskWorker();
+});
+afterAll(async () => t?.close());
+
+let numbers = 0;
+function input(agentType: string, options: Partial<TaskOptions> = {}): TaskInput {
+  numbers += 1;
+  return { agentType, kind: 'implement', repo: uniqueRepo(), number: numbers, title: `task ${numbers}`, prompt: 'do it', options };
+}
+const agent = (id: string, type: string): Claimant => ({ kind: 'agent', id, types: [type] });
+const host = (id: string, type: string): Claimant => ({ kind: 'host', id, types: [type] });
+
+async function statusWhen(taskId: string, ok: (s: TaskStatus) => boolean, what: string): Promise<TaskStatus> {
+  return waitFor(async () => {
+    const s = await t.tasks.status(taskId);
+    return ok(s) ? s : undefined;
+  }, `${taskId}: ${what}`);
+}
+
+async function rejection(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (error) {
+    if (error instanceof TaskError) return error.code;
+    throw error;
+  }
+  throw new Error('expected a rejection');
+}
+
+describe('start', () => {
+  test('the same task again while open returns the open one', async () => {
+    const type = uniqueType();
+    const task = input(type, { matchWindowMs: 60_000 });
+    const first = await t.tasks.start(task);
+    const second = await t.tasks.start(task);
+    expect(first).toEqual({ taskId: second.taskId, created: true });
+    expect(second.created).toBe(false);
+    expect(first.taskId).toBe(`implement:${task.repo.replace('/', ':')}:${task.number}`);
+    await t.tasks.cancel(first.taskId);
+    // Once closed, the same event makes a new task under the same id.
+    await t.tasks.result(first.taskId);
+    expect((await t.tasks.start(task)).created).toBe(true);
+    await t.tasks.cancel(first.taskId);
+  });
+
+  test('status of an unknown task is task_not_found', async () => {
+    expect(await rejection(t.tasks.status('implement:nobody:nothing:1'))).toBe('task_not_found');
+    expect(await rejection(t.tasks.cancel('implement:nobody:nothing:1'))).toBe('task_not_found');
+  });
+});
+
+describe('phase 1: host match', () => {
+  test('a host serving the type runs the task on its typed queue', async () => {
+    const type = uniqueType();
+    const runner = new RecordingRunner(async (ctx) => ({ outcome: 'success', summary: `ran on ${ctx.hostId}`, branch: 'drover/x', rev: 'abc123' }));
+    await t.startHost(`h-${type}`, [type], 1, runner);
+    const { taskId } = await t.tasks.start(input(type));
+    const final = await t.tasks.result(taskId);
+    expect(final.state).toBe('completed');
+    expect(final.mode).toBe('ssh_cli');
+    expect(final.assignee).toEqual({ kind: 'host', id: `h-${type}` });
+    expect(final.result).toEqual({ outcome: 'success', summary: `ran on h-${type}`, branch: 'drover/x', rev: 'abc123' });
+    expect(final.attempts).toMatchObject([{ attempt: 1, holder: { kind: 'host', id: `h-${type}` }, mode: 'ssh_cli', end: 'completed' }]);
+    expect(runner.runs.map((r) => r.taskId)).toEqual([taskId]);
+    await recordHistory(t, 'ssh-match', taskId);
+  });
+
+  test('a host that serves another type never sees the task', async () => {
+    const type = uniqueType();
+    const other = new RecordingRunner();
+    await t.startHost(`h-other-${type}`, [uniqueType()], 1, other);
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 1_500 }));
+    await statusWhen(taskId, (s) => s.mode === 'http_pull', 'http_pull after the window');
+    expect(other.runs).toHaveLength(0);
+    await t.tasks.cancel(taskId);
+  });
+
+  test('a fail result from the agent fails the task', async () => {
+    const type = uniqueType();
+    await t.startHost(`h-${type}`, [type], 1, new RecordingRunner(async () => ({ outcome: 'fail', summary: 'tests do not pass' })));
+    const { taskId } = await t.tasks.start(input(type));
+    const final = await t.tasks.result(taskId);
+    expect(final.state).toBe('failed');
+    expect(final.result).toEqual({ outcome: 'fail', summary: 'tests do not pass' });
+  });
+
+  test('a fork result completes the task', async () => {
+    const type = uniqueType();
+    await t.startHost(`h-${type}`, [type], 1, new RecordingRunner(async () => ({ outcome: 'fork', summary: 'split in two', branch: 'b' })));
+    const final = await t.tasks.result((await t.tasks.start(input(type))).taskId);
+    expect(final.state).toBe('completed');
+    expect(final.result?.outcome).toBe('fork');
+  });
+
+  test('a host lost mid-run is a lost attempt: dispatched again and completed by another host', async () => {
+    const type = uniqueType();
+    const flaky = new RecordingRunner(async () => {
+      throw new Error('connection to host dropped');
+    });
+    const flakyHost = await t.startHost(`h-flaky-${type}`, [type], 1, flaky);
+    const { taskId } = await t.tasks.start(input(type));
+    await waitFor(() => (flaky.runs.length > 0 ? true : undefined), 'the flaky host to run the task');
+    await flakyHost.shutdown();
+    const good = new RecordingRunner();
+    await t.startHost(`h-good-${type}`, [type], 1, good);
+    const final = await t.tasks.result(taskId);
+    expect(final.state).toBe('completed');
+    expect(final.attempts.length).toBeGreaterThanOrEqual(2);
+    expect(final.attempts[0]).toMatchObject({ attempt: 1, holder: { id: `h-flaky-${type}` }, end: 'lost', reason: 'connection to host dropped' });
+    expect(final.attempts.at(-1)).toMatchObject({ holder: { id: `h-good-${type}` }, end: 'completed' });
+    expect(final.lostAttempts).toBe(final.attempts.length - 1);
+    await recordHistory(t, 'host-lost', taskId);
+  });
+});
+
+describe('phase 2: HTTP pull', () => {
+  test('the window passes with no host: http_pull, then a pull agent claims and completes', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 300 }));
+    const waiting = await statusWhen(taskId, (s) => s.mode === 'http_pull', 'http_pull');
+    expect(waiting.state).toBe('pending');
+    const grant = await t.tasks.claim(taskId, agent('a1', type));
+    expect(grant).toMatchObject({ taskId, attempt: 1 });
+    expect(Date.parse(grant.leaseExpiresAt!)).toBeGreaterThan(Date.now());
+    const hb = await t.tasks.heartbeat(taskId, { kind: 'agent', id: 'a1' }, 1);
+    expect(hb.cancelRequested).toBe(false);
+    await t.tasks.complete(taskId, { kind: 'agent', id: 'a1' }, 1, { outcome: 'success', summary: 'merged', rev: 'r1' });
+    const final = await t.tasks.result(taskId);
+    expect(final).toMatchObject({ state: 'completed', mode: 'http_pull', assignee: { kind: 'agent', id: 'a1' }, result: { summary: 'merged' } });
+    await recordHistory(t, 'http-pull', taskId);
+  });
+
+  test('an undecided task can be claimed by a pull agent during phase 1; the scheduled SSH attempt loses', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    const grant = await t.tasks.claim(taskId, agent('a1', type));
+    expect(grant.attempt).toBe(1);
+    // A host that comes online now must not run it: the attempt was cancelled by the claim.
+    const late = new RecordingRunner();
+    await t.startHost(`h-late-${type}`, [type], 1, late);
+    await t.tasks.complete(taskId, { kind: 'agent', id: 'a1' }, 1, { outcome: 'success', summary: 'ok' });
+    const final = await t.tasks.result(taskId);
+    expect(final.mode).toBe('http_pull');
+    expect(late.runs).toHaveLength(0);
+    expect(await rejection(t.tasks.claim(taskId, agent('a2', type)))).toBe('task_closed');
+  });
+
+  test('a second claim, a wrong type and a non-holder are rejected with their codes', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    expect(await rejection(t.tasks.claim(taskId, agent('a0', 'nobody-serves-this')))).toBe('wrong_agent_type');
+    await t.tasks.claim(taskId, agent('a1', type));
+    expect(await rejection(t.tasks.claim(taskId, agent('a2', type)))).toBe('task_not_pending');
+    expect(await rejection(t.tasks.heartbeat(taskId, { kind: 'agent', id: 'a2' }, 1))).toBe('not_lease_holder');
+    expect(await rejection(t.tasks.complete(taskId, { kind: 'agent', id: 'a2' }, 1, { outcome: 'success', summary: 'x' }))).toBe('not_lease_holder');
+    await t.tasks.cancel(taskId);
+  });
+
+  test('release gives the task back untried: pending again, not counted as lost', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 200 }));
+    await t.tasks.claim(taskId, agent('a1', type));
+    const released = await t.tasks.release(taskId, { kind: 'agent', id: 'a1' }, 1);
+    expect(released).toMatchObject({ state: 'pending', mode: 'undecided', lostAttempts: 0 });
+    expect(released.attempts[0]).toMatchObject({ end: 'released' });
+    const grant = await t.tasks.claim(taskId, agent('a2', type));
+    expect(grant.attempt).toBe(2);
+    await t.tasks.complete(taskId, { kind: 'agent', id: 'a2' }, 2, { outcome: 'success', summary: 'ok' });
+    expect((await t.tasks.result(taskId)).state).toBe('completed');
+  });
+});
+
+describe('assign', () => {
+  test('to a host: the task moves to the host queue and runs there, not on another host of the type', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    const assigned = await t.tasks.assign(taskId, host(`h-chosen-${type}`, type));
+    expect(assigned).toMatchObject({ state: 'pending', mode: 'ssh_cli', reservedFor: { kind: 'host', id: `h-chosen-${type}` } });
+    const bystander = new RecordingRunner();
+    await t.startHost(`h-bystander-${type}`, [type], 1, bystander);
+    const chosen = new RecordingRunner();
+    await t.startHost(`h-chosen-${type}`, [type], 1, chosen);
+    const final = await t.tasks.result(taskId);
+    expect(final).toMatchObject({ state: 'completed', assignee: { kind: 'host', id: `h-chosen-${type}` } });
+    expect(chosen.runs).toHaveLength(1);
+    expect(bystander.runs).toHaveLength(0);
+    await recordHistory(t, 'assign-host', taskId);
+  });
+
+  test('to a pull agent: reserved for it alone', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    await t.tasks.assign(taskId, agent('a-chosen', type));
+    expect(await rejection(t.tasks.claim(taskId, agent('a-other', type)))).toBe('reserved_for_other');
+    const grant = await t.tasks.claim(taskId, agent('a-chosen', type));
+    expect(grant.attempt).toBe(1);
+    await t.tasks.complete(taskId, { kind: 'agent', id: 'a-chosen' }, 1, { outcome: 'success', summary: 'ok' });
+    expect((await t.tasks.result(taskId)).assignee).toEqual({ kind: 'agent', id: 'a-chosen' });
+  });
+
+  test('a running or closed task cannot be assigned; an instance of another type neither', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    expect(await rejection(t.tasks.assign(taskId, agent('a-x', 'other-type')))).toBe('wrong_agent_type');
+    await t.tasks.claim(taskId, agent('a1', type));
+    expect(await rejection(t.tasks.assign(taskId, agent('a2', type)))).toBe('task_not_pending');
+    await t.tasks.complete(taskId, { kind: 'agent', id: 'a1' }, 1, { outcome: 'success', summary: 'ok' });
+    await t.tasks.result(taskId);
+    expect(await rejection(t.tasks.assign(taskId, agent('a2', type)))).toBe('task_closed');
+  });
+});
+
+describe('leases', () => {
+  test('a lapsed lease puts the task back; the stale holder is fenced off; another agent completes', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 100, leaseMs: 800 }));
+    await t.tasks.claim(taskId, agent('a-stale', type));
+    const requeued = await statusWhen(taskId, (s) => s.state === 'pending' && s.attempts.length === 1, 'lease lapse');
+    expect(requeued.attempts[0]).toMatchObject({ holder: { id: 'a-stale' }, end: 'lease_lapsed' });
+    expect(requeued.lostAttempts).toBe(1);
+    const grant = await t.tasks.claim(taskId, agent('a-fresh', type));
+    expect(grant.attempt).toBe(2);
+    // The first agent wakes up and tries to finish: rejected, the task is someone else's now.
+    expect(await rejection(t.tasks.complete(taskId, { kind: 'agent', id: 'a-stale' }, 1, { outcome: 'success', summary: 'late' }))).toBe('not_lease_holder');
+    expect(await rejection(t.tasks.heartbeat(taskId, { kind: 'agent', id: 'a-fresh' }, 1))).toBe('stale_attempt');
+    await t.tasks.complete(taskId, { kind: 'agent', id: 'a-fresh' }, 2, { outcome: 'success', summary: 'fresh' });
+    const final = await t.tasks.result(taskId);
+    expect(final.result?.summary).toBe('fresh');
+    await recordHistory(t, 'lease-lapse', taskId);
+  });
+
+  test('after max attempts lost, the task fails', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 50, leaseMs: 300, maxAttempts: 2 }));
+    await t.tasks.claim(taskId, agent('a1', type));
+    await statusWhen(taskId, (s) => s.state === 'pending' && s.lostAttempts === 1, 'first lapse');
+    await t.tasks.claim(taskId, agent('a2', type));
+    const final = await t.tasks.result(taskId);
+    expect(final.state).toBe('failed');
+    expect(final.lostAttempts).toBe(2);
+    expect(final.result?.summary).toMatch(/gave up after 2 lost attempts/);
+  });
+
+  test('heartbeats keep the lease; a long-held task continues-as-new and loses nothing', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 50, leaseMs: 1_500, maxHistoryEvents: 40 }));
+    const firstRun = (await t.client.workflow.getHandle(taskId).describe()).runId;
+    const grant = await t.tasks.claim(taskId, agent('a1', type));
+    for (let i = 0; i < 30; i++) {
+      const hb = await t.tasks.heartbeat(taskId, { kind: 'agent', id: 'a1' }, grant.attempt);
+      expect(hb.cancelRequested).toBe(false);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const status = await t.tasks.status(taskId);
+    expect(status).toMatchObject({ state: 'running', mode: 'http_pull', assignee: { id: 'a1' }, attempt: 1, lostAttempts: 0 });
+    await t.tasks.complete(taskId, { kind: 'agent', id: 'a1' }, 1, { outcome: 'success', summary: 'after many heartbeats' });
+    const final = await t.tasks.result(taskId);
+    expect(final.result?.summary).toBe('after many heartbeats');
+    const lastRun = (await t.client.workflow.getHandle(taskId).describe()).runId;
+    expect(lastRun).not.toBe(firstRun);
+  });
+});
+
+describe('cancel', () => {
+  test('pending (phase 1, an SSH attempt scheduled)', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    const answer = await t.tasks.cancel(taskId, 'not needed');
+    expect(answer.state).toBe('cancelled');
+    expect((await t.tasks.result(taskId)).state).toBe('cancelled');
+    const late = new RecordingRunner();
+    await t.startHost(`h-late-${type}`, [type], 1, late);
+    expect(await rejection(t.tasks.claim(taskId, agent('a1', type)))).toBe('task_closed');
+    expect(late.runs).toHaveLength(0);
+    expect(await rejection(t.tasks.cancel(taskId))).toBe('task_closed');
+  });
+
+  test('pending in phase 2', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 100 }));
+    await statusWhen(taskId, (s) => s.mode === 'http_pull', 'http_pull');
+    await t.tasks.cancel(taskId);
+    expect((await t.tasks.result(taskId)).state).toBe('cancelled');
+  });
+
+  test('running on a pull agent: the next heartbeat says so, and the task ends cancelled', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    await t.tasks.claim(taskId, agent('a1', type));
+    const answer = await t.tasks.cancel(taskId);
+    expect(answer).toMatchObject({ state: 'running', cancelRequested: true });
+    const hb = await t.tasks.heartbeat(taskId, { kind: 'agent', id: 'a1' }, 1);
+    expect(hb.cancelRequested).toBe(true);
+    await t.tasks.fail(taskId, { kind: 'agent', id: 'a1' }, 1, 'stopped on cancel');
+    const final = await t.tasks.result(taskId);
+    expect(final.state).toBe('cancelled');
+    expect(final.attempts[0]?.end).toBe('failed');
+    await recordHistory(t, 'cancel-pull', taskId);
+  });
+
+  test('running on a pull agent that never comes back: cancelled when its lease lapses, not retried', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000, leaseMs: 500 }));
+    await t.tasks.claim(taskId, agent('a1', type));
+    await t.tasks.cancel(taskId);
+    const final = await t.tasks.result(taskId);
+    expect(final).toMatchObject({ state: 'cancelled', lostAttempts: 0 });
+  });
+
+  test('running on an SSH host: the runner is aborted, then the task is cancelled', async () => {
+    const type = uniqueType();
+    const runner = new RecordingRunner((ctx) => untilAborted(ctx.signal));
+    await t.startHost(`h-${type}`, [type], 1, runner);
+    const { taskId } = await t.tasks.start(input(type));
+    await statusWhen(taskId, (s) => s.state === 'running', 'running on the host');
+    await t.tasks.cancel(taskId, 'changed my mind');
+    const final = await t.tasks.result(taskId);
+    expect(final.state).toBe('cancelled');
+    expect(final.attempts[0]?.end).toBe('cancelled');
+    expect(runner.aborted).toEqual([taskId]);
+    await recordHistory(t, 'cancel-ssh', taskId);
+  });
+});
+
+describe('search attributes', () => {
+  test('state, mode, type, assignee, repo, number and kind are visible to list queries', async () => {
+    const type = uniqueType();
+    const task = input(type, { matchWindowMs: 60_000 });
+    const { taskId } = await t.tasks.start(task);
+    await t.tasks.claim(taskId, agent('a-listed', type));
+    const found = await waitFor(async () => {
+      const rows = await t.tasks.list({ agentType: type, state: 'running' });
+      return rows.length === 1 && rows[0]!.assignee === 'a-listed' ? rows[0] : undefined;
+    }, 'the running task in visibility');
+    expect(found).toMatchObject({ taskId, state: 'running', mode: 'http_pull', agentType: type, repo: task.repo, number: task.number, kind: 'implement' });
+    await t.tasks.cancel(taskId);
+  });
+});
+
+describe('replay', () => {
+  test('histories of the main paths replay deterministically against the current workflow code', async () => {
+    const { Worker } = await import('@temporalio/worker');
+    const { inject } = await import('vitest');
+    const names = recordedHistories.map((h) => h.name);
+    expect(names).toEqual(expect.arrayContaining(['ssh-match', 'host-lost', 'http-pull', 'assign-host', 'lease-lapse', 'cancel-pull', 'cancel-ssh']));
+    for (const { name, workflowId, history } of recordedHistories) {
+      await expect(
+        Worker.runReplayHistory({ workflowBundle: { codePath: inject('workflowBundlePath') } }, history, workflowId),
+        name,
+      ).resolves.toBeUndefined();
+    }
+  });
+});
