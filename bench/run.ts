@@ -1,0 +1,125 @@
+// `npm run bench`: Drover's figures beside the engine's own limit, measured in one run on one
+// embedded dev server. Not a test: these machines are shared, so read ratios, not absolutes.
+//   BENCH_TASKS (default 200), BENCH_CLAIMANTS (default 8), BENCH_ONLY=core,http,ssh
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Runtime, Worker, bundleWorkflowCode } from '@temporalio/worker';
+import { startDevServer } from '../src/dev-server';
+import type { Claimant } from '../src/model';
+import { TASKS_QUEUE } from '../src/names';
+import { TaskClient } from '../src/task-client';
+import { createReportActivities } from '../src/activities/report';
+import type { BenchContext } from './context';
+import { pool, round, summarize } from './stats';
+
+const TASKS = Number(process.env.BENCH_TASKS ?? 200);
+const CLAIMANTS = Number(process.env.BENCH_CLAIMANTS ?? 8);
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'core,http,ssh').split(','));
+
+async function trivialBaseline(ctx: Omit<BenchContext, 'trivialPerSecond'>): Promise<number> {
+  const ids = Array.from({ length: TASKS }, (_, i) => `bench-trivial-${Date.now()}-${i}`);
+  const started = performance.now();
+  await pool(ids, CLAIMANTS, async (workflowId) => {
+    await ctx.client.workflow.execute('trivialWorkflow', { taskQueue: TASKS_QUEUE, workflowId });
+  });
+  const seconds = (performance.now() - started) / 1000;
+  return TASKS / seconds;
+}
+
+/** Start → claimed → completed with N concurrent claimants (claims are the workflow's Updates). */
+async function coreThroughput(ctx: BenchContext): Promise<Record<string, unknown>> {
+  const type = `bench-${Date.now()}`;
+  const repo = `bench/core-${Date.now()}`;
+  const queue: Array<{ taskId: string; startedAt: number }> = [];
+  const claimLatency: number[] = [];
+  const startToClaimed: number[] = [];
+  const started = performance.now();
+  const starting = pool(
+    Array.from({ length: TASKS }, (_, i) => i + 1),
+    CLAIMANTS,
+    async (number) => {
+      const startedAt = performance.now();
+      const { taskId } = await ctx.tasks.start({ agentType: type, kind: 'implement', repo, number, title: 'bench', prompt: 'p', options: { matchWindowMs: 60_000 } });
+      queue.push({ taskId, startedAt });
+    },
+  );
+  let done = 0;
+  const claimants = Array.from({ length: CLAIMANTS }, async (_, i) => {
+    const me: Claimant = { kind: 'agent', id: `bench-agent-${i}`, types: [type] };
+    while (done < TASKS) {
+      const next = queue.shift();
+      if (!next) {
+        await new Promise((r) => setTimeout(r, 1));
+        continue;
+      }
+      const t0 = performance.now();
+      const grant = await ctx.tasks.claim(next.taskId, me);
+      const t1 = performance.now();
+      claimLatency.push(t1 - t0);
+      startToClaimed.push(t1 - next.startedAt);
+      await ctx.tasks.complete(next.taskId, me, grant.attempt, { outcome: 'success', summary: 'bench' });
+      done += 1;
+    }
+  });
+  await Promise.all([starting, ...claimants]);
+  const seconds = (performance.now() - started) / 1000;
+  const perSecond = TASKS / seconds;
+  return {
+    tasks: TASKS,
+    claimants: CLAIMANTS,
+    'tasks/s (start → claimed → completed)': round(perSecond),
+    'claim Update latency ms': summarize(claimLatency),
+    'start → claimed ms': summarize(startToClaimed),
+    'trivial workflows/s (same server, same concurrency)': round(ctx.trivialPerSecond),
+    'ratio drover/trivial': round(perSecond / ctx.trivialPerSecond, 2),
+  };
+}
+
+async function main(): Promise<void> {
+  Runtime.install({ logger: { log: () => {}, trace: () => {}, debug: () => {}, info: () => {}, warn: () => {}, error: (m) => console.error(m) } });
+  const log = (line: string) => console.log(line);
+  log(`bench: starting an in-memory Temporal dev server and bundling workflows…`);
+  const [env, workflowBundle] = await Promise.all([
+    startDevServer(),
+    bundleWorkflowCode({ workflowsPath: fileURLToPath(new URL('./workflows.ts', import.meta.url)), logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error: console.error } }),
+  ]);
+  const worker = await Worker.create({
+    connection: env.nativeConnection,
+    namespace: 'default',
+    taskQueue: TASKS_QUEUE,
+    workflowBundle,
+    activities: createReportActivities(),
+  });
+  const running = worker.run();
+  try {
+    const base = { address: env.address, client: env.client, tasks: new TaskClient(env.client), nativeConnection: env.nativeConnection, workflowBundle, log };
+    // Warm up the worker's workflow cache and the server's queues before measuring anything.
+    await pool(Array.from({ length: 20 }, (_, i) => i), 4, async (i) => {
+      await env.client.workflow.execute('trivialWorkflow', { taskQueue: TASKS_QUEUE, workflowId: `bench-warmup-${Date.now()}-${i}` });
+    });
+    const trivialPerSecond = await trivialBaseline(base);
+    const ctx: BenchContext = { ...base, trivialPerSecond };
+    log(`engine baseline: ${round(trivialPerSecond)} trivial workflows/s (${TASKS} workflows, ${CLAIMANTS} concurrent)`);
+    const report: Record<string, unknown> = {};
+    if (ONLY.has('core')) report.core = await coreThroughput(ctx);
+    for (const [name, file, fn] of [
+      ['http', './http.ts', 'benchHttp'],
+      ['ssh', './ssh.ts', 'benchSsh'],
+    ] as const) {
+      if (!ONLY.has(name)) continue;
+      if (!existsSync(fileURLToPath(new URL(file, import.meta.url)))) continue;
+      const module = (await import(file)) as Record<string, (ctx: BenchContext) => Promise<unknown>>;
+      report[name] = await module[fn]!(ctx);
+    }
+    console.log(JSON.stringify(report, null, 2));
+  } finally {
+    worker.shutdown();
+    await running;
+    await env.teardown();
+  }
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});
