@@ -6,6 +6,7 @@ import { Value } from '@sinclair/typebox/value';
 import { parse as parseYaml } from 'yaml';
 import type { TaskOptions } from './model';
 import { TASK_ID_PATTERN } from './names';
+import { checkPromptTemplates } from './prompts';
 
 const Id = T.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' });
 const AgentTypeName = T.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' });
@@ -43,6 +44,10 @@ const ApiSection = T.Object(
     bodyLimitBytes: T.Integer({ minimum: 1024, default: 1_048_576 }),
     /** Longest `wait` a dequeue long-poll may ask for. */
     maxDequeueWait: Duration,
+    /** How often the API's one shared watcher looks for claimable tasks while agents wait. */
+    dequeuePollInterval: Duration,
+    /** Temporal Web UI base URL; when set, comments and task views link to the task's history. */
+    temporalUiUrl: T.Optional(T.String({ pattern: '^https?://' })),
   },
   { additionalProperties: false, default: {} },
 );
@@ -51,6 +56,13 @@ const WebhookSection = T.Object(
   {
     /** HMAC-SHA256 secret Forgejo signs deliveries with; without it deliveries are not verified. */
     secret: T.Optional(T.String({ minLength: 1 })),
+    /** The agent type that merges approved pull requests. */
+    mergeType: T.String({ default: 'boss', pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' }),
+    /**
+     * A delivery naming a Forgejo user that is no agent type: `reject` answers 422 naming it,
+     * `ignore` answers 200 with the reason (quieter when humans share the repositories).
+     */
+    unknownLogins: T.Union([T.Literal('reject'), T.Literal('ignore')], { default: 'reject' }),
   },
   { additionalProperties: false, default: {} },
 );
@@ -59,6 +71,8 @@ const ForgejoSection = T.Object(
   {
     url: T.Optional(T.String({ pattern: '^https?://' })),
     token: T.Optional(T.String({ minLength: 1 })),
+    /** Per-request timeout of calls to the Forgejo API (comments, pull request look-ups). */
+    timeout: Duration,
   },
   { additionalProperties: false, default: {} },
 );
@@ -125,7 +139,7 @@ export const ConfigSchema = T.Object(
     types: T.Array(AgentTypeName, { default: ['dev', 'reviewer', 'boss'] }),
     /** Forgejo login → agent type; a login not listed maps to the type of the same name. */
     logins: T.Record(T.String(), AgentTypeName, { default: {} }),
-    /** Prompt templates per task kind (`{{title}}`, `{{body}}`, `{{url}}`, `{{reviews}}`…). */
+    /** Prompt templates per task kind (`{{title}}`, `{{body}}`, `{{url}}`, `{{reviews}}`…; see src/prompts.ts). */
     prompts: T.Record(T.String(), T.String(), { default: {} }),
     tasks: TaskDefaultsSection,
     agents: T.Array(AgentSection, { default: [] }),
@@ -145,6 +159,8 @@ export class ConfigError extends Error {
 
 const DURATION_DEFAULTS = {
   'api.maxDequeueWait': '60s',
+  'api.dequeuePollInterval': '250ms',
+  'forgejo.timeout': '10s',
   'tasks.matchWindow': '30s',
   'tasks.lease': '60s',
   'tasks.sshHeartbeatTimeout': '30s',
@@ -233,6 +249,9 @@ function checkConsistency(config: DroverConfig): void {
   Object.entries(config.logins).forEach(([login, type]) => {
     if (!known.has(type)) problems.push(`logins.${login}: unknown agent type ${type} (not in types)`);
   });
+  if (!known.has(config.webhook.mergeType)) problems.push(`webhook.mergeType: unknown agent type ${config.webhook.mergeType} (not in types)`);
+  problems.push(...checkPromptTemplates(config.prompts));
+  if (durationMs(config.api.dequeuePollInterval) < 10) problems.push('api.dequeuePollInterval: must be at least 10ms');
   if (!TASK_ID_PATTERN.test(config.temporal.namespace)) problems.push(`temporal.namespace: invalid namespace`);
   if (problems.length > 0) throw new ConfigError(`invalid config:\n${problems.map((p) => `  ${p}`).join('\n')}`);
 }
