@@ -1,7 +1,9 @@
 // The one way Drover's processes talk to task workflows: starts, Updates and queries, with
 // rejections turned into TaskErrors that carry stable codes.
 import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandle } from '@temporalio/client';
-import { WorkflowNotFoundError } from '@temporalio/common';
+import { WorkflowNotFoundError, type TypedSearchAttributes } from '@temporalio/common';
+import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/payload-search-attributes';
+import { tsToMs } from '@temporalio/common/lib/time';
 import type { Claimant, ClaimGrant, ExecutionMode, HeartbeatAnswer, InstanceRef, TaskInput, TaskKind, TaskResult, TaskState, TaskStatus } from './model';
 import { SA, TASK_WORKFLOW_TYPE, TASKS_QUEUE, taskId as makeTaskId } from './names';
 import { asRejection, TaskError } from './task-errors';
@@ -32,6 +34,15 @@ export interface TaskFilter {
   kind?: TaskKind;
   /** Only workflows still open (pending or running, or closing). */
   openOnly?: boolean;
+  /** Any of these agent types / modes (the dequeue watcher asks for all waiting agents at once). */
+  agentTypes?: string[];
+  modes?: ExecutionMode[];
+}
+
+export interface TaskPage {
+  tasks: TaskSummary[];
+  /** Opaque token for the next page; absent on the last page. */
+  nextPageToken?: string;
 }
 
 export interface TaskSummary {
@@ -64,7 +75,24 @@ export function buildListQuery(filter: TaskFilter): string {
   if (filter.repo) clauses.push(`${SA.repo.name} = ${quote(filter.repo)}`);
   if (filter.assignee) clauses.push(`${SA.assignee.name} = ${quote(filter.assignee)}`);
   if (filter.kind) clauses.push(`${SA.kind.name} = ${quote(filter.kind)}`);
+  if (filter.agentTypes) clauses.push(`${SA.agentType.name} IN (${filter.agentTypes.map(quote).join(', ') || "''"})`);
+  if (filter.modes) clauses.push(`${SA.mode.name} IN (${filter.modes.map(quote).join(', ') || "''"})`);
   return clauses.join(' AND ');
+}
+
+function summaryOf(workflowId: string, sa: TypedSearchAttributes, startTime?: Date, closeTime?: Date): TaskSummary {
+  return {
+    taskId: workflowId,
+    state: sa.get(SA.state) as TaskState | undefined,
+    mode: sa.get(SA.mode) as ExecutionMode | undefined,
+    agentType: sa.get(SA.agentType),
+    assignee: sa.get(SA.assignee),
+    repo: sa.get(SA.repo),
+    number: sa.get(SA.number),
+    kind: sa.get(SA.kind) as TaskKind | undefined,
+    startedAt: startTime?.toISOString(),
+    closedAt: closeTime?.toISOString(),
+  };
 }
 
 export class TaskClient {
@@ -173,21 +201,35 @@ export class TaskClient {
   async list(filter: TaskFilter = {}, limit = 100): Promise<TaskSummary[]> {
     const out: TaskSummary[] = [];
     for await (const execution of this.temporal.workflow.list({ query: buildListQuery(filter), pageSize: Math.min(limit, 1000) })) {
-      const sa = execution.typedSearchAttributes;
-      out.push({
-        taskId: execution.workflowId,
-        state: sa.get(SA.state) as TaskState | undefined,
-        mode: sa.get(SA.mode) as ExecutionMode | undefined,
-        agentType: sa.get(SA.agentType),
-        assignee: sa.get(SA.assignee),
-        repo: sa.get(SA.repo),
-        number: sa.get(SA.number),
-        kind: sa.get(SA.kind) as TaskKind | undefined,
-        startedAt: execution.startTime.toISOString(),
-        closedAt: execution.closeTime?.toISOString(),
-      });
+      out.push(summaryOf(execution.workflowId, execution.typedSearchAttributes, execution.startTime, execution.closeTime));
       if (out.length >= limit) break;
     }
     return out;
+  }
+
+  /** One page of tasks (newest first), for clients that page with a token. */
+  async listPage(filter: TaskFilter = {}, page: { pageSize?: number; pageToken?: string } = {}): Promise<TaskPage> {
+    const response = await this.temporal.workflowService.listWorkflowExecutions({
+      namespace: this.temporal.options.namespace,
+      query: buildListQuery(filter),
+      pageSize: Math.max(1, Math.min(page.pageSize ?? 50, 1000)),
+      nextPageToken: page.pageToken ? Buffer.from(page.pageToken, 'base64url') : undefined,
+    });
+    const tasks = (response.executions ?? []).map((raw) =>
+      summaryOf(
+        raw.execution?.workflowId ?? '',
+        decodeTypedSearchAttributes(raw.searchAttributes?.indexedFields),
+        raw.startTime ? new Date(tsToMs(raw.startTime)) : undefined,
+        raw.closeTime ? new Date(tsToMs(raw.closeTime)) : undefined,
+      ),
+    );
+    const token = response.nextPageToken && response.nextPageToken.length > 0 ? Buffer.from(response.nextPageToken).toString('base64url') : undefined;
+    return { tasks, nextPageToken: token };
+  }
+
+  /** How many tasks match (Temporal's visibility count). */
+  async count(filter: TaskFilter = {}): Promise<number> {
+    const { count } = await this.temporal.workflow.count(buildListQuery(filter));
+    return count;
   }
 }
