@@ -1,2 +1,3 @@
 // Entry point of the workflow bundle.
 export { taskWorkflow } from './task';
+export { agentRegistryWorkflow } from './agent-registry';
