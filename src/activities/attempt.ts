@@ -1,14 +1,15 @@
 // The SSH attempt activity. It runs on the host that picked it up from a typed (or the host's
-// own) task queue: it takes a slot, asks the task workflow for the claim, and runs the agent
-// only if the claim won.
+// own) task queue: it takes a slot, gets the runner ready (connects), asks the task workflow for
+// the claim, and runs the agent only if the claim won.
 import { Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
-import type { Claimant } from '../model';
+import type { Claimant, ClaimGrant } from '../model';
+import { LogBuffer } from '../run/log-buffer';
 import type { HostSlots } from '../workers/host-slots';
 import type { AttemptActivities, AttemptOutcome, AttemptRequest } from '../workflows/activity-types';
 import { claimUpdate } from '../workflows/messages';
 import { asRejection } from '../task-errors';
-import type { Runner } from './runner';
+import type { PreparedRun, Runner } from './runner';
 
 export interface AttemptDeps {
   client: Client;
@@ -16,8 +17,20 @@ export interface AttemptDeps {
   types: string[];
   slots: HostSlots;
   runner: Runner;
-  /** How often the attempt heartbeats while the agent runs (progress and cancellation). */
+  /** How often the attempt heartbeats while the agent runs (progress, live log and cancellation). */
   heartbeatIntervalMs?: number;
+  /** Bounds of the kept log: its first and its latest characters. */
+  logHeadChars?: number;
+  logTailChars?: number;
+}
+
+/** What an attempt's heartbeats carry; the logs endpoint reads the latest from the pending activity. */
+export interface AttemptHeartbeat {
+  progress: string;
+  /** The log so far (bounded like the final one). */
+  log?: string;
+  /** Characters of output so far, kept or not. */
+  logChars?: number;
 }
 
 export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
@@ -27,9 +40,18 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
       const ctx = Context.current();
       const release = deps.slots.tryAcquire();
       if (!release) return { kind: 'declined', reason: deps.slots.online ? `host ${deps.hostId} has no free slot` : `host ${deps.hostId} is offline` };
+      let prepared: PreparedRun | undefined;
       try {
+        if (deps.runner.prepare) {
+          try {
+            prepared = await deps.runner.prepare({ taskId: request.taskId, hostId: deps.hostId, signal: ctx.cancellationSignal });
+          } catch (error) {
+            if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
+            return { kind: 'declined', reason: `host ${deps.hostId} cannot run it: ${(error as Error).message}` };
+          }
+        }
         const handle = deps.client.workflow.getHandle(request.taskId, ctx.info.workflowExecution?.runId);
-        let grant;
+        let grant: ClaimGrant;
         try {
           grant = await handle.executeUpdate(claimUpdate, { args: [{ claimant, dispatch: request.dispatch }] });
         } catch (error) {
@@ -37,30 +59,48 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
           if (rejection) return { kind: 'lost', rejection };
           throw error;
         }
+        const log = new LogBuffer(deps.logHeadChars, deps.logTailChars);
         let lastProgress = 'started';
-        ctx.heartbeat({ progress: lastProgress });
-        const beat = setInterval(() => ctx.heartbeat({ progress: lastProgress }), deps.heartbeatIntervalMs ?? 1_000);
+        const beat = () => {
+          // Every heartbeat carries the whole (bounded) log: the server keeps only the latest details.
+          const details: AttemptHeartbeat = { progress: lastProgress, log: log.text(), logChars: log.totalChars };
+          ctx.heartbeat(details);
+        };
+        beat();
+        const beating = setInterval(beat, deps.heartbeatIntervalMs ?? 1_000);
+        // The attempt stops itself shortly before its start-to-close timeout, so the agent is killed.
+        const deadlineMs = ctx.info.startToCloseTimeoutMs;
+        const deadline = new AbortController();
+        const deadlineTimer =
+          deadlineMs > 0 && deadlineMs < 2 ** 31 - 1
+            ? setTimeout(() => deadline.abort(new Error(`run timeout of ${deadlineMs} ms reached`)), Math.max(0, deadlineMs - 1_000))
+            : undefined;
+        const signal = AbortSignal.any([ctx.cancellationSignal, deadline.signal]);
         try {
-          const runContext = {
+          const context = {
             taskId: request.taskId,
             attempt: grant.attempt,
             input: grant.input,
             hostId: deps.hostId,
-            signal: ctx.cancellationSignal,
+            signal,
             progress: (message: string) => {
               lastProgress = message;
             },
+            output: (text: string) => log.append(text),
           };
-          const result = await deps.runner.run(runContext).catch((error: unknown) => {
+          const result = await (prepared ? prepared.run(context) : deps.runner.run(context)).catch((error: unknown) => {
             // A runner stopped by cancellation reports the cancellation, not its own error.
             throw ctx.cancellationSignal.aborted ? ctx.cancellationSignal.reason : error;
           });
+          // A runner that returns after cancellation still ends the attempt as cancelled.
           if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
-          return { kind: 'finished', attempt: grant.attempt, result };
+          return { kind: 'finished', attempt: grant.attempt, result, log: log.text() };
         } finally {
-          clearInterval(beat);
+          clearInterval(beating);
+          if (deadlineTimer) clearTimeout(deadlineTimer);
         }
       } finally {
+        prepared?.close();
         release();
       }
     },

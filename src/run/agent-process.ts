@@ -1,0 +1,143 @@
+// Drives one agent run through the wrapper script (./shell.ts), wherever the process lives: an
+// SSH channel or a local child process. It delivers the prompt on stdin, reads the output into
+// the log and the provider's parser, and stops the run when asked.
+import { StringDecoder } from 'node:string_decoder';
+import type { Readable, Writable } from 'node:stream';
+import type { TaskResult } from '../model';
+import type { AgentExit, OutputParser } from '../providers';
+import { PID_MARKER } from './shell';
+
+/** A started wrapper script: its stdio and how it ended. */
+export interface AgentProcess {
+  stdin: Writable;
+  stdout: Readable;
+  stderr: Readable;
+  /** Resolves once the process has exited and its output is drained; rejects when the transport breaks. */
+  exit: Promise<AgentExit>;
+}
+
+export interface DriveOptions {
+  process: AgentProcess;
+  prompt: Buffer;
+  parser: OutputParser;
+  /** Aborting stops the run: stdin is closed (the wrapper kills the group), then `forceKill`. */
+  signal: AbortSignal;
+  /** Every piece of output, in arrival order (the pid marker excluded). */
+  onOutput(text: string): void;
+  onProgress(message: string): void;
+  /** The wrapper is about to start the agent; `pid` is its process group. */
+  onStarted?(pid: number): void;
+  /** Kills the process group `pid` another way, when closing stdin was not enough. */
+  forceKill?(pid: number): Promise<void>;
+  /** How long the wrapper waits between SIGTERM and SIGKILL. */
+  killGraceMs: number;
+}
+
+export class AgentStartError extends Error {
+  override readonly name = 'AgentStartError';
+}
+
+/** A stopped run: the reason is the abort signal's. */
+export class AgentStoppedError extends Error {
+  override readonly name = 'AgentStoppedError';
+}
+
+const MAX_LINE_CHARS = 1_048_576;
+const STDERR_TAIL_CHARS = 4_096;
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref?.());
+}
+
+export async function driveAgentProcess(options: DriveOptions): Promise<{ result: TaskResult; pid: number }> {
+  const { process: proc, parser } = options;
+  let pid: number | undefined;
+  let stderrTail = '';
+  let partial = '';
+
+  const handleLine = (line: string) => {
+    if (pid === undefined) {
+      const at = line.indexOf(PID_MARKER);
+      if (at >= 0) {
+        const n = Number(line.slice(at + PID_MARKER.length).trim());
+        if (Number.isInteger(n) && n > 0) {
+          pid = n;
+          if (at > 0) options.onOutput(`${line.slice(0, at)}\n`);
+          options.onStarted?.(n);
+          return;
+        }
+      }
+      options.onOutput(`${line}\n`); // login banner or shell noise before the agent starts
+      return;
+    }
+    options.onOutput(`${line}\n`);
+    try {
+      const progress = parser.line(line);
+      if (progress) options.onProgress(progress);
+    } catch {
+      // A parser never fails a run over one odd line.
+    }
+  };
+
+  const stdoutDecoder = new StringDecoder('utf8');
+  const onStdout = (text: string) => {
+    partial += text;
+    let nl: number;
+    while ((nl = partial.indexOf('\n')) >= 0) {
+      handleLine(partial.slice(0, nl).replace(/\r$/, ''));
+      partial = partial.slice(nl + 1);
+    }
+    if (partial.length > MAX_LINE_CHARS) {
+      // An endless line: log it in pieces; the parser sees only whole lines.
+      options.onOutput(partial);
+      partial = '';
+    }
+  };
+  proc.stdout.on('data', (chunk: Buffer) => onStdout(stdoutDecoder.write(chunk)));
+  const stderrDecoder = new StringDecoder('utf8');
+  proc.stderr.on('data', (chunk: Buffer) => {
+    const text = stderrDecoder.write(chunk);
+    stderrTail = (stderrTail + text).slice(-STDERR_TAIL_CHARS);
+    options.onOutput(text);
+  });
+
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    proc.stdin.end();
+    const ended = await Promise.race([proc.exit.then(() => true, () => true), delay(options.killGraceMs + 3_000).then(() => false)]);
+    if (!ended && pid !== undefined && options.forceKill) await options.forceKill(pid).catch(() => undefined);
+  };
+  const onAbort = () => void stop();
+  if (options.signal.aborted) onAbort();
+  else options.signal.addEventListener('abort', onAbort, { once: true });
+
+  // The prompt, then stdin stays open: closing it is how the run is stopped.
+  proc.stdin.on('error', () => {}); // a process that exits early closes its end; the exit tells the rest
+  if (!stopping) proc.stdin.write(options.prompt);
+
+  let exit: AgentExit;
+  try {
+    exit = await proc.exit;
+  } finally {
+    options.signal.removeEventListener('abort', onAbort);
+  }
+  onStdout(stdoutDecoder.end());
+  if (partial) handleLine(partial);
+  partial = '';
+  const restErr = stderrDecoder.end();
+  if (restErr) options.onOutput(restErr);
+  // The agent is done: closing stdin lets the wrapper's watchdog exit without killing anything.
+  proc.stdin.end();
+
+  if (options.signal.aborted) {
+    const reason = options.signal.reason;
+    throw reason instanceof Error ? reason : new AgentStoppedError(`the run was stopped${reason ? `: ${String(reason)}` : ''}`);
+  }
+  if (pid === undefined) {
+    const why = stderrTail.trim() || `exit code ${exit.code ?? exit.signal}`;
+    throw new AgentStartError(`the agent did not start: ${why}`);
+  }
+  return { result: parser.finish(exit, stderrTail), pid };
+}
