@@ -4,6 +4,8 @@ import type { NativeConnection, Worker } from '@temporalio/worker';
 import type { DroverConfig } from '../config';
 import type { Logger } from '../log';
 import { createTaskWorker } from './task-worker';
+import { createReportActivities } from '../activities/report';
+import { reportSinksFromConfig } from '../activities/sinks';
 
 export interface RunningWorkers {
   /** Resolves when every worker has stopped. */
@@ -20,7 +22,13 @@ export async function startWorkers(deps: {
 }): Promise<RunningWorkers> {
   const { config, connection, log } = deps;
   const workers: Worker[] = [
-    await createTaskWorker({ connection, namespace: config.temporal.namespace, workflowBundle: deps.workflowBundle }),
+    await createTaskWorker({
+      connection,
+      namespace: config.temporal.namespace,
+      workflowBundle: deps.workflowBundle,
+      // Task events become Forgejo comments and callback POSTs (retried until delivered).
+      activities: createReportActivities(reportSinksFromConfig(config)),
+    }),
   ];
   log.info({ queues: ['drover.tasks'] }, 'workflow worker started');
   const done = Promise.all(workers.map((w) => w.run())).then(() => undefined);

@@ -1,0 +1,200 @@
+// Where task events go: a comment on the Forgejo issue or pull request, and a POST of the same
+// JSON to the task's callback URL. Each sink throws an error that says whether a retry can help:
+// a permanent one (a deleted issue, a 404 callback) must not keep a task open forever.
+import { Context } from '@temporalio/activity';
+import type { DroverConfig } from '../config';
+import { durationMs } from '../config';
+import { ForgejoApi, isPermanentStatus } from '../forgejo/api';
+import type { TaskEvent } from '../workflows/activity-types';
+import { describeInstance } from '../workflows/claim-rules';
+import type { TaskEventSink } from './report';
+
+/** The JSON every sink is built from: the comment renders it, the callback receives it. */
+export interface TaskEventReport {
+  event: TaskEvent['type'];
+  /** Unique per task, event and attempt: receivers can drop duplicates by it. */
+  event_id: string;
+  task_id: string;
+  kind: string;
+  agent_type: string;
+  repo: string;
+  number: number;
+  title: string;
+  state: string;
+  mode: string;
+  attempt: number;
+  agent: { kind: 'host' | 'agent'; id: string } | null;
+  outcome?: string;
+  summary?: string;
+  branch?: string;
+  rev?: string;
+  issue_url?: string;
+  task_url: string;
+  history_url?: string;
+  at: string;
+}
+
+export interface ReportLinks {
+  publicUrl: string;
+  temporalUiUrl?: string;
+  namespace: string;
+}
+
+export function taskEventReport(event: TaskEvent, links: ReportLinks): TaskEventReport {
+  const { status } = event;
+  const holder = status.assignee ?? status.attempts.at(-1)?.holder;
+  const base = links.publicUrl.replace(/\/+$/, '');
+  const ui = links.temporalUiUrl?.replace(/\/+$/, '');
+  return {
+    event: event.type,
+    event_id: `${status.taskId}/${event.type}/${status.attempt}`,
+    task_id: status.taskId,
+    kind: status.input.kind,
+    agent_type: status.input.agentType,
+    repo: status.input.repo,
+    number: status.input.number,
+    title: status.input.title,
+    state: status.state,
+    mode: status.mode,
+    attempt: status.attempt,
+    agent: holder ? { kind: holder.kind, id: holder.id } : null,
+    ...(status.result
+      ? {
+          outcome: status.result.outcome,
+          summary: status.result.summary,
+          ...(status.result.branch ? { branch: status.result.branch } : {}),
+          ...(status.result.rev ? { rev: status.result.rev } : {}),
+        }
+      : {}),
+    ...(status.input.url ? { issue_url: status.input.url } : {}),
+    task_url: `${base}/api/v1/tasks/${encodeURIComponent(status.taskId)}`,
+    ...(ui ? { history_url: `${ui}/namespaces/${encodeURIComponent(links.namespace)}/workflows/${encodeURIComponent(status.taskId)}` } : {}),
+    at: status.closedAt ?? status.updatedAt,
+  };
+}
+
+export function commentMarker(report: TaskEventReport): string {
+  return `<!-- drover:${report.event_id} -->`;
+}
+
+const HEADLINES: Record<TaskEvent['type'], string> = {
+  started: '🚀 started',
+  succeeded: '✅ succeeded',
+  forked: '🍴 forked',
+  failed: '❌ failed',
+  cancelled: '🛑 cancelled',
+};
+
+const code = (text: string) => `\`${text.replace(/[`\r\n]/g, '')}\``;
+
+/** The Markdown comment for one event. */
+export function renderComment(report: TaskEventReport): string {
+  const rows: Array<[string, string]> = [];
+  if (report.agent) rows.push(['agent', `${describeInstance(report.agent)} (${code(report.agent_type)})`]);
+  else rows.push(['agent type', code(report.agent_type)]);
+  rows.push(['mode', code(report.mode)]);
+  if (report.attempt > 0) rows.push(['attempt', String(report.attempt)]);
+  if (report.outcome) rows.push(['outcome', report.outcome]);
+  if (report.branch) rows.push(['branch', code(report.branch)]);
+  if (report.rev) rows.push(['rev', code(report.rev)]);
+  const links = [`[task](${report.task_url})`, ...(report.history_url ? [`[history](${report.history_url})`] : [])].join(' · ');
+  const lines = [
+    commentMarker(report),
+    `**Drover** · ${report.kind} task ${code(report.task_id)} ${HEADLINES[report.event]} · ${links}`,
+    '',
+    '| | |',
+    '| --- | --- |',
+    ...rows.map(([k, v]) => `| ${k} | ${v} |`),
+  ];
+  if (report.summary) {
+    const summary = report.summary.length > 4_000 ? `${report.summary.slice(0, 4_000)}…` : report.summary;
+    lines.push('', '**Summary**', '', ...summary.split(/\r?\n/).map((line) => `> ${line}`));
+  }
+  return lines.join('\n');
+}
+
+/** Which try of the current activity this is; 1 outside an activity. */
+export function activityAttempt(): number {
+  try {
+    return Context.current().info.attempt;
+  } catch {
+    return 1;
+  }
+}
+
+/** An error from a sink that tells the activity whether retrying can help. */
+export class SinkError extends Error {
+  override readonly name = 'SinkError';
+  constructor(
+    message: string,
+    readonly permanent: boolean,
+  ) {
+    super(message);
+  }
+}
+
+export interface CommentSinkOptions {
+  api: ForgejoApi;
+  links: ReportLinks;
+  /** Which retry of the delivery this is (1 = first try); later tries check for an earlier comment. */
+  attempt?: () => number;
+}
+
+/** Comments on the task's issue or pull request; tasks without one are skipped. */
+export function forgejoCommentSink(options: CommentSinkOptions): TaskEventSink {
+  return async (event) => {
+    const { repo, number } = event.status.input;
+    if (!repo || !number) return;
+    const report = taskEventReport(event, options.links);
+    const marker = commentMarker(report);
+    try {
+      if ((options.attempt ?? activityAttempt)() > 1) {
+        // An earlier try may have posted the comment and lost the answer: do not post it twice.
+        const since = new Date(Date.parse(event.status.updatedAt) - 10 * 60_000).toISOString();
+        const existing = await options.api.listComments(repo, number, since);
+        if (existing.some((comment) => comment.body?.includes(marker))) return;
+      }
+      await options.api.createComment(repo, number, renderComment(report));
+    } catch (error) {
+      const permanent = (error as { permanent?: boolean }).permanent === true;
+      throw new SinkError(`comment on ${repo}#${number}: ${(error as Error).message}`, permanent);
+    }
+  };
+}
+
+/** POSTs the event's JSON to the task's callback URL, if it has one. */
+export function callbackSink(options: { links: ReportLinks; timeoutMs: number }): TaskEventSink {
+  return async (event) => {
+    const url = event.status.input.callbackUrl;
+    if (!url) return;
+    const report = taskEventReport(event, options.links);
+    let response: Response;
+    try {
+      response = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'user-agent': 'drover', 'x-drover-event': report.event, 'x-drover-event-id': report.event_id },
+        body: JSON.stringify(report),
+        redirect: 'manual',
+        signal: AbortSignal.timeout(options.timeoutMs),
+      });
+      await response.arrayBuffer().catch(() => undefined);
+    } catch (error) {
+      throw new SinkError(`callback ${url}: ${(error as Error).message}`, false);
+    }
+    if (response.ok) return;
+    const permanent = (response.status >= 300 && response.status < 400) || isPermanentStatus(response.status);
+    throw new SinkError(`callback ${url}: HTTP ${response.status}`, permanent);
+  };
+}
+
+/** The sinks the config asks for: the Forgejo comment when forgejo.url and token are set; callbacks always. */
+export function reportSinksFromConfig(config: DroverConfig): TaskEventSink[] {
+  const links: ReportLinks = { publicUrl: config.api.publicUrl, temporalUiUrl: config.api.temporalUiUrl, namespace: config.temporal.namespace };
+  const timeoutMs = durationMs(config.forgejo.timeout);
+  const sinks: TaskEventSink[] = [];
+  if (config.forgejo.url && config.forgejo.token) {
+    sinks.push(forgejoCommentSink({ api: new ForgejoApi({ url: config.forgejo.url, token: config.forgejo.token, timeoutMs }), links }));
+  }
+  sinks.push(callbackSink({ links, timeoutMs }));
+  return sinks;
+}
