@@ -8,8 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "setup: installing npm packages (npm ci)…"
-  npm ci --no-audit --no-fund --loglevel=error
+  # `npm install --no-save` rather than `npm ci`: the lockfile pins every version, but this
+  # machine's registry lacks other platforms' optional packages (e.g. @swc/core-darwin-*),
+  # which `npm ci` insists on while `npm install` skips them.
+  echo "setup: installing npm packages from the lockfile…"
+  npm install --no-save --no-audit --no-fund --loglevel=error
 fi
 
 if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
