@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `drover`: one CLI for every process (see README).
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { ConfigError, loadConfig } from './config';
 import { startDevServer } from './dev-server';
@@ -9,6 +10,10 @@ import { createLogger } from './log';
 import { connectClient, connectNative, registerSearchAttributes } from './temporal-connection';
 import { ensureTemporalCli } from './temporal-cli';
 import { startWorkers } from './workers/main';
+import { buildApp } from './api/app';
+
+/** `drover dev` uses this example config when none is given. */
+const DEV_CONFIG = fileURLToPath(new URL('../examples/drover.dev.yaml', import.meta.url));
 
 const program = new Command('drover').description('Durable dispatcher for fleets of AI coding agents, on Temporal');
 const configOption = () => new Option('-c, --config <file>', 'YAML config file').env('DROVER_CONFIG');
@@ -57,6 +62,23 @@ program
   });
 
 program
+  .command('api')
+  .description('run the HTTP API: Forgejo webhooks, the pull-agent protocol, the coordinator and operator endpoints')
+  .addOption(configOption())
+  .action(async (opts: { config?: string }) => {
+    const config = loadConfig(opts.config);
+    const log = createLogger(config.log.level);
+    const { client, connection } = await connectClient(config.temporal);
+    const app = await buildApp({ config, client, logger: log });
+    const address = await app.listen({ host: config.api.host, port: config.api.port });
+    log.info({ address, docs: `${address}/docs`, temporal: config.temporal.address }, 'drover api listening');
+    const signal = await untilSignal();
+    log.info({ signal }, 'shutting down');
+    await app.close();
+    await connection.close();
+  });
+
+program
   .command('dev')
   .description('everything in one process tree on an embedded Temporal dev server (SQLite on disk, Web UI)')
   .addOption(configOption())
@@ -64,7 +86,8 @@ program
   .option('--temporal-port <port>', 'dev server gRPC port', '7233')
   .option('--ui-port <port>', 'Temporal Web UI port', '8233')
   .action(async (opts: { config?: string; db: string; temporalPort: string; uiPort: string }) => {
-    const config = loadConfig(opts.config);
+    const config = loadConfig(opts.config ?? (existsSync(DEV_CONFIG) ? DEV_CONFIG : undefined));
+    config.api.temporalUiUrl ??= `http://localhost:${opts.uiPort}`;
     const log = createLogger(config.log.level);
     mkdirSync(resolve(opts.db, '..'), { recursive: true });
     log.info('starting the Temporal dev server (the first run builds the Temporal CLI: a few minutes)');
@@ -72,8 +95,13 @@ program
     config.temporal.address = env.address;
     const native = await connectNative(config.temporal);
     const workers = await startWorkers({ config, client: env.client, connection: native, log });
-    console.log(`drover dev: Temporal ${env.address} · Web UI http://localhost:${opts.uiPort} · database ${opts.db}`);
+    const app = await buildApp({ config, client: env.client, logger: log });
+    const api = await app.listen({ host: config.api.host, port: config.api.port });
+    console.log(
+      `drover dev: API ${api} · OpenAPI UI ${api}/docs · Temporal ${env.address} · Web UI http://localhost:${opts.uiPort} · database ${opts.db}`,
+    );
     await Promise.race([untilSignal(), workers.done]);
+    await app.close();
     await workers.shutdown();
     await native.close();
     await env.teardown();

@@ -1,0 +1,142 @@
+// The Fastify app factory: `drover api` and `drover dev` serve it; tests build it with fake parts.
+// One plugin per resource; every error is JSON `{code, message}`; the OpenAPI document is
+// generated from the route schemas and browsable at /docs.
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
+import type { Client } from '@temporalio/client';
+import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyServerOptions } from 'fastify';
+import { durationMs, taskDefaults, type DroverConfig } from '../config';
+import { ForgejoApi } from '../forgejo/api';
+import type { ClaimGrant } from '../model';
+import { TaskClient } from '../task-client';
+import { agentsPlugin } from './agents';
+import { adminGuard, hashToken } from './auth';
+import type { ApiContext, HostPresence, PluginOptions } from './context';
+import { DequeueHub, type HubAgent } from './dequeue-hub';
+import { AgentDirectory } from './directory';
+import { ApiError, frameworkErrors, installErrorHandlers } from './errors';
+import { healthPlugin } from './health';
+import { hostsPlugin } from './hosts';
+import { ApiMetrics } from './metrics';
+import { statsPlugin } from './stats';
+import { tasksPlugin } from './tasks';
+import { webhooksPlugin } from './webhooks';
+
+export interface AppDeps {
+  config: DroverConfig;
+  /** Temporal client on the config's namespace. */
+  client: Client;
+  tasks?: TaskClient;
+  /** Fastify's logger: `false` in tests, a pino config or instance otherwise. */
+  logger?: FastifyServerOptions['logger'] | FastifyServerOptions['loggerInstance'];
+  /** Live SSH host presence for GET /api/v1/hosts and stats (the SSH side provides it). */
+  hostPresence?: HostPresence;
+  /**
+   * More resource plugins, registered like the built-in ones with `{ ctx }` — the place for
+   * `src/api/logs.ts` (GET /api/v1/tasks/{id}/logs).
+   */
+  plugins?: Array<FastifyPluginAsync<PluginOptions>>;
+  /** Agent registry workflow id (tests isolate theirs). */
+  registryWorkflowId?: string;
+  /** Test seam: runs after a dequeue claim is won, before the grant is handed to the agent. */
+  afterClaim?: (grant: ClaimGrant, agent: HubAgent) => Promise<void>;
+}
+
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const { config, client } = deps;
+  const loggerOption =
+    deps.logger === undefined
+      ? { logger: { level: config.log.level } }
+      : deps.logger && typeof (deps.logger as { child?: unknown }).child === 'function'
+        ? { loggerInstance: deps.logger as FastifyServerOptions['loggerInstance'] }
+        : { logger: deps.logger as FastifyServerOptions['logger'] };
+  const app = Fastify({
+    ...loggerOption,
+    bodyLimit: config.api.bodyLimitBytes,
+    // Task ids are up to 200 characters.
+    maxParamLength: 300,
+    frameworkErrors,
+    forceCloseConnections: 'idle',
+    return503OnClosing: true,
+  });
+  app.setValidatorCompiler(TypeBoxValidatorCompiler);
+  installErrorHandlers(app);
+
+  // JSON bodies: malformed → 400 bad_json; an empty body reads as {} so body-less POSTs validate.
+  app.removeContentTypeParser(['application/json']);
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+    const text = typeof body === 'string' ? body : body.toString('utf8');
+    if (text.trim() === '') return done(null, {});
+    try {
+      done(null, JSON.parse(text, (key, value: unknown) => (key === '__proto__' ? undefined : value)));
+    } catch {
+      done(new ApiError(400, 'bad_json', 'the body is not valid JSON'), undefined);
+    }
+  });
+  app.addHook('preValidation', async (request) => {
+    if (request.body === undefined && (request.method === 'POST' || request.method === 'PUT' || request.method === 'DELETE')) request.body = {};
+  });
+
+  const tasks = deps.tasks ?? new TaskClient(client);
+  const metrics = new ApiMetrics(tasks);
+  metrics.install(app);
+  const directory = new AgentDirectory({ config, client, log: app.log, workflowId: deps.registryWorkflowId });
+  const hub = new DequeueHub({
+    tasks,
+    log: app.log,
+    pollIntervalMs: durationMs(config.api.dequeuePollInterval),
+    metrics: metrics.hub(),
+    afterClaim: deps.afterClaim,
+  });
+  const ctx: ApiContext = {
+    config,
+    client,
+    tasks,
+    directory,
+    hub,
+    metrics,
+    forgejo: config.forgejo.url ? new ForgejoApi({ url: config.forgejo.url, token: config.forgejo.token, timeoutMs: durationMs(config.forgejo.timeout) }) : undefined,
+    admin: adminGuard(config.api.adminToken ? hashToken(config.api.adminToken) : undefined),
+    maxWaitMs: durationMs(config.api.maxDequeueWait),
+    taskOptions: taskDefaults(config),
+    hostPresence: deps.hostPresence,
+  };
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'Drover',
+        description: 'Forgejo webhooks, the pull-agent protocol, and the coordinator’s API. Every error is `{code, message}`.',
+        version: '0.1.0',
+      },
+      components: {
+        securitySchemes: {
+          adminToken: { type: 'http', scheme: 'bearer', description: 'api.adminToken' },
+          agentToken: { type: 'http', scheme: 'bearer', description: 'the pull agent’s own token' },
+        },
+      },
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  const options: PluginOptions = { ctx };
+  await app.register(healthPlugin, options);
+  await app.register(webhooksPlugin, options);
+  await app.register(tasksPlugin, options);
+  await app.register(agentsPlugin, options);
+  await app.register(hostsPlugin, options);
+  await app.register(statsPlugin, options);
+  // Further resources (the SSH side's logs plugin) register here, with the same context.
+  for (const plugin of deps.plugins ?? []) await app.register(plugin, options);
+
+  // End long-polls before Fastify waits for in-flight requests; flush presence last.
+  app.addHook('preClose', async () => {
+    await hub.close();
+  });
+  app.addHook('onClose', async () => {
+    await directory.close();
+  });
+  return app;
+}

@@ -1,0 +1,39 @@
+// What every API plugin gets: config, the Temporal clients, the agent directory, the dequeue hub.
+import type { Client } from '@temporalio/client';
+import type { FastifyRequest } from 'fastify';
+import type { DroverConfig } from '../config';
+import type { ForgejoApi } from '../forgejo/api';
+import type { TaskOptions } from '../model';
+import type { TaskClient } from '../task-client';
+import type { DequeueHub } from './dequeue-hub';
+import type { AgentDirectory } from './directory';
+import type { ApiMetrics } from './metrics';
+
+/** Live state of an SSH host, supplied by the SSH side (see GET /api/v1/hosts). */
+export interface HostState {
+  online: boolean;
+  slotsUsed?: number;
+}
+export type HostPresence = (hostId: string) => Promise<HostState | undefined> | HostState | undefined;
+
+export interface ApiContext {
+  config: DroverConfig;
+  client: Client;
+  tasks: TaskClient;
+  directory: AgentDirectory;
+  hub: DequeueHub;
+  metrics: ApiMetrics;
+  /** Set when forgejo.url is configured: commit statuses need it to find their pull request. */
+  forgejo?: ForgejoApi;
+  /** preHandler for admin-only routes. */
+  admin: (request: FastifyRequest) => Promise<void>;
+  /** Longest dequeue wait (api.maxDequeueWait). */
+  maxWaitMs: number;
+  /** Task options from the config's `tasks` defaults, stored with every task the API starts. */
+  taskOptions: TaskOptions;
+  hostPresence?: HostPresence;
+}
+
+export interface PluginOptions {
+  ctx: ApiContext;
+}

@@ -1,0 +1,81 @@
+// Prometheus metrics of one API process (its own registry, so that several apps can live in one
+// process, as in tests): requests, dequeue waits, claims won and lost, webhooks, tasks by state.
+import type { FastifyInstance } from 'fastify';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { TASK_STATES } from '../model';
+import type { TaskClient } from '../task-client';
+import type { HubMetrics } from './dequeue-hub';
+
+export class ApiMetrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({
+    name: 'drover_http_requests_total',
+    help: 'HTTP requests answered, by method, route and status',
+    labelNames: ['method', 'route', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly requestSeconds = new Histogram({
+    name: 'drover_http_request_duration_seconds',
+    help: 'HTTP request duration (dequeue long-polls included)',
+    labelNames: ['method', 'route'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+  readonly dequeueWait = new Histogram({
+    name: 'drover_dequeue_wait_seconds',
+    help: 'How long dequeue long-polls waited, by outcome (task, timeout, aborted, shutdown)',
+    labelNames: ['outcome'] as const,
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+  readonly dequeueWaiting = new Gauge({
+    name: 'drover_dequeue_waiting',
+    help: 'Pull agents waiting in a dequeue long-poll on this process',
+    registers: [this.registry],
+  });
+  readonly claims = new Counter({
+    name: 'drover_claims_total',
+    help: 'Claims made for dequeuing agents, by result (won, lost) and rejection code',
+    labelNames: ['result', 'code'] as const,
+    registers: [this.registry],
+  });
+  readonly webhooks = new Counter({
+    name: 'drover_webhooks_total',
+    help: 'Forgejo deliveries, by event and result (created, existing, ignored, unknown_type, bad_signature, bad_payload)',
+    labelNames: ['event', 'result'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(tasks: TaskClient) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'drover_' });
+    new Gauge({
+      name: 'drover_tasks',
+      help: 'Tasks by state, from Temporal visibility (read at scrape time)',
+      labelNames: ['state'] as const,
+      registers: [this.registry],
+      async collect() {
+        const counts = await Promise.allSettled(TASK_STATES.map((state) => tasks.count({ state })));
+        counts.forEach((result, i) => {
+          if (result.status === 'fulfilled') this.set({ state: TASK_STATES[i]! }, result.value);
+        });
+      },
+    });
+  }
+
+  hub(): HubMetrics {
+    return {
+      claimWon: () => this.claims.inc({ result: 'won', code: '' }),
+      claimLost: (code) => this.claims.inc({ result: 'lost', code }),
+      waiting: (count) => this.dequeueWaiting.set(count),
+    };
+  }
+
+  /** Counts every answered request; the route label is the route pattern, never the raw URL. */
+  install(app: FastifyInstance): void {
+    app.addHook('onResponse', async (request, reply) => {
+      const route = request.routeOptions.url ?? 'unmatched';
+      this.requests.inc({ method: request.method, route, status: String(reply.statusCode) });
+      this.requestSeconds.observe({ method: request.method, route }, reply.elapsedTime / 1000);
+    });
+  }
+}

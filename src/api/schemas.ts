@@ -1,0 +1,184 @@
+// Schemas (TypeBox) shared by the API's plugins, and the JSON views of Drover's types.
+// The HTTP API speaks snake_case; the OpenAPI document is generated from these.
+import { Type as T, type Static, type TSchema } from '@sinclair/typebox';
+import { EXECUTION_MODES, TASK_KINDS, TASK_STATES, type ClaimGrant, type TaskStatus } from '../model';
+import type { TaskSummary } from '../task-client';
+
+const literals = <V extends string>(values: readonly V[], options: Record<string, unknown> = {}) => T.Union(values.map((v) => T.Literal(v)), options);
+const nullable = <S extends TSchema>(schema: S) => T.Union([schema, T.Null()]);
+
+export const AgentId = T.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$', description: 'agent or SSH host id' });
+export const AgentTypeName = T.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' });
+export const TaskIdParam = T.Object({
+  id: T.String({ pattern: '^[A-Za-z0-9_.:-]{1,200}$', description: 'task id, e.g. implement:acme:web:42' }),
+});
+export const StateSchema = literals(TASK_STATES);
+export const ModeSchema = literals(EXECUTION_MODES);
+export const KindSchema = literals(TASK_KINDS);
+
+export const ErrorSchema = T.Object(
+  {
+    code: T.String({ description: 'stable error code' }),
+    message: T.String(),
+  },
+  { additionalProperties: true, $id: 'Error' },
+);
+export const errorResponses = (...statuses: number[]) =>
+  Object.fromEntries(statuses.map((s) => [s, T.Ref('Error')])) as Record<number, ReturnType<typeof T.Ref>>;
+
+export const InstanceSchema = T.Object({ kind: literals(['host', 'agent'] as const), id: T.String() });
+
+export const ResultSchema = T.Object({
+  outcome: literals(['success', 'fork', 'fail'] as const),
+  summary: T.String(),
+  branch: T.Optional(T.String()),
+  rev: T.Optional(T.String()),
+  details: T.Optional(T.Record(T.String(), T.Unknown())),
+});
+
+export const AttemptSchema = T.Object({
+  attempt: T.Integer(),
+  holder: InstanceSchema,
+  mode: T.String(),
+  claimed_at: T.String(),
+  ended_at: nullable(T.String()),
+  end: T.String(),
+  reason: nullable(T.String()),
+});
+
+export const TaskViewSchema = T.Object(
+  {
+    task_id: T.String(),
+    state: StateSchema,
+    mode: ModeSchema,
+    agent_type: T.String(),
+    kind: T.String(),
+    repo: T.String(),
+    number: T.Integer(),
+    title: T.String(),
+    prompt: T.String(),
+    url: nullable(T.String()),
+    callback_url: nullable(T.String()),
+    session_key: nullable(T.String()),
+    assignee: nullable(InstanceSchema),
+    reserved_for: nullable(InstanceSchema),
+    attempt: T.Integer(),
+    lost_attempts: T.Integer(),
+    max_attempts: T.Integer(),
+    lease_expires_at: nullable(T.String()),
+    cancel_requested: T.Boolean(),
+    created_at: T.String(),
+    updated_at: T.String(),
+    claimed_at: nullable(T.String()),
+    closed_at: nullable(T.String()),
+    result: nullable(ResultSchema),
+    attempts: T.Array(AttemptSchema),
+  },
+  { $id: 'Task' },
+);
+export type TaskView = Static<typeof TaskViewSchema>;
+
+export function taskView(status: TaskStatus): TaskView {
+  const input = status.input;
+  return {
+    task_id: status.taskId,
+    state: status.state,
+    mode: status.mode,
+    agent_type: input.agentType,
+    kind: input.kind,
+    repo: input.repo,
+    number: input.number,
+    title: input.title,
+    prompt: input.prompt,
+    url: input.url ?? null,
+    callback_url: input.callbackUrl ?? null,
+    session_key: input.sessionKey ?? null,
+    assignee: status.assignee ?? null,
+    reserved_for: status.reservedFor ?? null,
+    attempt: status.attempt,
+    lost_attempts: status.lostAttempts,
+    max_attempts: status.options.maxAttempts,
+    lease_expires_at: status.leaseExpiresAt ?? null,
+    cancel_requested: status.cancelRequested,
+    created_at: status.createdAt,
+    updated_at: status.updatedAt,
+    claimed_at: status.claimedAt ?? null,
+    closed_at: status.closedAt ?? null,
+    result: status.result ?? null,
+    attempts: status.attempts.map((a) => ({
+      attempt: a.attempt,
+      holder: a.holder,
+      mode: a.mode,
+      claimed_at: a.claimedAt,
+      ended_at: a.endedAt ?? null,
+      end: a.end,
+      reason: a.reason ?? null,
+    })),
+  };
+}
+
+export const TaskSummarySchema = T.Object({
+  task_id: T.String(),
+  state: nullable(T.String()),
+  mode: nullable(T.String()),
+  agent_type: nullable(T.String()),
+  kind: nullable(T.String()),
+  repo: nullable(T.String()),
+  number: nullable(T.Integer()),
+  assignee: nullable(T.String()),
+  started_at: nullable(T.String()),
+  closed_at: nullable(T.String()),
+});
+
+export function summaryView(task: TaskSummary): Static<typeof TaskSummarySchema> {
+  return {
+    task_id: task.taskId,
+    state: task.state ?? null,
+    mode: task.mode ?? null,
+    agent_type: task.agentType ?? null,
+    kind: task.kind ?? null,
+    repo: task.repo ?? null,
+    number: task.number ?? null,
+    assignee: task.assignee ?? null,
+    started_at: task.startedAt ?? null,
+    closed_at: task.closedAt ?? null,
+  };
+}
+
+export const GrantSchema = T.Object({
+  task_id: T.String(),
+  attempt: T.Integer({ description: 'pass it back with heartbeat, complete, fail and release' }),
+  lease_expires_at: nullable(T.String()),
+  lease_ms: T.Integer({ description: 'heartbeat well within this' }),
+  agent_type: T.String(),
+  kind: T.String(),
+  repo: T.String(),
+  number: T.Integer(),
+  title: T.String(),
+  prompt: T.String(),
+  url: nullable(T.String()),
+  session_key: nullable(T.String()),
+});
+
+export function grantView(grant: ClaimGrant, leaseMs: number): Static<typeof GrantSchema> {
+  return {
+    task_id: grant.taskId,
+    attempt: grant.attempt,
+    lease_expires_at: grant.leaseExpiresAt ?? null,
+    lease_ms: grant.input.options?.leaseMs ?? leaseMs,
+    agent_type: grant.input.agentType,
+    kind: grant.input.kind,
+    repo: grant.input.repo,
+    number: grant.input.number,
+    title: grant.input.title,
+    prompt: grant.input.prompt,
+    url: grant.input.url ?? null,
+    session_key: grant.input.sessionKey ?? null,
+  };
+}
+
+/** The holder's part of heartbeat, complete, fail and release bodies. */
+export const HolderFields = {
+  agent_id: AgentId,
+  attempt: T.Integer({ minimum: 1, maximum: 1_000_000, description: 'the attempt the dequeue answer gave' }),
+};
