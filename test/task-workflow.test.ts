@@ -254,7 +254,7 @@ describe('leases', () => {
 
   test('heartbeats keep the lease; a long-held task continues-as-new and loses nothing', async () => {
     const type = uniqueType();
-    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 50, leaseMs: 1_500, maxHistoryEvents: 40 }));
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 50, leaseMs: 30_000, maxHistoryEvents: 40 }));
     const firstRun = (await t.client.workflow.getHandle(taskId).describe()).runId;
     const grant = await t.tasks.claim(taskId, agent('a1', type));
     for (let i = 0; i < 30; i++) {

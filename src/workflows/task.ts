@@ -73,9 +73,19 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '5 minutes' },
   });
   const pendingReports: Promise<void>[] = [];
+  let reportsInFlight = 0;
   function report(type: TaskEvent['type']): void {
     const snapshot: TaskStatus = { ...status, attempts: status.attempts.map((a) => ({ ...a, logTail: undefined })) };
-    pendingReports.push(reports.reportTaskEvent({ type, status: snapshot }).catch(() => undefined));
+    reportsInFlight += 1;
+    pendingReports.push(
+      reports
+        .reportTaskEvent({ type, status: snapshot })
+        .catch(() => undefined)
+        .finally(() => {
+          reportsInFlight -= 1;
+          dirty = true; // a continue-as-new may have been waiting for it
+        }),
+    );
   }
 
   const currentAttempt = () => status.attempts[status.attempts.length - 1];
@@ -208,6 +218,11 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     return status.mode === 'undecided';
   }
 
+  function historyFull(): boolean {
+    const info = wf.workflowInfo();
+    return info.continueAsNewSuggested || info.historyLength >= options.maxHistoryEvents;
+  }
+
   // ---- messages -------------------------------------------------------------------------------
 
   wf.setHandler(statusQuery, () => status);
@@ -241,8 +256,10 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
   wf.setHandler(
     heartbeatUpdate,
     () => {
-      // No wake-up: the lease timer re-arms itself when it fires early, which keeps history small.
+      // No wake-up: the lease timer re-arms itself when it fires early, which keeps history small;
+      // only a history due for continue-as-new wakes the main loop.
       status.leaseExpiresAt = iso(Date.now() + options.leaseMs);
+      if (historyFull()) dirty = true;
       return { leaseExpiresAt: status.leaseExpiresAt, cancelRequested: status.cancelRequested };
     },
     { validator: ({ holder, attempt }) => rejectWith(checkHolder(status, holder, attempt)) },
@@ -354,8 +371,8 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       loseAttempt('lease_lapsed', `lease of ${describeInstance(status.assignee!)} lapsed`);
     }
 
-    const info = wf.workflowInfo();
-    if (!isClosed(status.state) && !outstanding && (info.continueAsNewSuggested || info.historyLength >= options.maxHistoryEvents)) {
+    // Not while an activity is in flight: continuing as new would abandon it.
+    if (!isClosed(status.state) && !outstanding && reportsInFlight === 0 && historyFull()) {
       // Long-held tasks (many heartbeats) start a fresh history, carrying everything over.
       await wf.condition(wf.allHandlersFinished);
       publish();
