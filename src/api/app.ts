@@ -55,7 +55,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ...loggerOption,
     bodyLimit: config.api.bodyLimitBytes,
     // Task ids are up to 200 characters.
-    maxParamLength: 300,
+    routerOptions: { maxParamLength: 300 },
     frameworkErrors,
     forceCloseConnections: 'idle',
     return503OnClosing: true,

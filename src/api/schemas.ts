@@ -21,10 +21,9 @@ export const ErrorSchema = T.Object(
     code: T.String({ description: 'stable error code' }),
     message: T.String(),
   },
-  { additionalProperties: true, $id: 'Error' },
+  { additionalProperties: true, description: 'every error: a stable code and a readable message' },
 );
-export const errorResponses = (...statuses: number[]) =>
-  Object.fromEntries(statuses.map((s) => [s, T.Ref('Error')])) as Record<number, ReturnType<typeof T.Ref>>;
+export const errorResponses = (...statuses: number[]) => Object.fromEntries(statuses.map((s) => [s, ErrorSchema])) as Record<number, typeof ErrorSchema>;
 
 export const InstanceSchema = T.Object({ kind: literals(['host', 'agent'] as const), id: T.String() });
 
@@ -74,7 +73,7 @@ export const TaskViewSchema = T.Object(
     result: nullable(ResultSchema),
     attempts: T.Array(AttemptSchema),
   },
-  { $id: 'Task' },
+  { description: 'a task' },
 );
 export type TaskView = Static<typeof TaskViewSchema>;
 

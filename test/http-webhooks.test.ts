@@ -1,0 +1,218 @@
+// Forgejo deliveries over HTTP against the real dev server: each mapped event makes the right task;
+// bad signatures start nothing; redelivery finds the open task; events that make no task say why.
+import type { FastifyInstance } from 'fastify';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { FakeForgejo } from './support/fake-forgejo';
+import { commitStatus, forgejoRequest, issueAssigned, reviewed, reviewRequested, type Delivery } from './support/forgejo-fixtures';
+import { FORGEJO_TOKEN, SECRET, startHarness, type Harness } from './support/http';
+import { uniqueRepo } from './support/temporal';
+
+let h: Harness;
+let app: FastifyInstance;
+let forgejo: FakeForgejo;
+
+beforeAll(async () => {
+  forgejo = await FakeForgejo.start();
+  h = await startHarness({ forgejo: { url: forgejo.url, token: FORGEJO_TOKEN } });
+  await h.startWorker();
+  app = await h.app();
+});
+afterAll(async () => {
+  await h?.close();
+  await forgejo?.close();
+});
+
+function deliver(delivery: Delivery, opts: { secret?: string; signature?: string | null; id?: string } = {}) {
+  const { body, headers } = forgejoRequest(delivery, opts.secret ?? SECRET, opts);
+  return app.inject({ method: 'POST', url: '/api/v1/webhooks/forgejo', headers, payload: body });
+}
+
+async function expectNoTask(repo: string): Promise<void> {
+  // Visibility is immediate on the dev server's SQLite store, and nothing else writes this repo.
+  expect(await h.tasks.count({ repo })).toBe(0);
+}
+
+describe('each mapped event makes the right task', () => {
+  test('issue assigned to the dev login → implement for dev, prompt from the issue', async () => {
+    const repo = uniqueRepo();
+    const res = await deliver(issueAssigned(repo, 42, ['bob', 'drover-dev'], { title: 'Add dark mode', body: 'Users want a dark theme.' }));
+    expect(res.statusCode).toBe(202);
+    const answer = res.json();
+    expect(answer).toMatchObject({ status: 'created', created: true, kind: 'implement', agent_type: 'dev', event: 'issues' });
+    expect(answer.task_id).toBe(`implement:${repo.replace('/', ':')}:42`);
+    const status = await h.tasks.status(answer.task_id);
+    expect(status.state).toBe('pending');
+    expect(status.input).toMatchObject({ agentType: 'dev', kind: 'implement', repo, number: 42, title: 'Add dark mode', url: `https://forgejo.example/${repo}/issues/42` });
+    expect(status.input.prompt).toContain('Add dark mode');
+    expect(status.input.prompt).toContain('Users want a dark theme.');
+    expect(status.input.prompt).toContain(`https://forgejo.example/${repo}/issues/42`);
+    // The config's task defaults travel with the task.
+    expect(status.options.matchWindowMs).toBe(60_000);
+    expect(status.options.leaseMs).toBe(30_000);
+  });
+
+  test('review requested from the reviewer login → review for reviewer', async () => {
+    const repo = uniqueRepo();
+    const res = await deliver(reviewRequested(repo, 7, 'drover-reviewer', { title: 'Dark mode', head: 'dark-mode', sha: 'd'.repeat(40) }));
+    expect(res.statusCode).toBe(202);
+    expect(res.json()).toMatchObject({ kind: 'review', agent_type: 'reviewer' });
+    const status = await h.tasks.status(res.json().task_id);
+    expect(status.input).toMatchObject({ kind: 'review', agentType: 'reviewer', number: 7 });
+    expect(status.input.prompt).toContain('dark-mode');
+    expect(status.input.prompt).toContain('d'.repeat(40));
+  });
+
+  test('review requesting changes → address_review for the author’s type, with the review text and inline comments', async () => {
+    const repo = uniqueRepo();
+    forgejo.reviews.set(`${repo}#9`, [
+      { id: 301, state: 'APPROVED', body: 'old', user: { login: 'drover-reviewer' }, submitted_at: '2026-03-01T00:00:00Z' },
+      { id: 302, state: 'REQUEST_CHANGES', body: 'needs work', user: { login: 'drover-reviewer' }, submitted_at: '2026-03-04T00:00:00Z' },
+    ]);
+    forgejo.reviewComments.set(302, [{ body: 'rename this variable', path: 'src/theme.ts', line: 12 }]);
+    const res = await deliver(reviewed(repo, 9, 'rejected', 'drover-reviewer', 'Please handle the contrast ratio.', { author: 'drover-dev', head: 'dark-mode' }));
+    expect(res.statusCode).toBe(202);
+    expect(res.json()).toMatchObject({ kind: 'address_review', agent_type: 'dev', event: 'pull_request_rejected' });
+    const { input } = await h.tasks.status(res.json().task_id);
+    expect(input.prompt).toContain('Please handle the contrast ratio.');
+    expect(input.prompt).toContain('src/theme.ts:12: rename this variable');
+    expect(input.prompt).toContain('drover-reviewer requested changes');
+  });
+
+  test('review approving → merge for boss', async () => {
+    const repo = uniqueRepo();
+    const res = await deliver(reviewed(repo, 11, 'approved', 'drover-reviewer', 'LGTM'));
+    expect(res.statusCode).toBe(202);
+    expect(res.json()).toMatchObject({ kind: 'merge', agent_type: 'boss', task_id: `merge:${repo.replace('/', ':')}:11` });
+  });
+
+  test('commit status failure on an open PR head → fix_ci for the PR author’s type, found through the Forgejo API', async () => {
+    const repo = uniqueRepo();
+    const sha = 'e'.repeat(40);
+    forgejo.pulls.set(repo, [
+      // a page of other pull requests first
+      ...Array.from({ length: 50 }, (_, i) => ({ number: 100 + i, title: `other ${i}`, state: 'open' as const, user: { login: 'bob' }, head: { ref: `b${i}`, sha: String(i).padStart(40, '0') }, base: { ref: 'main' } })),
+      { number: 5, title: 'Dark mode', state: 'open', html_url: `https://forgejo.example/${repo}/pulls/5`, user: { login: 'drover-dev' }, head: { ref: 'dark-mode', sha }, base: { ref: 'main' } },
+    ]);
+    const res = await deliver(commitStatus(repo, sha, 'failure', 'ci/unit'));
+    expect(res.statusCode).toBe(202);
+    expect(res.json()).toMatchObject({ kind: 'fix_ci', agent_type: 'dev', task_id: `fix_ci:${repo.replace('/', ':')}:5` });
+    const { input } = await h.tasks.status(res.json().task_id);
+    expect(input.prompt).toContain('ci/unit');
+    expect(input.prompt).toContain('tests failed: 3 of 120');
+    expect(input.prompt).toContain(`https://ci.example/${repo}/runs/9`);
+    // an `error` status on the same head finds the same open task
+    const again = await deliver(commitStatus(repo, sha, 'error', 'ci/lint'));
+    expect(again.statusCode).toBe(202);
+    expect(again.json()).toMatchObject({ task_id: res.json().task_id, created: false });
+  });
+
+  test('Gitea deliveries (X-Gitea-* headers only) and form-encoded deliveries are understood', async () => {
+    const repo = uniqueRepo();
+    const delivery = issueAssigned(repo, 3, ['drover-dev']);
+    const { body, headers } = forgejoRequest(delivery, SECRET);
+    const giteaOnly = Object.fromEntries(Object.entries(headers).filter(([k]) => !k.startsWith('x-forgejo') && !k.startsWith('x-gogs')));
+    const res = await app.inject({ method: 'POST', url: '/api/v1/webhooks/forgejo', headers: giteaOnly, payload: body });
+    expect(res.statusCode).toBe(202);
+
+    const repo2 = uniqueRepo();
+    const form = forgejoRequest(issueAssigned(repo2, 4, ['drover-dev']), SECRET);
+    const res2 = await app.inject({
+      method: 'POST',
+      url: '/api/v1/webhooks/forgejo',
+      headers: { ...form.headers, 'content-type': 'application/x-www-form-urlencoded' },
+      payload: new URLSearchParams({ payload: form.body }).toString(),
+    });
+    expect(res2.statusCode).toBe(202);
+    expect(res2.json().task_id).toBe(`implement:${repo2.replace('/', ':')}:4`);
+  });
+});
+
+describe('signatures', () => {
+  test('unsigned, badly signed and wrongly keyed deliveries get 401 and start nothing', async () => {
+    const repo = uniqueRepo();
+    const delivery = issueAssigned(repo, 1, ['drover-dev']);
+    const unsigned = await deliver(delivery, { signature: null });
+    expect(unsigned.statusCode).toBe(401);
+    expect(unsigned.json()).toMatchObject({ code: 'bad_signature' });
+    const garbage = await deliver(delivery, { signature: 'not-hex' });
+    expect(garbage.statusCode).toBe(401);
+    const wrongKey = await deliver(delivery, { secret: 'another-secret' });
+    expect(wrongKey.statusCode).toBe(401);
+    expect(wrongKey.json().code).toBe('bad_signature');
+    // A signature over a different body (tampered payload).
+    const { headers } = forgejoRequest(delivery, SECRET);
+    const tampered = JSON.stringify({ ...(delivery.payload as object), number: 2 }, null, 2);
+    const res = await app.inject({ method: 'POST', url: '/api/v1/webhooks/forgejo', headers, payload: tampered });
+    expect(res.statusCode).toBe(401);
+    await expectNoTask(repo);
+  });
+});
+
+describe('idempotence and events that make no task', () => {
+  test('redelivery of the same delivery and a repeated event return the open task with 202', async () => {
+    const repo = uniqueRepo();
+    const delivery = issueAssigned(repo, 8, ['drover-dev']);
+    const first = await deliver(delivery, { id: 'delivery-1' });
+    const redelivered = await deliver(delivery, { id: 'delivery-1' });
+    const repeated = await deliver(issueAssigned(repo, 8, ['drover-dev', 'carol']), { id: 'delivery-2' });
+    expect([first.statusCode, redelivered.statusCode, repeated.statusCode]).toEqual([202, 202, 202]);
+    expect(first.json().created).toBe(true);
+    expect(redelivered.json()).toMatchObject({ status: 'existing', created: false, task_id: first.json().task_id, delivery: 'delivery-1' });
+    expect(repeated.json()).toMatchObject({ created: false, task_id: first.json().task_id });
+    expect(await h.tasks.count({ repo })).toBe(1);
+  });
+
+  test('events and actions that make no task answer 200 with the reason', async () => {
+    const repo = uniqueRepo();
+    const opened = issueAssigned(repo, 1, ['drover-dev']);
+    (opened.payload as { action: string }).action = 'opened';
+    opened.eventType = 'issues';
+    const cases: Array<[Delivery, RegExp]> = [
+      [opened, /issue action opened/],
+      [commitStatus(repo, 'f'.repeat(40), 'success'), /commit status success/],
+      [commitStatus(repo, 'f'.repeat(40), 'failure'), /not the head of an open pull request/],
+      [{ event: 'push', eventType: 'push', payload: { ref: 'refs/heads/main', repository: { full_name: repo } } }, /event push makes no task/],
+      [issueAssigned(repo, 2, ['drover-dev'], { state: 'closed' }), /closed/],
+      [reviewRequested(repo, 3, 'drover-reviewer', { state: 'closed', merged: true }), /closed/],
+      [issueAssigned(repo, 4, []), /no assignee/],
+    ];
+    for (const [delivery, reason] of cases) {
+      const res = await deliver(delivery);
+      expect(res.statusCode, JSON.stringify(res.json())).toBe(200);
+      expect(res.json().status).toBe('ignored');
+      expect(res.json().reason).toMatch(reason);
+    }
+    await expectNoTask(repo);
+  });
+
+  test('a user who is no agent type gets 422 naming them (or 200 with unknownLogins: ignore)', async () => {
+    const repo = uniqueRepo();
+    const res = await deliver(reviewRequested(repo, 3, 'mallory'));
+    expect(res.statusCode).toBe(422);
+    expect(res.json()).toMatchObject({ code: 'unknown_agent_type', login: 'mallory', role: 'requested reviewer' });
+    expect(res.json().message).toContain('mallory');
+    const humanAuthor = await deliver(reviewed(repo, 4, 'rejected', 'drover-reviewer', 'no', { author: 'bob' }));
+    expect(humanAuthor.statusCode).toBe(422);
+    expect(humanAuthor.json().login).toBe('bob');
+
+    const lenient = await h.app({ config: { ...h.config, webhook: { ...h.config.webhook, unknownLogins: 'ignore' } } });
+    const { body, headers } = forgejoRequest(reviewRequested(repo, 3, 'mallory'), SECRET);
+    const ignored = await lenient.inject({ method: 'POST', url: '/api/v1/webhooks/forgejo', headers, payload: body });
+    expect(ignored.statusCode).toBe(200);
+    expect(ignored.json().reason).toContain('mallory');
+    await expectNoTask(repo);
+  });
+
+  test('Forgejo unreachable while looking up a commit’s pull request → 502, nothing started', async () => {
+    const repo = uniqueRepo();
+    forgejo.mode = 'down';
+    try {
+      const res = await deliver(commitStatus(repo, '1'.repeat(40), 'failure'));
+      expect(res.statusCode).toBe(502);
+      expect(res.json().code).toBe('forgejo_unavailable');
+    } finally {
+      forgejo.mode = 'up';
+    }
+    await expectNoTask(repo);
+  });
+});
