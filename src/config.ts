@@ -6,6 +6,7 @@ import { Value } from '@sinclair/typebox/value';
 import { parse as parseYaml } from 'yaml';
 import type { TaskOptions } from './model';
 import { TASK_ID_PATTERN } from './names';
+import { parseHostKeyPins } from './ssh/host-key';
 import { checkPromptTemplates } from './prompts';
 
 const Id = T.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' });
@@ -114,17 +115,34 @@ const HostSection = T.Object(
     address: T.String({ minLength: 1 }),
     port: T.Integer({ minimum: 1, maximum: 65535, default: 22 }),
     user: T.String({ minLength: 1 }),
-    /** Path to the private key file, or `${ENV_VAR}` holding the key itself. */
+    /** The private key itself (PEM/OpenSSH text), usually as `${ENV_VAR}`. */
     privateKey: T.Optional(T.String({ minLength: 1 })),
+    /** Or: the name of an environment variable holding the key, read by the worker only (the API never needs it). */
+    privateKeyEnv: T.Optional(T.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' })),
+    /** Or: a path to the private key file. */
     privateKeyPath: T.Optional(T.String({ minLength: 1 })),
-    /** Pinned host key: a known_hosts line / public key, or a `SHA256:` fingerprint. */
+    passphrase: T.Optional(T.String()),
+    /**
+     * Pinned host key: a public key (`ssh-ed25519 AAAA…`), a known_hosts line, or a `SHA256:`
+     * fingerprint; several, one per line. An unknown or changed key is refused.
+     */
     hostKey: T.String({ minLength: 1 }),
     types: T.Array(AgentTypeName, { minItems: 1 }),
     slots: T.Integer({ minimum: 1, maximum: 1000, default: 1 }),
+    /** Where agents run on the host (absolute, or relative to the user's home). */
     workdir: T.String({ default: '.' }),
     /** Per agent type: which provider parses the output and which command runs. */
     agents: T.Record(T.String(), ProviderCommand),
+    /** How often the host is checked with a cheap SSH command; a failed check takes it offline. */
     healthCheckInterval: Duration,
+    connectTimeout: Duration,
+    /** Between SIGTERM and SIGKILL when a run is stopped. */
+    killGrace: Duration,
+    /**
+     * Resume an earlier session of the same session key: `same-instance` (default: only when it
+     * ran on this host, where the agent keeps its sessions), `always`, or `never`.
+     */
+    sessionResume: T.Union([T.Literal('same-instance'), T.Literal('always'), T.Literal('never')], { default: 'same-instance' }),
   },
   { additionalProperties: false },
 );
@@ -209,7 +227,11 @@ export function parseConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env):
     if (withDefaults[section] && withDefaults[section][field] === undefined) withDefaults[section][field] = fallback;
   }
   for (const host of (withDefaults.hosts as unknown as Array<Record<string, unknown>>) ?? []) {
-    if (host && typeof host === 'object' && host.healthCheckInterval === undefined) host.healthCheckInterval = '5s';
+    if (host && typeof host === 'object') {
+      host.healthCheckInterval ??= '5s';
+      host.connectTimeout ??= '10s';
+      host.killGrace ??= '5s';
+    }
   }
   const errors = [...Value.Errors(ConfigSchema, withDefaults)];
   if (errors.length > 0) {
@@ -240,7 +262,13 @@ function checkConsistency(config: DroverConfig): void {
   config.hosts.forEach((host, i) => {
     if (ids.has(host.id)) problems.push(`hosts[${i}].id: duplicate id ${host.id} (ids are shared by hosts and agents)`);
     ids.add(host.id);
-    if (!host.privateKey && !host.privateKeyPath) problems.push(`hosts[${i}]: set privateKey or privateKeyPath`);
+    const keySources = [host.privateKey, host.privateKeyEnv, host.privateKeyPath].filter((v) => v !== undefined).length;
+    if (keySources !== 1) problems.push(`hosts[${i}]: set exactly one of privateKey, privateKeyEnv or privateKeyPath`);
+    try {
+      parseHostKeyPins(host.hostKey);
+    } catch (error) {
+      problems.push(`hosts[${i}].hostKey: ${(error as Error).message}`);
+    }
     host.types.forEach((type, j) => {
       if (!known.has(type)) problems.push(`hosts[${i}].types[${j}]: unknown agent type ${type} (not in types)`);
       if (!host.agents[type]) problems.push(`hosts[${i}].agents.${type}: no command for agent type ${type}`);

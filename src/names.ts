@@ -26,6 +26,8 @@ export const SA = {
   repo: defineSearchAttributeKey('DroverRepo', SearchAttributeType.KEYWORD),
   number: defineSearchAttributeKey('DroverNumber', SearchAttributeType.INT),
   kind: defineSearchAttributeKey('DroverKind', SearchAttributeType.KEYWORD),
+  /** The task's session key (see sessionKeyAttribute): how a later task finds the session to resume. */
+  sessionKey: defineSearchAttributeKey('DroverSessionKey', SearchAttributeType.KEYWORD),
 } as const;
 
 /** Search attributes as `name=Type` pairs, the form the Temporal CLI takes. */

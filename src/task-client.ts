@@ -6,6 +6,7 @@ import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/pa
 import { tsToMs } from '@temporalio/common/lib/time';
 import type { Claimant, ClaimGrant, ExecutionMode, HeartbeatAnswer, InstanceRef, TaskInput, TaskKind, TaskResult, TaskState, TaskStatus } from './model';
 import { SA, TASK_WORKFLOW_TYPE, TASKS_QUEUE, taskId as makeTaskId } from './names';
+import { sessionKeyAttribute } from './sessions';
 import { asRejection, TaskError } from './task-errors';
 import type { taskWorkflow } from './workflows/task';
 import {
@@ -121,6 +122,7 @@ export class TaskClient {
           { key: SA.repo, value: input.repo },
           { key: SA.number, value: input.number },
           { key: SA.kind, value: input.kind },
+          ...(input.sessionKey ? [{ key: SA.sessionKey, value: sessionKeyAttribute(input.sessionKey) }] : []),
         ],
       });
       return { taskId, created: true };

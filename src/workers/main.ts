@@ -6,6 +6,8 @@ import type { Logger } from '../log';
 import { createTaskWorker } from './task-worker';
 import { createReportActivities } from '../activities/report';
 import { reportSinksFromConfig } from '../activities/sinks';
+import { connectNative } from '../temporal-connection';
+import { startSshHosts } from './ssh-hosts';
 
 export interface RunningWorkers {
   /** Resolves when every worker has stopped. */
@@ -19,6 +21,8 @@ export async function startWorkers(deps: {
   connection: NativeConnection;
   log: Logger;
   workflowBundle?: { code: string } | { codePath: string };
+  /** Opens a Temporal connection for one SSH host's workers (default: from config.temporal). */
+  connectHost?: () => Promise<NativeConnection>;
 }): Promise<RunningWorkers> {
   const { config, connection, log } = deps;
   const workers: Worker[] = [
@@ -31,10 +35,25 @@ export async function startWorkers(deps: {
     }),
   ];
   log.info({ queues: ['drover.tasks'] }, 'workflow worker started');
-  const done = Promise.all(workers.map((w) => w.run())).then(() => undefined);
+  const workflowsDone = Promise.all(workers.map((w) => w.run())).then(() => undefined);
+  // SSH hosts: each with its own Temporal connection, health check and presence.
+  const sshHosts = await startSshHosts({
+    hosts: config.hosts,
+    client: deps.client,
+    connect: deps.connectHost ?? (() => connectNative(config.temporal)),
+    namespace: config.temporal.namespace,
+    log,
+  }).catch(async (error: unknown) => {
+    for (const worker of workers) if (worker.getState() === 'RUNNING') worker.shutdown();
+    await workflowsDone.catch(() => undefined);
+    throw error;
+  });
+  const done = Promise.all([workflowsDone, sshHosts.done]).then(() => undefined);
   return {
     done,
     async shutdown() {
+      // Hosts first: their attempts still report to the workflows.
+      await sshHosts.shutdown();
       for (const worker of workers) if (worker.getState() === 'RUNNING') worker.shutdown();
       await done;
     },

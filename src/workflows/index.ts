@@ -1,3 +1,4 @@
 // Entry point of the workflow bundle.
 export { taskWorkflow } from './task';
 export { agentRegistryWorkflow } from './agent-registry';
+export { hostRegistryWorkflow } from './host-registry';

@@ -1,0 +1,138 @@
+// The SSH runner: runs an attempt's agent on one configured host. It connects (before the claim,
+// so an unreachable host never takes a task), starts the wrapper script (../run/shell.ts) with the
+// prompt on stdin and the task in the environment, reads the output through the provider, and
+// stops the remote process group on cancel or timeout. A dropped connection fails the attempt.
+import type { ClientChannel } from 'ssh2';
+import type { PreparedRun, RunContext, Runner } from '../activities/runner';
+import type { TaskResult } from '../model';
+import { getProvider, type AgentExit, type ProviderName } from '../providers';
+import { driveAgentProcess, type AgentProcess } from '../run/agent-process';
+import { taskEnvironment } from '../run/env';
+import { buildRunScript, shellCommandLine } from '../run/shell';
+import { sessionToResume, type ResumePolicy, type SessionLookup } from '../sessions';
+import { SshConnection, SshConnectionError, type SshTarget } from './connection';
+
+export interface SshHostSettings {
+  target: SshTarget;
+  workdir: string;
+  /** Per agent type: provider and command argv. */
+  agents: Record<string, { provider: ProviderName | string; command: string[] }>;
+  killGraceMs: number;
+  sessionResume: ResumePolicy;
+}
+
+export interface SshRunnerHooks {
+  /** Finds the session of an earlier task with the same session key. */
+  sessions?: SessionLookup;
+  /** A connection could not be made (the host looks down): health takes it offline now. */
+  onConnectFailure?(error: Error): void;
+  /** The remote command is about to start (pid is its process group on the host). */
+  onStarted?(event: { taskId: string; attempt: number; pid: number }): void;
+  /** Diagnostics (session lookup failures and such). */
+  warn?(message: string, error?: unknown): void;
+}
+
+export class SshRunner implements Runner {
+  constructor(
+    readonly host: SshHostSettings,
+    private readonly hooks: SshRunnerHooks = {},
+  ) {}
+
+  async prepare(request: { signal: AbortSignal }): Promise<PreparedRun> {
+    let connection: SshConnection;
+    try {
+      connection = await SshConnection.connect(this.host.target, request.signal);
+    } catch (error) {
+      if (!request.signal.aborted) this.hooks.onConnectFailure?.(error as Error);
+      throw error;
+    }
+    return {
+      run: (context) => this.runOn(connection, context),
+      close: () => connection.end(),
+    };
+  }
+
+  async run(context: RunContext): Promise<TaskResult> {
+    const prepared = await this.prepare(context);
+    try {
+      return await prepared.run(context);
+    } finally {
+      prepared.close();
+    }
+  }
+
+  private async runOn(connection: SshConnection, context: RunContext): Promise<TaskResult> {
+    const { input } = context;
+    const agent = this.host.agents[input.agentType];
+    if (!agent) throw new Error(`host ${context.hostId} has no command for agent type ${input.agentType}`);
+    const provider = getProvider(agent.provider);
+
+    let resumeSessionId: string | undefined;
+    if (input.sessionKey && this.hooks.sessions && this.host.sessionResume !== 'never') {
+      try {
+        const earlier = await this.hooks.sessions(input);
+        resumeSessionId = sessionToResume(earlier, { kind: 'host', id: context.hostId }, this.host.sessionResume);
+        if (earlier && !resumeSessionId) context.output(`[drover] session ${earlier.sessionId} of ${earlier.taskId} ran elsewhere; starting a new session\n`);
+      } catch (error) {
+        // Resuming is a nicety: a lookup failure starts a fresh session.
+        this.hooks.warn?.(`session lookup for ${context.taskId} failed`, error);
+      }
+    }
+    if (resumeSessionId) context.output(`[drover] resuming session ${resumeSessionId}\n`);
+
+    const env = taskEnvironment({ taskId: context.taskId, attempt: context.attempt, input, instanceId: context.hostId, resumeSessionId });
+    const argv = provider.argv(agent.command, { resumeSessionId });
+    const prompt = Buffer.from(input.prompt, 'utf8');
+    const script = buildRunScript({ workdir: this.host.workdir, env, argv, promptBytes: prompt.length, killGraceSeconds: this.host.killGraceMs / 1000 });
+    const channel = await connection.exec(shellCommandLine(script));
+    context.progress('starting the agent');
+    const { result } = await driveAgentProcess({
+      process: channelProcess(channel, connection),
+      prompt,
+      parser: provider.parser(),
+      signal: context.signal,
+      onOutput: context.output,
+      onProgress: context.progress,
+      onStarted: (pid) => {
+        context.progress(`agent running (pid ${pid} on ${context.hostId})`);
+        this.hooks.onStarted?.({ taskId: context.taskId, attempt: context.attempt, pid });
+      },
+      forceKill: (pid) => this.forceKill(connection, pid),
+      killGraceMs: this.host.killGraceMs,
+    });
+    return result;
+  }
+
+  /** SIGKILL to the remote process group, over the run's connection or a fresh one. */
+  private async forceKill(connection: SshConnection, pid: number): Promise<void> {
+    const command = `kill -KILL -${pid} 2>/dev/null; exit 0`;
+    if (connection.open) {
+      await connection.run(command, 10_000);
+      return;
+    }
+    const fresh = await SshConnection.connect(this.host.target);
+    try {
+      await fresh.run(command, 10_000);
+    } finally {
+      fresh.end();
+    }
+  }
+}
+
+/** An SSH channel as an agent process: it exits with the channel, and fails with the connection. */
+function channelProcess(channel: ClientChannel, connection: SshConnection): AgentProcess {
+  const exit = new Promise<AgentExit>((resolve, reject) => {
+    let status: AgentExit | undefined;
+    channel.on('exit', (code: number | null, signal?: string) => {
+      status = { code: code ?? null, signal: signal ?? null };
+    });
+    channel.on('close', () => {
+      if (status) resolve(status);
+      else reject(new SshConnectionError(`connection to host ${connection.target.hostId} lost while the agent was running`));
+    });
+    void connection.closed.then((error) => {
+      if (!status) reject(new SshConnectionError(`connection to host ${connection.target.hostId} lost while the agent was running: ${error.message}`));
+    });
+  });
+  return { stdin: channel, stdout: channel, stderr: channel.stderr, exit };
+}
