@@ -18,6 +18,9 @@ import { AgentDirectory } from './directory';
 import { ApiError, frameworkErrors, installErrorHandlers } from './errors';
 import { healthPlugin } from './health';
 import { hostsPlugin } from './hosts';
+import { logsPlugin } from './logs';
+import { sessionsPlugin } from './sessions';
+import { createHostPresence } from '../host-presence';
 import { ApiMetrics } from './metrics';
 import { statsPlugin } from './stats';
 import { tasksPlugin } from './tasks';
@@ -100,7 +103,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     admin: adminGuard(config.api.adminToken ? hashToken(config.api.adminToken) : undefined),
     maxWaitMs: durationMs(config.api.maxDequeueWait),
     taskOptions: taskDefaults(config),
-    hostPresence: deps.hostPresence,
+    // Presence that worker processes publish to the host registry (src/host-presence.ts).
+    hostPresence: deps.hostPresence ?? createHostPresence(client),
   };
 
   await app.register(swagger, {
@@ -127,6 +131,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(tasksPlugin, options);
   await app.register(agentsPlugin, options);
   await app.register(hostsPlugin, options);
+  await app.register(logsPlugin, options);
+  await app.register(sessionsPlugin, options);
   await app.register(statsPlugin, options);
   // Further resources (the SSH side's logs plugin) register here, with the same context.
   for (const plugin of deps.plugins ?? []) await app.register(plugin, options);
