@@ -30,15 +30,29 @@ async function pool<I>(items: I[], concurrency: number, work: (item: I) => Promi
   );
 }
 
+const CLOSED_STATES = TASK_STATES.filter((s) => s !== 'pending' && s !== 'running');
+
 async function compute(ctx: ApiContext) {
-  const combos = ctx.config.types.flatMap((type) => TASK_STATES.flatMap((state) => EXECUTION_MODES.map((mode) => ({ type, state, mode }))));
+  // Visibility counts cannot group by custom attributes: open tasks are listed (there are few),
+  // closed ones counted per state × type × mode.
   const rows: Array<{ state: string; type: string; mode: string; count: number }> = [];
   const byState: Record<string, number> = Object.fromEntries(TASK_STATES.map((s) => [s, 0]));
-  await pool(combos, 8, async ({ type, state, mode }) => {
-    const count = await ctx.tasks.count({ state, mode, agentType: type });
-    if (count > 0) rows.push({ state, type, mode, count });
+  const add = (state: string, type: string, mode: string, count: number) => {
+    if (count <= 0) return;
+    const row = rows.find((r) => r.state === state && r.type === type && r.mode === mode);
+    if (row) row.count += count;
+    else rows.push({ state, type, mode, count });
     byState[state] = (byState[state] ?? 0) + count;
-  });
+  };
+  const combos = ctx.config.types.flatMap((type) => CLOSED_STATES.flatMap((state) => EXECUTION_MODES.map((mode) => ({ type, state, mode }))));
+  const [open] = await Promise.all([
+    ctx.tasks.list({ openOnly: true }, 100_000),
+    pool(combos, 16, async ({ type, state, mode }) => add(state, type, mode, await ctx.tasks.count({ state, mode, agentType: type }))),
+  ]);
+  for (const task of open) {
+    // A workflow still open but already closed in state is finishing its reports: counted above.
+    if (task.state === 'pending' || task.state === 'running') add(task.state, task.agentType ?? '', task.mode ?? '', 1);
+  }
   rows.sort((a, b) => a.type.localeCompare(b.type) || a.state.localeCompare(b.state) || a.mode.localeCompare(b.mode));
   const [agents, lastSeen, hostStates] = await Promise.all([
     ctx.directory.all(),

@@ -195,9 +195,12 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
     async (request, reply) => {
       const agent = await asAgent(request.query.agent_id, bearerToken(request));
       const waitMs = Math.min(Math.round((request.query.wait ?? 30) * 1000), ctx.maxWaitMs);
+      // 'close' before 'finish': the connection went away before the answer was written out.
+      let finished = false;
+      reply.raw.once('finish', () => (finished = true));
       const gone = new AbortController();
       const onClose = () => {
-        if (!reply.raw.writableFinished) gone.abort();
+        if (!finished) gone.abort();
       };
       reply.raw.once('close', onClose);
       const started = performance.now();
@@ -212,7 +215,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
         }
         // If the connection dies before the answer is fully written, give the task back.
         reply.raw.once('close', () => {
-          if (!reply.raw.writableFinished) void hub.giveBack(grant, agent);
+          if (!finished) void hub.giveBack(grant, agent);
         });
         request.log.info({ taskId: grant.taskId, agent: agent.id, attempt: grant.attempt }, 'task dequeued');
         return reply.code(200).send(grantView(grant, ctx.taskOptions.leaseMs));

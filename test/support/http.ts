@@ -111,3 +111,21 @@ export async function startHarness(raw: Record<string, unknown> = {}): Promise<H
 export function agent(id: string, types: string[], token = `token-of-${id}-0123456789`) {
   return { config: { id, token, types }, auth: { authorization: `Bearer ${token}` }, id, token, types };
 }
+
+type Injectable = Pick<FastifyInstance, 'inject'>;
+
+/** GET /api/v1/tasks/dequeue through inject(). */
+export function dequeue(app: Injectable, who: { id: string; auth: Record<string, string> }, waitSeconds: number) {
+  return app.inject({ method: 'GET', url: `/api/v1/tasks/dequeue?agent_id=${who.id}&wait=${waitSeconds}`, headers: who.auth });
+}
+
+/** POST /api/v1/tasks (admin): a hand-made task. */
+export async function enqueue(app: Injectable, body: Record<string, unknown>): Promise<string> {
+  const res = await app.inject({ method: 'POST', url: '/api/v1/tasks', headers: adminAuth, payload: body });
+  if (res.statusCode !== 201) throw new Error(`enqueue: ${res.statusCode} ${res.body}`);
+  return res.json().task_id as string;
+}
+
+export function taskUrl(taskId: string, action?: string): string {
+  return `/api/v1/tasks/${encodeURIComponent(taskId)}${action ? `/${action}` : ''}`;
+}
