@@ -102,12 +102,20 @@ export async function driveAgentProcess(options: DriveOptions): Promise<{ result
   });
 
   let stopping = false;
+  let abandon: (error: Error) => void = () => {};
+  const abandoned = new Promise<never>((_, reject) => {
+    abandon = reject;
+  });
+  abandoned.catch(() => {});
+  const exitedBy = (ms: number) => Promise.race([proc.exit.then(() => true, () => true), delay(ms).then(() => false)]);
   const stop = async () => {
     if (stopping) return;
     stopping = true;
     proc.stdin.end();
-    const ended = await Promise.race([proc.exit.then(() => true, () => true), delay(options.killGraceMs + 3_000).then(() => false)]);
-    if (!ended && pid !== undefined && options.forceKill) await options.forceKill(pid).catch(() => undefined);
+    if (await exitedBy(options.killGraceMs + 3_000)) return;
+    if (pid !== undefined && options.forceKill) await options.forceKill(pid).catch(() => undefined);
+    // A process (or connection) that still does not end is given up on, so the caller is never stuck.
+    if (!(await exitedBy(5_000))) abandon(new AgentStoppedError('the agent did not end after being killed; giving up on it'));
   };
   const onAbort = () => void stop();
   if (options.signal.aborted) onAbort();
@@ -119,7 +127,7 @@ export async function driveAgentProcess(options: DriveOptions): Promise<{ result
 
   let exit: AgentExit;
   try {
-    exit = await proc.exit;
+    exit = await Promise.race([proc.exit, abandoned]);
   } finally {
     options.signal.removeEventListener('abort', onAbort);
   }

@@ -1,5 +1,6 @@
 // One SSH connection (ssh2, pure JS) to a configured host, with its host key checked against
 // the pins: an unknown or changed key is refused with a HostKeyError, never trusted.
+import { finished } from 'node:stream/promises';
 import type { ClientChannel, ConnectConfig } from 'ssh2';
 import ssh2 from 'ssh2';
 import { fingerprint, HostKeyError, hostKeyAlgorithms, type HostKeyPin, matchesPins } from './host-key';
@@ -27,6 +28,11 @@ export interface ExecResult {
   signal: string | null;
   stdout: string;
   stderr: string;
+}
+
+export interface ExecChannel {
+  channel: ClientChannel;
+  exited: Promise<{ code: number | null; signal: string | null }>;
 }
 
 export class SshConnection {
@@ -115,45 +121,61 @@ export class SshConnection {
     });
   }
 
-  /** Starts `command` (run by the login shell). */
-  exec(command: string): Promise<ClientChannel> {
+  /**
+   * Starts `command` (run by the login shell). `exited` resolves with the exit status once the
+   * channel has closed, and rejects when it closed without one (the connection died). Listeners are
+   * attached inside ssh2's callback: a quick command's exit may arrive in the same packet batch.
+   */
+  exec(command: string): Promise<ExecChannel> {
     return new Promise((resolve, reject) => {
       if (this.isClosed) return reject(this.closedError ?? new SshConnectionError(`connection to host ${this.target.hostId} is closed`));
-      this.client.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
+      this.client.exec(command, (error, channel) => {
+        if (error) return reject(error);
+        const exited = new Promise<{ code: number | null; signal: string | null }>((resolveExit, rejectExit) => {
+          let status: { code: number | null; signal: string | null } | undefined;
+          channel.on('exit', (code: number | null, signal?: string) => {
+            status = { code: code ?? null, signal: signal ?? null };
+          });
+          channel.on('close', () => {
+            if (status) resolveExit(status);
+            else rejectExit(new SshConnectionError(`connection to host ${this.target.hostId} lost while the command was running`));
+          });
+          void this.closed.then((reason) => {
+            if (!status) rejectExit(new SshConnectionError(`connection to host ${this.target.hostId} lost while the command was running: ${reason.message}`));
+          });
+        });
+        exited.catch(() => {}); // callers that only read output still see the rejection when they await it
+        resolve({ channel, exited });
+      });
     });
   }
 
   /** Runs a short command to its end and collects its output (bounded). */
   async run(command: string, timeoutMs: number): Promise<ExecResult> {
-    const channel = await this.exec(command);
-    return new Promise((resolve, reject) => {
-      let stdout = '';
-      let stderr = '';
-      let code: number | null = null;
-      let signal: string | null = null;
-      const timer = setTimeout(() => {
+    const { channel, exited } = await this.exec(command);
+    let stdout = '';
+    let stderr = '';
+    channel.on('data', (chunk: Buffer) => {
+      if (stdout.length < 65_536) stdout += chunk.toString('utf8');
+    });
+    channel.stderr.on('data', (chunk: Buffer) => {
+      if (stderr.length < 65_536) stderr += chunk.toString('utf8');
+    });
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
         channel.close();
         reject(new SshConnectionError(`command on host ${this.target.hostId} timed out after ${timeoutMs} ms`));
       }, timeoutMs);
-      channel.on('data', (chunk: Buffer) => {
-        if (stdout.length < 65_536) stdout += chunk.toString('utf8');
-      });
-      channel.stderr.on('data', (chunk: Buffer) => {
-        if (stderr.length < 65_536) stderr += chunk.toString('utf8');
-      });
-      channel.on('exit', (c: number | null, s?: string) => {
-        code = c ?? null;
-        signal = s ?? null;
-      });
-      channel.on('close', () => {
-        clearTimeout(timer);
-        resolve({ code, signal, stdout, stderr });
-      });
-      void this.closed.then((error) => {
-        clearTimeout(timer);
-        reject(error);
-      });
     });
+    try {
+      const { code, signal } = await Promise.race([exited, timeout]);
+      // Output read before the close but not yet delivered to the listeners flows now.
+      await Promise.race([Promise.all([finished(channel, { writable: false }), finished(channel.stderr)]).catch(() => undefined), timeout]);
+      return { code, signal, stdout, stderr };
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   end(): void {

@@ -70,10 +70,11 @@ export class HostHealth {
   }
 
   private async check(): Promise<void> {
-    const timeoutMs = Math.max(1_000, Math.min(this.options.target.connectTimeoutMs, this.options.intervalMs * 2));
+    // As long as a connection may take: a slow login shell is not a dead host.
+    const timeoutMs = Math.max(1_000, this.options.target.connectTimeoutMs);
     let connection: SshConnection | undefined;
     try {
-      connection = await SshConnection.connect({ ...this.options.target, connectTimeoutMs: timeoutMs });
+      connection = await SshConnection.connect(this.options.target);
       const result = await connection.run('true', timeoutMs);
       if (result.code !== 0) throw new Error(`health check command exited with ${result.code ?? result.signal}: ${result.stderr.trim()}`);
       this.set(true);

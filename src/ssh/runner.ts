@@ -2,15 +2,15 @@
 // so an unreachable host never takes a task), starts the wrapper script (../run/shell.ts) with the
 // prompt on stdin and the task in the environment, reads the output through the provider, and
 // stops the remote process group on cancel or timeout. A dropped connection fails the attempt.
-import type { ClientChannel } from 'ssh2';
+import { finished } from 'node:stream/promises';
 import type { PreparedRun, RunContext, Runner } from '../activities/runner';
 import type { TaskResult } from '../model';
-import { getProvider, type AgentExit, type ProviderName } from '../providers';
+import { getProvider, type ProviderName } from '../providers';
 import { driveAgentProcess, type AgentProcess } from '../run/agent-process';
 import { taskEnvironment } from '../run/env';
 import { buildRunScript, shellCommandLine } from '../run/shell';
 import { sessionToResume, type ResumePolicy, type SessionLookup } from '../sessions';
-import { SshConnection, SshConnectionError, type SshTarget } from './connection';
+import { SshConnection, SshConnectionError, type ExecChannel, type SshTarget } from './connection';
 
 export interface SshHostSettings {
   target: SshTarget;
@@ -84,10 +84,10 @@ export class SshRunner implements Runner {
     const argv = provider.argv(agent.command, { resumeSessionId });
     const prompt = Buffer.from(input.prompt, 'utf8');
     const script = buildRunScript({ workdir: this.host.workdir, env, argv, promptBytes: prompt.length, killGraceSeconds: this.host.killGraceMs / 1000 });
-    const channel = await connection.exec(shellCommandLine(script));
+    const exec = await connection.exec(shellCommandLine(script));
     context.progress('starting the agent');
     const { result } = await driveAgentProcess({
-      process: channelProcess(channel, connection),
+      process: channelProcess(exec, context.hostId),
       prompt,
       parser: provider.parser(),
       signal: context.signal,
@@ -120,19 +120,16 @@ export class SshRunner implements Runner {
 }
 
 /** An SSH channel as an agent process: it exits with the channel, and fails with the connection. */
-function channelProcess(channel: ClientChannel, connection: SshConnection): AgentProcess {
-  const exit = new Promise<AgentExit>((resolve, reject) => {
-    let status: AgentExit | undefined;
-    channel.on('exit', (code: number | null, signal?: string) => {
-      status = { code: code ?? null, signal: signal ?? null };
-    });
-    channel.on('close', () => {
-      if (status) resolve(status);
-      else reject(new SshConnectionError(`connection to host ${connection.target.hostId} lost while the agent was running`));
-    });
-    void connection.closed.then((error) => {
-      if (!status) reject(new SshConnectionError(`connection to host ${connection.target.hostId} lost while the agent was running: ${error.message}`));
-    });
-  });
+function channelProcess({ channel, exited }: ExecChannel, hostId: string): AgentProcess {
+  const exit = exited.then(
+    async (status) => {
+      // The exit status can arrive before the last output has been read: drain both streams first.
+      await Promise.all([finished(channel, { writable: false }), finished(channel.stderr)]).catch(() => undefined);
+      return status;
+    },
+    (error: Error) => {
+      throw new SshConnectionError(`connection to host ${hostId} lost while the agent was running (${error.message})`);
+    },
+  );
   return { stdin: channel, stdout: channel, stderr: channel.stderr, exit };
 }

@@ -141,6 +141,9 @@ export class SshdFleet {
         'MaxStartups 200',
         'MaxSessions 100',
         'LogLevel ERROR',
+        // bash sources ~/.bashrc for ssh commands only at shell level 1; some CI machines' root
+        // .bashrc is slow (pyenv init), so sessions start at level 1 and bash skips it.
+        'SetEnv SHLVL=1',
         '',
       ].join('\n'),
     );
