@@ -11,6 +11,7 @@ import { connectClient, connectNative, registerSearchAttributes } from './tempor
 import { ensureTemporalCli } from './temporal-cli';
 import { startWorkers } from './workers/main';
 import { buildApp } from './api/app';
+import { registerAgentCommand } from './agent/command';
 
 /** `drover dev` uses this example config when none is given. */
 const DEV_CONFIG = fileURLToPath(new URL('../examples/drover.dev.yaml', import.meta.url));
@@ -106,6 +107,9 @@ program
     await native.close();
     await env.teardown();
   });
+
+// `drover agent`: the reference pull agent (src/agent).
+registerAgentCommand(program);
 
 program.parseAsync().catch((error: unknown) => {
   if (error instanceof ConfigError) {

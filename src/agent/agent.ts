@@ -1,0 +1,280 @@
+// `drover agent`: the reference pull agent. It long-polls dequeue, runs the command locally with
+// the prompt on stdin (the same wrapper script and providers as the SSH hosts), heartbeats its
+// lease, stops the command on cancel or lease loss, and reports complete or fail. Server restarts
+// and network drops are ridden out with backoff; SIGINT/SIGTERM finish or give back the task.
+import type { Logger } from '../log';
+import type { TaskInput, TaskKind, TaskResult } from '../model';
+import { getProvider, type ProviderName } from '../providers';
+import { clip } from '../providers/result-line';
+import { driveAgentProcess } from '../run/agent-process';
+import { taskEnvironment } from '../run/env';
+import { killLocalGroup, spawnLocalScript } from '../run/local';
+import { buildRunScript } from '../run/shell';
+import { sessionToResume, type ResumePolicy } from '../sessions';
+import { type DroverHttpClient, type Grant, HttpError, isTransient, type ResultReport } from './http';
+
+export interface PullAgentOptions {
+  client: DroverHttpClient;
+  /** The agent command's argv (prompt on its stdin). */
+  command: string[];
+  provider: ProviderName;
+  workdir: string;
+  /** Seconds each dequeue long-poll waits. */
+  waitSeconds: number;
+  killGraceMs: number;
+  /** After SIGINT/SIGTERM, how long a running task may still finish before it is given back. */
+  shutdownGraceMs: number;
+  sessionResume: ResumePolicy;
+  log: Logger;
+  /** Environment of the command (default: this process's, without DROVER_AGENT_TOKEN). */
+  env?: NodeJS.ProcessEnv;
+  backoff?: { initialMs: number; maxMs: number };
+  /** How long a finished task's report is retried through outages. */
+  reportRetryMs?: number;
+  /** Stop after this many tasks. */
+  maxTasks?: number;
+  /** Every piece of the command's output. */
+  onOutput?(text: string): void;
+}
+
+interface CurrentTask {
+  grant: Grant;
+  abort: AbortController;
+  /** Why the run is being stopped, when it is. */
+  stopReason?: 'cancel' | 'lease_lost' | 'shutdown';
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      { once: true },
+    );
+  });
+
+export class PullAgent {
+  private stopping = false;
+  private readonly stopSignal = new AbortController();
+  private current: CurrentTask | undefined;
+  private graceTimer: NodeJS.Timeout | undefined;
+  private tasksDone = 0;
+
+  constructor(private readonly options: PullAgentOptions) {}
+
+  get id(): string {
+    return this.options.client.agentId;
+  }
+
+  /** Runs until stopped (or maxTasks). Rejects only on errors retrying cannot fix (bad token, bad request). */
+  async run(): Promise<void> {
+    const { client, log } = this.options;
+    const backoff = this.options.backoff ?? { initialMs: 500, maxMs: 30_000 };
+    let delay = backoff.initialMs;
+    log.info({ agent: this.id, command: this.options.command, provider: this.options.provider }, 'pull agent started');
+    while (!this.stopping) {
+      let grant: Grant | undefined;
+      try {
+        grant = await client.dequeue(this.options.waitSeconds, this.stopSignal.signal);
+        delay = backoff.initialMs;
+      } catch (error) {
+        if (this.stopping) break;
+        if (!isTransient(error)) throw error;
+        const wait = Math.round(delay * (0.5 + Math.random() / 2));
+        log.warn({ err: (error as Error).message, retryInMs: wait }, 'server unreachable; backing off');
+        await sleep(wait, this.stopSignal.signal);
+        delay = Math.min(delay * 2, backoff.maxMs);
+        continue;
+      }
+      if (!grant) continue;
+      if (this.stopping) {
+        // Stopped while this task was on its way: give it back untried.
+        await client.release(grant.task_id, grant.attempt).catch((error: unknown) => log.warn({ err: (error as Error).message }, 'could not give back a task'));
+        break;
+      }
+      await this.runTask(grant);
+      this.tasksDone += 1;
+      if (this.options.maxTasks !== undefined && this.tasksDone >= this.options.maxTasks) break;
+    }
+    if (this.graceTimer) clearTimeout(this.graceTimer);
+    log.info({ agent: this.id, tasks: this.tasksDone }, 'pull agent stopped');
+  }
+
+  /**
+   * First call: take no more tasks; a running task may finish within the shutdown grace, then it
+   * is given back. Second call: give it back now.
+   */
+  stop(): void {
+    if (this.stopping) {
+      this.giveBack();
+      return;
+    }
+    this.stopping = true;
+    this.stopSignal.abort(new Error('agent stopping'));
+    if (this.current) {
+      this.options.log.info({ taskId: this.current.grant.task_id, graceMs: this.options.shutdownGraceMs }, 'stopping: the running task may finish, then it is given back');
+      this.graceTimer = setTimeout(() => this.giveBack(), this.options.shutdownGraceMs);
+      this.graceTimer.unref();
+    }
+  }
+
+  private giveBack(): void {
+    const current = this.current;
+    if (!current || current.stopReason) return;
+    current.stopReason = 'shutdown';
+    current.abort.abort(new Error('the agent is shutting down'));
+  }
+
+  private async runTask(grant: Grant): Promise<void> {
+    const { client, log } = this.options;
+    const taskLog = log.child({ taskId: grant.task_id, attempt: grant.attempt });
+    const current: CurrentTask = { grant, abort: new AbortController() };
+    this.current = current;
+    taskLog.info('task dequeued');
+
+    // Heartbeats until the result is reported: they keep the lease and bring cancel requests.
+    const beating = new AbortController();
+    const everyMs = Math.max(250, Math.min(10_000, Math.floor(grant.lease_ms / 3)));
+    const heartbeats = (async () => {
+      while (!beating.signal.aborted) {
+        await sleep(everyMs, beating.signal);
+        if (beating.signal.aborted) break;
+        try {
+          const answer = await client.heartbeat(grant.task_id, grant.attempt);
+          if (answer.cancel_requested && !current.stopReason) {
+            current.stopReason = 'cancel';
+            taskLog.info('cancel requested: stopping the command');
+            current.abort.abort(new Error('cancel requested'));
+          }
+        } catch (error) {
+          if (error instanceof HttpError && error.leaseLost) {
+            taskLog.warn({ err: error.message }, 'lease lost: stopping the command');
+            current.stopReason = 'lease_lost';
+            current.abort.abort(new Error('lease lost'));
+            break;
+          }
+          taskLog.warn({ err: (error as Error).message }, 'heartbeat failed; retrying');
+        }
+      }
+    })();
+
+    try {
+      const outcome = await this.execute(grant, current, taskLog);
+      await this.report(grant, current, outcome, taskLog);
+    } finally {
+      beating.abort();
+      await heartbeats;
+      this.current = undefined;
+      if (this.graceTimer) clearTimeout(this.graceTimer);
+    }
+  }
+
+  private async execute(grant: Grant, current: CurrentTask, taskLog: Logger): Promise<{ result?: TaskResult; error?: Error }> {
+    const { client } = this.options;
+    let resumeSessionId: string | undefined;
+    if (grant.session_key && this.options.sessionResume !== 'never') {
+      try {
+        const earlier = await client.earlierSession(grant.task_id);
+        resumeSessionId = sessionToResume(
+          earlier ? { sessionId: earlier.session_id, taskId: earlier.task_id, holder: earlier.holder ?? undefined } : undefined,
+          { kind: 'agent', id: this.id },
+          this.options.sessionResume,
+        );
+        if (resumeSessionId) taskLog.info({ sessionId: resumeSessionId }, 'resuming the earlier session');
+      } catch (error) {
+        taskLog.warn({ err: (error as Error).message }, 'could not look up an earlier session; starting a new one');
+      }
+    }
+    const input: TaskInput = {
+      agentType: grant.agent_type,
+      kind: grant.kind as TaskKind,
+      repo: grant.repo,
+      number: grant.number,
+      title: grant.title,
+      prompt: grant.prompt,
+      ...(grant.url ? { url: grant.url } : {}),
+      ...(grant.session_key ? { sessionKey: grant.session_key } : {}),
+    };
+    const provider = getProvider(this.options.provider);
+    const env = taskEnvironment({ taskId: grant.task_id, attempt: grant.attempt, input, instanceId: this.id, resumeSessionId });
+    const prompt = Buffer.from(grant.prompt, 'utf8');
+    const script = buildRunScript({
+      workdir: this.options.workdir,
+      env,
+      argv: provider.argv(this.options.command, { resumeSessionId }),
+      promptBytes: prompt.length,
+      killGraceSeconds: this.options.killGraceMs / 1000,
+    });
+    const childEnv = { ...(this.options.env ?? process.env) };
+    delete childEnv.DROVER_AGENT_TOKEN;
+    try {
+      const { result, pid } = await driveAgentProcess({
+        process: spawnLocalScript(script, { env: childEnv }),
+        prompt,
+        parser: provider.parser(),
+        signal: current.abort.signal,
+        onOutput: (text) => this.options.onOutput?.(text),
+        onProgress: (message) => taskLog.debug({ progress: message }, 'progress'),
+        onStarted: (pid) => taskLog.info({ pid }, 'command started'),
+        forceKill: (pid) => killLocalGroup(pid),
+        killGraceMs: this.options.killGraceMs,
+      });
+      taskLog.info({ pid, outcome: result.outcome }, 'command finished');
+      return { result };
+    } catch (error) {
+      return { error: error as Error };
+    }
+  }
+
+  /** Reports the outcome, retrying through outages, until the server takes it or refuses it for good. */
+  private async report(grant: Grant, current: CurrentTask, outcome: { result?: TaskResult; error?: Error }, taskLog: Logger): Promise<void> {
+    const { client } = this.options;
+    if (current.stopReason === 'lease_lost') {
+      taskLog.warn('the lease was lost: the task is someone else’s now; nothing reported');
+      return;
+    }
+    let send: () => Promise<void>;
+    let what: string;
+    if (current.stopReason === 'shutdown') {
+      what = 'release';
+      send = () => client.release(grant.task_id, grant.attempt);
+    } else if (current.stopReason === 'cancel') {
+      what = 'fail (cancelled)';
+      send = () => client.fail(grant.task_id, grant.attempt, 'stopped: the task was cancelled');
+    } else if (outcome.result && outcome.result.outcome !== 'fail') {
+      const { outcome: kind, summary, branch, rev, details } = outcome.result;
+      const report: ResultReport = { outcome: kind, summary: clip(summary || kind, 100_000), ...(branch ? { branch } : {}), ...(rev ? { rev } : {}), ...(details ? { details } : {}) };
+      what = `complete (${kind})`;
+      send = () => client.complete(grant.task_id, grant.attempt, report);
+    } else {
+      const summary = outcome.result ? outcome.result.summary : `the command could not run: ${outcome.error?.message ?? 'unknown error'}`;
+      what = 'fail';
+      send = () => client.fail(grant.task_id, grant.attempt, clip(summary || 'failed', 100_000), outcome.result?.details);
+    }
+    const deadline = Date.now() + (this.options.reportRetryMs ?? 10 * 60_000);
+    let delay = this.options.backoff?.initialMs ?? 500;
+    for (;;) {
+      try {
+        await send();
+        taskLog.info(`reported: ${what}`);
+        return;
+      } catch (error) {
+        if (error instanceof HttpError && error.leaseLost) {
+          taskLog.warn({ err: error.message }, `could not report ${what}: the task is no longer ours`);
+          return;
+        }
+        if (!isTransient(error) || Date.now() > deadline) {
+          taskLog.error({ err: (error as Error).message }, `could not report ${what}; giving up`);
+          return;
+        }
+        taskLog.warn({ err: (error as Error).message }, `could not report ${what} yet; retrying`);
+        await sleep(delay);
+        delay = Math.min(delay * 2, this.options.backoff?.maxMs ?? 30_000);
+      }
+    }
+  }
+}
