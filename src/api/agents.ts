@@ -40,7 +40,7 @@ export const agentsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, {
   app.get(
     '/api/v1/agents',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'Pull agents: from the config and registered at runtime, with presence',
         tags: ['agents'],
@@ -72,7 +72,7 @@ export const agentsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, {
   app.post(
     '/api/v1/agents',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'Register a pull agent at runtime',
         description: 'Returns the agent’s bearer token (generated unless given). Keep it: only its SHA-256 is stored.',
@@ -102,7 +102,7 @@ export const agentsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, {
   app.delete(
     '/api/v1/agents/:id',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'Remove a runtime-registered pull agent',
         tags: ['agents'],
@@ -120,7 +120,7 @@ export const agentsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, {
   app.post(
     '/api/v1/agents/:id/cancel',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'Cancel the task an agent (or SSH host) is running',
         tags: ['coordinator'],

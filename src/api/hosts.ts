@@ -20,7 +20,7 @@ export const hostsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
   fastify.withTypeProvider<TypeBoxTypeProvider>().get(
     '/api/v1/hosts',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'SSH hosts from the config, with presence where known',
         tags: ['agents'],

@@ -85,7 +85,7 @@ export const statsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
   fastify.withTypeProvider<TypeBoxTypeProvider>().get(
     '/api/v1/stats',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'Counts by state, type and mode; hosts; agents',
         tags: ['operators'],

@@ -1,6 +1,6 @@
 // Tasks: enqueue by hand, list and inspect (admin); the pull-agent protocol — dequeue, heartbeat,
 // complete, fail, release (agent token); assign and cancel (admin).
-import { randomUUID } from 'node:crypto';
+import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import { Type as T } from '@sinclair/typebox';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { isGrpcServiceError } from '@temporalio/client';
@@ -30,6 +30,25 @@ import {
 } from './schemas';
 
 const admin = [{ adminToken: [] }];
+
+/**
+ * Page tokens are Temporal's, with a MAC: a token that is not one we issued is refused with 400
+ * instead of reaching Temporal (which answers garbage with errors its client retries for long).
+ * The key derives from the admin token, shared by every API process.
+ */
+function pageTokenCodec(adminToken: string | undefined) {
+  const key = createHmac('sha256', 'drover-page-token').update(adminToken ?? '').digest();
+  const mac = (raw: string) => createHmac('sha256', key).update(raw).digest().subarray(0, 12);
+  return {
+    seal: (raw: string) => `${raw}.${mac(raw).toString('base64url')}`,
+    open: (token: string): string => {
+      const [raw, tag] = token.split('.');
+      const given = Buffer.from(tag ?? '', 'base64url');
+      if (!raw || given.length !== 12 || !timingSafeEqual(given, mac(raw))) throw new ApiError(400, 'bad_page_token', 'page_token is not one this API issued');
+      return raw;
+    },
+  };
+}
 const agentAuth = [{ agentToken: [] }];
 const HttpUrl = T.String({ pattern: '^https?://[^\\s]{1,2000}$', maxLength: 2048 });
 
@@ -43,13 +62,14 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
     return agent;
   };
   const holder = (id: string): InstanceRef => ({ kind: 'agent', id });
+  const pageTokens = pageTokenCodec(config.api.adminToken);
 
   // ---- enqueue, list, inspect ------------------------------------------------------------------
 
   app.post(
     '/api/v1/tasks',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'Enqueue a task by hand',
         tags: ['tasks'],
@@ -127,7 +147,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
   app.get(
     '/api/v1/tasks',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'List tasks (newest first), from Temporal visibility',
         tags: ['tasks'],
@@ -142,7 +162,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
             assignee: T.Optional(AgentId),
             open: T.Optional(T.Boolean({ description: 'only tasks whose workflow is still open' })),
             page_size: T.Optional(T.Integer({ minimum: 1, maximum: 500, default: 50 })),
-            page_token: T.Optional(T.String({ pattern: '^[A-Za-z0-9_-]{1,8192}$' })),
+            page_token: T.Optional(T.String({ pattern: '^[A-Za-z0-9_-]{1,8192}\\.[A-Za-z0-9_-]{16}$', description: 'next_page_token of the previous page' })),
           },
           { additionalProperties: false },
         ),
@@ -154,15 +174,16 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
     },
     async (request) => {
       const q = request.query;
+      const pageToken = q.page_token ? pageTokens.open(q.page_token) : undefined;
       try {
         const page = await tasks.listPage(
           { state: q.state, mode: q.mode, agentType: q.type, kind: q.kind, repo: q.repo, assignee: q.assignee, openOnly: q.open },
-          { pageSize: q.page_size ?? 50, pageToken: q.page_token },
+          { pageSize: q.page_size ?? 50, pageToken },
         );
-        return { tasks: page.tasks.map(summaryView), next_page_token: page.nextPageToken ?? null };
+        return { tasks: page.tasks.map(summaryView), next_page_token: page.nextPageToken ? pageTokens.seal(page.nextPageToken) : null };
       } catch (error) {
-        // INVALID_ARGUMENT: a page token that is not Temporal's.
-        if (isGrpcServiceError(error) && error.code === 3) throw new ApiError(400, 'bad_page_token', 'page_token is not valid');
+        // INVALID_ARGUMENT: a page token from another query.
+        if (isGrpcServiceError(error) && error.code === 3) throw new ApiError(400, 'bad_page_token', 'page_token is not valid for this query');
         throw error;
       }
     },
@@ -335,7 +356,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
   app.get(
     '/api/v1/tasks/:id',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'Inspect a task',
         tags: ['tasks'],
@@ -350,7 +371,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
   app.post(
     '/api/v1/tasks/:id/assign',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'Reserve a pending task for a named SSH host or pull agent',
         description:
@@ -392,7 +413,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
   app.post(
     '/api/v1/tasks/:id/cancel',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'Cancel a task',
         description: 'A pending task closes at once; a running one is stopped (SSH: the process is killed; pull agent: told at its next heartbeat).',
