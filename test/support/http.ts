@@ -3,6 +3,7 @@
 // worker, and apps built with buildApp — through inject() or listening on 127.0.0.1.
 import { randomUUID } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
+import { msToTs } from '@temporalio/common/lib/time';
 import { NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { inject } from 'vitest';
@@ -68,7 +69,7 @@ export async function startHarness(raw: Record<string, unknown> = {}): Promise<H
   const address = inject('temporalAddress');
   const namespace = `drover-http-${randomUUID().slice(0, 8)}`;
   const connection = await Connection.connect({ address });
-  await connection.workflowService.registerNamespace({ namespace, workflowExecutionRetentionPeriod: { seconds: 86_400 } });
+  await connection.workflowService.registerNamespace({ namespace, workflowExecutionRetentionPeriod: msToTs('1 day') });
   await registerSearchAttributes(connection, namespace);
   const nativeConnection = await NativeConnection.connect({ address });
   const client = new Client({ connection, namespace });
