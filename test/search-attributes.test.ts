@@ -1,6 +1,7 @@
 // `drover setup-search-attributes` against a real server: registers what is missing, idempotently.
 import { randomUUID } from 'node:crypto';
 import { Connection } from '@temporalio/client';
+import { msToTs } from '@temporalio/common/lib/time';
 import { inject, expect, test } from 'vitest';
 import { SEARCH_ATTRIBUTE_DEFINITIONS } from '../src/names';
 import { registerSearchAttributes } from '../src/temporal-connection';
@@ -9,7 +10,7 @@ test('registers every Drover search attribute on a namespace that lacks them, th
   const connection = await Connection.connect({ address: inject('temporalAddress') });
   try {
     const namespace = `sa-${randomUUID().slice(0, 8)}`;
-    await connection.workflowService.registerNamespace({ namespace, workflowExecutionRetentionPeriod: { seconds: 86_400 } });
+    await connection.workflowService.registerNamespace({ namespace, workflowExecutionRetentionPeriod: msToTs('1 day') });
     const names = SEARCH_ATTRIBUTE_DEFINITIONS.map((d) => d.name).sort();
     const first = await waitForNamespace(() => registerSearchAttributes(connection, namespace));
     expect([...first].sort()).toEqual(names);
