@@ -1,0 +1,155 @@
+// Providers read agent output into results; host keys are pinned. Unit tests, no processes.
+import { describe, expect, it } from 'vitest';
+import { getProvider } from '../src/providers';
+import { declaredResult } from '../src/providers/result-line';
+import { suggestedBranch } from '../src/run/env';
+import { LogBuffer } from '../src/run/log-buffer';
+import { blobKeyType, fingerprint, HostKeyError, hostKeyAlgorithms, matchesPins, parseHostKeyPins } from '../src/ssh/host-key';
+import { sessionKeyAttribute, sessionToResume } from '../src/sessions';
+import { guessProvider } from '../src/agent/command';
+
+function feed(name: string, lines: unknown[], exit = { code: 0 as number | null, signal: null as string | null }, stderr = '') {
+  const parser = getProvider(name).parser();
+  const progress = lines.map((l) => parser.line(typeof l === 'string' ? l : JSON.stringify(l))).filter(Boolean);
+  return { result: parser.finish(exit, stderr), progress, sessionId: parser.sessionId };
+}
+
+describe('claude-code', () => {
+  const init = { type: 'system', subtype: 'init', session_id: 'sess-1', model: 'claude-x', tools: [] };
+  it('reads init, messages, tool use and the result with summary and cost', () => {
+    const { result, progress, sessionId } = feed('claude-code', [
+      init,
+      { type: 'assistant', message: { content: [{ type: 'text', text: 'Looking at the code\nmore' }] } },
+      { type: 'assistant', message: { content: [{ type: 'tool_use', name: 'Edit', input: { file_path: 'src/a.ts' } }] } },
+      { type: 'user', message: { content: [{ type: 'tool_result', content: 'ok' }] } },
+      'not json at all',
+      { type: 'result', subtype: 'success', is_error: false, result: 'Fixed the bug.', session_id: 'sess-1', total_cost_usd: 0.5, num_turns: 4, duration_ms: 1200 },
+    ]);
+    expect(sessionId).toBe('sess-1');
+    expect(progress).toEqual(['session sess-1 started (claude-x)', 'Looking at the code', 'tool Edit: src/a.ts', 'finished: success']);
+    expect(result).toEqual({
+      outcome: 'success',
+      summary: 'Fixed the bug.',
+      details: { provider: 'claude-code', sessionId: 'sess-1', model: 'claude-x', costUsd: 0.5, numTurns: 4, durationMs: 1200, subtype: 'success' },
+    });
+  });
+
+  it('takes a declared result from the last line of the final message', () => {
+    const text = 'Opened a branch.\n{"outcome":"fork","summary":"split into two","branch":"drover/implement-3","rev":"0123abcd"}';
+    const { result } = feed('claude-code', [init, { type: 'result', subtype: 'success', is_error: false, result: text, session_id: 'sess-1' }]);
+    expect(result).toMatchObject({ outcome: 'fork', summary: 'split into two', branch: 'drover/implement-3', rev: '0123abcd' });
+  });
+
+  it('an error result or no result at all is a failure', () => {
+    expect(feed('claude-code', [init, { type: 'result', subtype: 'error_max_turns', is_error: true, session_id: 'sess-1' }]).result).toMatchObject({
+      outcome: 'fail',
+      summary: 'claude-code failed (error_max_turns)',
+    });
+    const none = feed('claude-code', [init], { code: 1, signal: null }, 'Error: not logged in\n').result;
+    expect(none.outcome).toBe('fail');
+    expect(none.summary).toContain('without a result (exit code 1): Error: not logged in');
+    expect(none.details?.sessionId).toBe('sess-1');
+  });
+
+  it('resumes with --resume', () => {
+    expect(getProvider('claude-code').argv(['claude', '-p'], { resumeSessionId: 's' })).toEqual(['claude', '-p', '--resume', 's']);
+    expect(getProvider('claude-code').argv(['claude', '-p'], {})).toEqual(['claude', '-p']);
+  });
+});
+
+describe('opencode', () => {
+  const ev = (type: string, part: Record<string, unknown> = {}, extra: Record<string, unknown> = {}) => ({ type, timestamp: 1, sessionID: 'ses_1', part, ...extra });
+  it('reads text, tool use, cost and the session', () => {
+    const { result, progress, sessionId } = feed('opencode', [
+      ev('step_start'),
+      ev('tool_use', { tool: 'bash', state: { status: 'completed', input: { command: 'npm test' } } }),
+      ev('text', { text: 'All tests pass.' }),
+      ev('step_finish', { cost: 0.25, tokens: { input: 1, output: 2 } }),
+      ev('step_finish', { cost: 0.5 }),
+    ]);
+    expect(sessionId).toBe('ses_1');
+    expect(progress).toEqual(['tool bash: npm test', 'All tests pass.']);
+    expect(result).toEqual({ outcome: 'success', summary: 'All tests pass.', details: { provider: 'opencode', steps: 2, sessionId: 'ses_1', costUsd: 0.75 } });
+  });
+
+  it('an error event or a non-zero exit fails', () => {
+    expect(feed('opencode', [ev('error', {}, { error: { name: 'APIError', data: { message: 'rate limited' } } })]).result).toMatchObject({ outcome: 'fail', summary: 'rate limited' });
+    expect(feed('opencode', [ev('text', { text: 'hm' })], { code: 2, signal: null }, 'boom').result.summary).toBe('opencode failed (exit code 2): boom');
+  });
+
+  it('resumes with --session', () => {
+    expect(getProvider('opencode').argv(['opencode', 'run', '--format', 'json'], { resumeSessionId: 'ses_1' })).toEqual(['opencode', 'run', '--format', 'json', '--session', 'ses_1']);
+  });
+});
+
+describe('command', () => {
+  it('a final JSON line is the result', () => {
+    const { result } = feed('command', ['working…', '{"session_id":"c-1"}', '{"outcome":"success","summary":"pushed","branch":"fix/x","rev":"abcdef1"}']);
+    expect(result).toEqual({ outcome: 'success', summary: 'pushed', branch: 'fix/x', rev: 'abcdef1', details: { provider: 'command', exitCode: 0, sessionId: 'c-1' } });
+  });
+
+  it('otherwise the exit code decides', () => {
+    expect(feed('command', ['did things', 'last words']).result).toMatchObject({ outcome: 'success', summary: 'last words' });
+    expect(feed('command', ['x'], { code: 3, signal: null }, 'it broke').result).toMatchObject({ outcome: 'fail', summary: 'command failed (exit code 3): it broke' });
+    expect(feed('command', [], { code: null, signal: 'KILL' }).result.summary).toBe('command failed (killed by signal KILL)');
+  });
+
+  it('ignores malformed declarations and unsafe branch names', () => {
+    expect(declaredResult('{"outcome":"maybe"}')).toBeUndefined();
+    expect(declaredResult('{"outcome":"success","branch":"../../etc","rev":"zz"}')).toEqual({ outcome: 'success', summary: '' });
+  });
+});
+
+describe('host keys', () => {
+  const key = 'AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl';
+  const blob = Buffer.from(key, 'base64');
+  it('reads public keys, known_hosts lines and fingerprints', () => {
+    expect(blobKeyType(blob)).toBe('ssh-ed25519');
+    const pins = parseHostKeyPins(`ssh-ed25519 ${key} comment\n# a comment\n[h]:2222,10.0.0.1 ssh-ed25519 ${key}\n${fingerprint(blob)}`);
+    expect(pins.map((p) => p.kind)).toEqual(['key', 'key', 'fingerprint']);
+    expect(matchesPins(pins, blob)).toBe(true);
+    expect(matchesPins(pins, Buffer.concat([blob, Buffer.from([0])]))).toBe(false);
+    expect(hostKeyAlgorithms(parseHostKeyPins(`ssh-ed25519 ${key}`))).toEqual(['ssh-ed25519']);
+    expect(hostKeyAlgorithms(pins)).toBeUndefined();
+  });
+
+  it('refuses what it cannot pin', () => {
+    expect(() => parseHostKeyPins('')).toThrow(HostKeyError);
+    expect(() => parseHostKeyPins('SHA256:short')).toThrow(/malformed/);
+    expect(() => parseHostKeyPins(`@cert-authority * ssh-ed25519 ${key}`)).toThrow(/markers/);
+    expect(() => parseHostKeyPins(`ssh-rsa ${key}`)).toThrow(/corrupt/);
+    expect(() => parseHostKeyPins('hello world')).toThrow(/cannot read host key/);
+  });
+});
+
+describe('small parts', () => {
+  it('suggests safe branch names', () => {
+    expect(suggestedBranch('implement:acme:web:42', { kind: 'implement', number: 42 })).toBe('drover/implement-42');
+    expect(suggestedBranch('custom:$(x):0', { kind: 'custom', number: 0 })).toBe('drover/custom-custom-x-0');
+  });
+
+  it('keeps the head and the tail of a long log', () => {
+    const log = new LogBuffer(10, 10);
+    log.append('0123456789abcdefghij');
+    log.append('KLMNOPQRSTUVWXYZ');
+    expect(log.totalChars).toBe(36);
+    expect(log.text()).toBe('0123456789\n[… 16 characters of output omitted …]\nQRSTUVWXYZ');
+  });
+
+  it('session keys: plain ones as they are, others digested; resume policy', () => {
+    expect(sessionKeyAttribute('acme/web#42:dev')).toBe('acme/web#42:dev');
+    expect(sessionKeyAttribute("x' OR 1=1")).toMatch(/^sha256-[0-9a-f]{64}$/);
+    const earlier = { sessionId: 's', taskId: 't', holder: { kind: 'host' as const, id: 'h1' } };
+    expect(sessionToResume(earlier, { kind: 'host', id: 'h1' }, 'same-instance')).toBe('s');
+    expect(sessionToResume(earlier, { kind: 'host', id: 'h2' }, 'same-instance')).toBeUndefined();
+    expect(sessionToResume(earlier, { kind: 'agent', id: 'h1' }, 'same-instance')).toBeUndefined();
+    expect(sessionToResume(earlier, { kind: 'host', id: 'h2' }, 'always')).toBe('s');
+    expect(sessionToResume(earlier, { kind: 'host', id: 'h1' }, 'never')).toBeUndefined();
+  });
+
+  it('guesses the provider from the command', () => {
+    expect(guessProvider(['/usr/local/bin/claude', '-p'])).toBe('claude-code');
+    expect(guessProvider(['opencode', 'run'])).toBe('opencode');
+    expect(guessProvider(['./my-agent.sh'])).toBe('command');
+  });
+});
