@@ -33,22 +33,63 @@ export interface SshRunnerHooks {
 }
 
 export class SshRunner implements Runner {
+  /**
+   * One connection made ahead of need, so that an attempt does not wait for the SSH handshake.
+   * Every run still gets a connection of its own (taken from here, or made on the spot).
+   */
+  private spare: Promise<SshConnection> | undefined;
+  private closed = false;
+
   constructor(
     readonly host: SshHostSettings,
     private readonly hooks: SshRunnerHooks = {},
+    private readonly options: { spareConnection?: boolean } = {},
   ) {}
 
+  private refill(): void {
+    if (this.closed || this.spare || this.options.spareConnection === false) return;
+    const spare = SshConnection.connect(this.host.target);
+    this.spare = spare;
+    spare.then(
+      (connection) => {
+        if (this.closed) connection.end();
+      },
+      () => {
+        if (this.spare === spare) this.spare = undefined;
+      },
+    );
+  }
+
+  private async takeSpare(): Promise<SshConnection | undefined> {
+    const spare = this.spare;
+    this.spare = undefined;
+    const connection = await spare?.catch(() => undefined);
+    if (connection?.open) return connection;
+    connection?.end();
+    return undefined;
+  }
+
+  /** Drops the spare connection (the host's workers are stopping). */
+  close(): void {
+    this.closed = true;
+    void this.takeSpare().then((connection) => connection?.end());
+  }
+
   async prepare(request: { signal: AbortSignal }): Promise<PreparedRun> {
-    let connection: SshConnection;
-    try {
-      connection = await SshConnection.connect(this.host.target, request.signal);
-    } catch (error) {
-      if (!request.signal.aborted) this.hooks.onConnectFailure?.(error as Error);
-      throw error;
+    let connection = await this.takeSpare();
+    if (!connection) {
+      try {
+        connection = await SshConnection.connect(this.host.target, request.signal);
+      } catch (error) {
+        if (!request.signal.aborted) this.hooks.onConnectFailure?.(error as Error);
+        throw error;
+      }
     }
+    this.refill();
+    const taken = connection;
     return {
-      run: (context) => this.runOn(connection, context),
-      close: () => connection.end(),
+      run: (context) => this.runOn(taken, context),
+      close: () => taken.end(),
     };
   }
 

@@ -153,6 +153,7 @@ export async function startSshHosts(deps: {
       for (const host of hosts) {
         host.health.stop();
         host.workers.slots.setOnline(false);
+        host.runner.close();
       }
       await Promise.allSettled(hosts.map((h) => h.workers.shutdown()));
       if (hosts.length > 0) await presence.stop();
