@@ -380,6 +380,7 @@ test('bad input at every endpoint: a 4xx with a stable code each time, no 5xx, n
     expect(typeof body.message, name).toBe('string');
     expect(STABLE_CODES.has(body.code), `${name}: code ${body.code}`).toBe(true);
   }
+  console.log(`bad input: ${count} requests; answers by status: ${JSON.stringify(Object.fromEntries([...seen].sort()))}`);
   expect(count).toBeGreaterThan(1_000);
   // Every kind of refusal happened.
   for (const status of [400, 401, 404, 409, 413, 415, 422]) expect(seen.get(status) ?? 0, `no ${status} answers`).toBeGreaterThan(0);
