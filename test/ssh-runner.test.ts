@@ -30,11 +30,12 @@ function hostConfig(id: string, extraArgs: string[] = []) {
   });
 }
 
-function runner(id: string, extraArgs: string[] = [], hooks: ConstructorParameters<typeof SshRunner>[1] = {}) {
+function runner(id: string, extraArgs: string[] = [], hooks: ConstructorParameters<typeof SshRunner>[1] = {}, options: ConstructorParameters<typeof SshRunner>[2] = {}) {
   const config = hostConfig(id, extraArgs);
   return new SshRunner(
     { target: sshTarget(config), workdir: config.workdir, agents: config.agents, killGraceMs: 1_000, sessionResume: 'same-instance' },
     hooks,
+    options,
   );
 }
 
@@ -156,7 +157,7 @@ describe('SSH runner', () => {
   it('a connection dropped mid-run fails the run', async () => {
     const { ctx } = context('drop:1');
     const failures: Error[] = [];
-    const r = runner('runner-2', ['--hold'], { onConnectFailure: (e) => failures.push(e) });
+    const r = runner('runner-2', ['--hold'], { onConnectFailure: (e) => failures.push(e) }, { spareConnection: false });
     const run = r.run(ctx);
     await waitFor(() => recordOf('runner-2', 'drop:1'), 'the agent to start');
     await fleet.kill('runner-2');
@@ -164,6 +165,17 @@ describe('SSH runner', () => {
     await expect(r.prepare(ctx)).rejects.toThrow(/cannot connect/);
     expect(failures).toHaveLength(1);
     await fleet.startHost(fleet.host('runner-2'));
+  });
+
+  it('a spare connection that died with its host is replaced by a fresh one', async () => {
+    const r = runner('runner-2');
+    const first = context('spare:1');
+    expect((await r.run(first.ctx)).outcome).toBe('success'); // leaves a spare connection behind
+    await fleet.restart('runner-2'); // the spare dies with the old sshd
+    const second = context('spare:2');
+    expect((await r.run(second.ctx)).outcome).toBe('success');
+    expect(recordOf('runner-2', 'spare:2')).toBeDefined();
+    r.close();
   });
 
   it('resumes the earlier session when it ran on this host, not when it ran elsewhere', async () => {

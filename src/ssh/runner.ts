@@ -76,20 +76,30 @@ export class SshRunner implements Runner {
   }
 
   async prepare(request: { signal: AbortSignal }): Promise<PreparedRun> {
-    let connection = await this.takeSpare();
-    if (!connection) {
+    const connect = async () => {
       try {
-        connection = await SshConnection.connect(this.host.target, request.signal);
+        return await SshConnection.connect(this.host.target, request.signal);
       } catch (error) {
         if (!request.signal.aborted) this.hooks.onConnectFailure?.(error as Error);
         throw error;
       }
-    }
+    };
+    const spare = await this.takeSpare();
+    const held = { connection: spare ?? (await connect()) };
     this.refill();
-    const taken = connection;
     return {
-      run: (context) => this.runOn(taken, context),
-      close: () => taken.end(),
+      run: async (context) => {
+        // A spare may have died unnoticed (the host restarted): one fresh connection is tried then.
+        const reconnect = spare
+          ? async () => {
+              held.connection.end();
+              held.connection = await connect();
+              return held.connection;
+            }
+          : undefined;
+        return this.runOn(held.connection, context, reconnect);
+      },
+      close: () => held.connection.end(),
     };
   }
 
@@ -102,7 +112,7 @@ export class SshRunner implements Runner {
     }
   }
 
-  private async runOn(connection: SshConnection, context: RunContext): Promise<TaskResult> {
+  private async runOn(connection: SshConnection, context: RunContext, reconnect?: () => Promise<SshConnection>): Promise<TaskResult> {
     const { input } = context;
     const agent = this.host.agents[input.agentType];
     if (!agent) throw new Error(`host ${context.hostId} has no command for agent type ${input.agentType}`);
@@ -125,7 +135,14 @@ export class SshRunner implements Runner {
     const argv = provider.argv(agent.command, { resumeSessionId });
     const prompt = Buffer.from(input.prompt, 'utf8');
     const script = buildRunScript({ workdir: this.host.workdir, env, argv, promptBytes: prompt.length, killGraceSeconds: this.host.killGraceMs / 1000 });
-    const exec = await connection.exec(shellCommandLine(script));
+    let exec: ExecChannel;
+    try {
+      exec = await connection.exec(shellCommandLine(script));
+    } catch (error) {
+      if (!reconnect) throw error;
+      connection = await reconnect();
+      exec = await connection.exec(shellCommandLine(script));
+    }
     context.progress('starting the agent');
     const { result } = await driveAgentProcess({
       process: channelProcess(exec, context.hostId),
