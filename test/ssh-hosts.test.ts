@@ -26,6 +26,7 @@ const T = {
   offline: uniqueType('offline'),
   assign: uniqueType('assign'),
   cancel: uniqueType('cancel'),
+  timeout: uniqueType('timeout'),
   logs: uniqueType('logs'),
   health: uniqueType('health'),
   resume: uniqueType('resume'),
@@ -224,6 +225,16 @@ describe('SSH hosts', () => {
     await h.tasks.cancel(taskId, 'test');
     const status = await h.tasks.result(taskId);
     expect(status.state).toBe('cancelled');
+    await waitFor(async () => ((await aliveOnHost(rec.sshd, rec.pid)) ? undefined : true), 'the agent to be gone from the host');
+  });
+
+  it('a run that outlives its run timeout is stopped on the host', async () => {
+    await startHosts([hostConfig('sshd-3', 'slowpoke', [T.timeout], { args: ['--hold'] })]);
+    const { taskId } = await h.tasks.start(input(T.timeout, { runTimeoutMs: 4_000, maxAttempts: 1 }));
+    const rec = await waitFor(() => record(taskId, 1), 'the agent to start');
+    const status = await h.tasks.result(taskId);
+    expect(status.state).toBe('failed');
+    expect(status.attempts[0]).toMatchObject({ end: 'lost', holder: { id: 'slowpoke' } });
     await waitFor(async () => ((await aliveOnHost(rec.sshd, rec.pid)) ? undefined : true), 'the agent to be gone from the host');
   });
 
