@@ -29,6 +29,7 @@ const T = {
   timeout: uniqueType('timeout'),
   logs: uniqueType('logs'),
   health: uniqueType('health'),
+  impostor: uniqueType('impostor'),
   resume: uniqueType('resume'),
 };
 const puller = agent('puller-1', [T.offline]);
@@ -277,6 +278,19 @@ describe('SSH hosts', () => {
     // …and takes tasks again.
     const { taskId } = await h.tasks.start(input(T.health));
     expect((await h.tasks.result(taskId)).state).toBe('completed');
+  });
+
+  it('a host whose key is not the pinned one stays offline, with the reason, and takes no task', async () => {
+    // sshd-1 answers, but the config pins sshd-2's key: as if sshd-1 were an impostor.
+    const impostor = { ...hostConfig('sshd-1', 'impostor', [T.impostor]), hostKey: fleet.host('sshd-2').hostKey };
+    await startHosts([impostor]);
+    const view = await waitFor(async () => (await listHosts(h.client)).find((x) => x.id === 'impostor' && x.reason?.includes('not the pinned one')), 'the refusal to be reported');
+    expect(view.online).toBe(false);
+    expect(view.reason).toMatch(/host key of host impostor .* is not the pinned one: it presented SHA256:/);
+    const { taskId } = await h.tasks.start(input(T.impostor, { matchWindowMs: 1_000 }));
+    await statusWhen(taskId, (s) => s.mode === 'http_pull', 'phase 2');
+    expect(record(taskId, 1)).toBeUndefined();
+    await h.tasks.cancel(taskId);
   });
 
   it('a task whose session key ran before resumes that session on the same host', async () => {
