@@ -61,7 +61,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     routerOptions: { maxParamLength: 300 },
     frameworkErrors,
     forceCloseConnections: 'idle',
-    return503OnClosing: true,
+    // While closing, requests still get Drover's own answers (dequeue: 503 shutting_down).
+    return503OnClosing: false,
   });
   app.setValidatorCompiler(TypeBoxValidatorCompiler);
   installErrorHandlers(app);

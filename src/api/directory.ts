@@ -7,11 +7,11 @@ import { ApplicationFailure, WorkflowNotFoundError } from '@temporalio/common';
 import type { DroverConfig, HostConfig } from '../config';
 import { TASKS_QUEUE } from '../names';
 import {
+  AGENT_REGISTRY_MEMO,
   AGENT_REGISTRY_WORKFLOW_ID,
   AGENT_REGISTRY_WORKFLOW_TYPE,
   agentsSeenSignal,
   registerAgentUpdate,
-  registryQuery,
   unregisterAgentUpdate,
   type agentRegistryWorkflow,
   type AgentRegistryState,
@@ -78,7 +78,10 @@ export class AgentDirectory {
     if (this.snapshot && Date.now() - this.snapshot.at <= maxAgeMs) return this.snapshot.state;
     this.fetching ??= (async () => {
       try {
-        const state = await this.handle().query(registryQuery);
+        // The memo mirrors the registry's state: readable without a worker, in one RPC.
+        const description = await this.options.client.connection.withDeadline(Date.now() + 5_000, () => this.handle().describe());
+        const memo = description.memo?.[AGENT_REGISTRY_MEMO] as AgentRegistryState | undefined;
+        const state = memo && typeof memo === 'object' && memo.agents && memo.lastSeen ? memo : EMPTY;
         this.snapshot = { state, at: Date.now() };
         return state;
       } catch (error) {

@@ -1,11 +1,14 @@
 // The agent registry: pull agents registered at runtime (`POST /api/v1/agents`) and every agent's
 // presence (last seen). One long-running entity workflow per namespace, so API processes keep no
 // state of their own. Agents from the config file are always known and never stored here.
-// Deterministic code only.
+// The state is mirrored in the workflow's memo, so API processes read it with a describe — no
+// worker needed — and the query is there for tools. Deterministic code only.
 import * as wf from '@temporalio/workflow';
 
 export const AGENT_REGISTRY_WORKFLOW_TYPE = 'agentRegistryWorkflow';
 export const AGENT_REGISTRY_WORKFLOW_ID = 'drover-agent-registry';
+/** Memo key holding the registry's state (AgentRegistryState). */
+export const AGENT_REGISTRY_MEMO = 'agents';
 
 export interface RegisteredAgent {
   id: string;
@@ -45,6 +48,8 @@ const MAX_HISTORY_EVENTS = 2_000;
 
 export async function agentRegistryWorkflow(args: { state?: AgentRegistryState } = {}): Promise<void> {
   const state: AgentRegistryState = args.state ?? { agents: {}, lastSeen: {} };
+  const publish = () => wf.upsertMemo({ [AGENT_REGISTRY_MEMO]: state });
+  publish();
 
   wf.setHandler(registryQuery, () => state);
 
@@ -60,6 +65,7 @@ export async function agentRegistryWorkflow(args: { state?: AgentRegistryState }
         ...(request.registeredBy ? { registeredBy: request.registeredBy } : {}),
       };
       state.agents[request.id] = agent;
+      publish();
       return agent;
     },
     {
@@ -76,6 +82,7 @@ export async function agentRegistryWorkflow(args: { state?: AgentRegistryState }
     ({ id }) => {
       delete state.agents[id];
       delete state.lastSeen[id];
+      publish();
     },
     {
       validator: ({ id }) => {
@@ -91,6 +98,7 @@ export async function agentRegistryWorkflow(args: { state?: AgentRegistryState }
       const previous = state.lastSeen[id];
       if (!previous || previous < at) state.lastSeen[id] = at;
     }
+    publish();
   });
 
   // Presence keeps arriving for as long as agents run: start a fresh history now and then.
