@@ -33,7 +33,8 @@ export async function createTaskWorker(options: TaskWorkerOptions): Promise<Work
     connection: options.connection,
     namespace: options.namespace,
     taskQueue: TASKS_QUEUE,
-    ...(options.workflowBundle ? { workflowBundle: options.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
+    // Bundled here with a quiet logger, rather than by Worker.create, whose bundler logs every module.
+    workflowBundle: options.workflowBundle ?? (await bundleWorkflows()),
     activities: options.activities ?? createReportActivities(),
     ...(options.identity ? { identity: options.identity } : {}),
   });
