@@ -334,6 +334,21 @@ describe('runtime registration', () => {
     expect((await app.inject({ method: 'DELETE', url: '/api/v1/agents/late-1', headers: adminAuth })).statusCode).toBe(404);
     const gone = await dequeue(app, late, 0);
     expect(gone.statusCode).toBe(401);
+
+    // Ids that are names of Object.prototype members are ids like any other.
+    expect((await app.inject({ method: 'DELETE', url: '/api/v1/agents/toString', headers: adminAuth })).statusCode).toBe(404);
+    const odd = await app.inject({ method: 'POST', url: '/api/v1/agents', headers: adminAuth, payload: { id: 'constructor', types: ['reg'] } });
+    expect(odd.statusCode).toBe(201);
+    const oddAgent = { id: 'constructor', auth: { authorization: `Bearer ${odd.json().token}` } };
+    const third = await h.app();
+    expect((await dequeue(third, oddAgent, 0)).statusCode).toBe(204);
+    await third.close(); // flushes its presence
+    const seen = await waitFor(async () => {
+      const res = await app.inject({ method: 'GET', url: '/api/v1/agents', headers: adminAuth });
+      const entry = (res.json().agents as Array<Record<string, unknown>>).find((a) => a.id === 'constructor');
+      return typeof entry?.last_seen === 'string' ? entry : undefined;
+    }, 'presence of constructor');
+    expect(seen).toMatchObject({ source: 'runtime', online: true });
     expect(ADMIN).toBeTruthy();
   });
 });

@@ -135,6 +135,11 @@ describe('assign', () => {
     const nobody = await post(taskUrl(taskId, 'assign'), { agent_id: 'nobody' });
     expect(nobody.statusCode).toBe(404);
     expect(nobody.json().code).toBe('agent_not_found');
+    for (const name of ['constructor', 'toString', 'hasOwnProperty']) {
+      const odd = await post(taskUrl(taskId, 'assign'), { agent_id: name });
+      expect(odd.statusCode, name).toBe(404);
+      expect(odd.json().code).toBe('agent_not_found');
+    }
     const noTask = await post(taskUrl('implement:acme:none:9', 'assign'), { agent_id: 'a1' });
     expect(noTask.statusCode).toBe(404);
     expect(noTask.json().code).toBe('task_not_found');

@@ -61,6 +61,11 @@ describe('signatures', () => {
     expect(typeOfLogin(config, 'Boss')).toBe('boss');
     expect(typeOfLogin(config, 'alice')).toBeUndefined();
   });
+
+  test('logins named like Object.prototype members are no agent type', () => {
+    const config = parseConfig({ types: ['dev', 'boss'], logins: { 'drover-dev': 'dev' } }, {});
+    for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty', 'valueOf']) expect(typeOfLogin(config, name), name).toBeUndefined();
+  });
 });
 
 describe('prompt templates', () => {

@@ -194,6 +194,12 @@ describe('idempotence and events that make no task', () => {
     const humanAuthor = await deliver(reviewed(repo, 4, 'rejected', 'drover-reviewer', 'no', { author: 'bob' }));
     expect(humanAuthor.statusCode).toBe(422);
     expect(humanAuthor.json().login).toBe('bob');
+    // Forgejo users may be called anything, Object.prototype's member names included.
+    for (const login of ['constructor', '__proto__', 'toString']) {
+      const odd = await deliver(issueAssigned(repo, 5, [login]));
+      expect(odd.statusCode, login).toBe(422);
+      expect(odd.json()).toMatchObject({ code: 'unknown_agent_type', login });
+    }
 
     const lenient = await h.app({ config: { ...h.config, webhook: { ...h.config.webhook, unknownLogins: 'ignore' } } });
     const { body, headers } = forgejoRequest(reviewRequested(repo, 3, 'mallory'), SECRET);

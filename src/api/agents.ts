@@ -53,7 +53,7 @@ export const agentsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, {
       const now = Date.now();
       return {
         agents: agents.map((agent) => {
-          const seen = lastSeen[agent.id] ?? null;
+          const seen = lastSeen.get(agent.id) ?? null;
           return {
             id: agent.id,
             source: agent.source,

@@ -108,7 +108,7 @@ export class AgentDirectory {
     let state: AgentRegistryState;
     try {
       state = await this.registry();
-      if (!state.agents[id] && Date.now() - this.lastForcedRefresh > 1_000) {
+      if (!Object.hasOwn(state.agents, id) && Date.now() - this.lastForcedRefresh > 1_000) {
         this.lastForcedRefresh = Date.now();
         state = await this.registry(0);
       }
@@ -116,7 +116,8 @@ export class AgentDirectory {
       this.options.log.warn({ err: error }, 'agent registry unavailable');
       throw new ApiError(503, 'registry_unavailable', 'the agent registry cannot be read right now; retry later');
     }
-    const agent = state.agents[id];
+    // Own keys only: ids such as `constructor` or `toString` are valid and must not find Object's.
+    const agent = Object.hasOwn(state.agents, id) ? state.agents[id] : undefined;
     return agent ? this.fromRegistry(agent) : undefined;
   }
 
@@ -133,10 +134,14 @@ export class AgentDirectory {
     return [...this.configAgents.values(), ...Object.values(state.agents).filter((a) => !this.configAgents.has(a.id)).map((a) => this.fromRegistry(a))];
   }
 
-  async lastSeen(): Promise<Record<string, string>> {
+  /** Agent id → when it was last heard from (ISO time), here or by any API process. */
+  async lastSeen(): Promise<Map<string, string>> {
     const state = await this.registry(1_000);
-    const merged = { ...state.lastSeen };
-    for (const [id, at] of this.pendingSeen) if (!merged[id] || merged[id] < at) merged[id] = at;
+    const merged = new Map(Object.entries(state.lastSeen));
+    for (const [id, at] of this.pendingSeen) {
+      const known = merged.get(id);
+      if (known === undefined || known < at) merged.set(id, at);
+    }
     return merged;
   }
 

@@ -72,7 +72,7 @@ async function compute(ctx: ApiContext) {
     agents: {
       configured: agents.filter((a) => a.source === 'config').length,
       runtime: agents.filter((a) => a.source === 'runtime').length,
-      online: agents.filter((a) => lastSeen[a.id] && now - Date.parse(lastSeen[a.id]!) <= onlineWithinMs).length,
+      online: agents.filter((a) => lastSeen.has(a.id) && now - Date.parse(lastSeen.get(a.id)!) <= onlineWithinMs).length,
       waiting_here: ctx.hub.waitingCount,
     },
     at: new Date().toISOString(),

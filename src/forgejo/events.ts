@@ -85,8 +85,11 @@ const TITLE_MAX = 500;
 
 /** The agent type a Forgejo login stands for, or undefined when it is none. */
 export function typeOfLogin(config: MappingConfig, name: string): string | undefined {
-  const mapped = config.logins[name] ?? Object.entries(config.logins).find(([l]) => l.toLowerCase() === name.toLowerCase())?.[1];
-  if (mapped) return mapped;
+  // Own keys only: a Forgejo user may well be called `constructor` or `__proto__`.
+  const mapped = Object.hasOwn(config.logins, name)
+    ? config.logins[name]
+    : Object.entries(config.logins).find(([l]) => l.toLowerCase() === name.toLowerCase())?.[1];
+  if (typeof mapped === 'string' && mapped) return mapped;
   const lower = name.toLowerCase();
   return config.types.includes(lower) ? lower : undefined;
 }

@@ -70,7 +70,7 @@ export async function agentRegistryWorkflow(args: { state?: AgentRegistryState }
     },
     {
       validator: (request) => {
-        if (state.agents[request.id]) {
+        if (Object.hasOwn(state.agents, request.id)) {
           throw wf.ApplicationFailure.create({ type: 'agent_exists', message: `agent ${request.id} is already registered`, nonRetryable: true });
         }
       },
@@ -86,7 +86,7 @@ export async function agentRegistryWorkflow(args: { state?: AgentRegistryState }
     },
     {
       validator: ({ id }) => {
-        if (!state.agents[id]) {
+        if (!Object.hasOwn(state.agents, id)) {
           throw wf.ApplicationFailure.create({ type: 'agent_not_found', message: `no registered agent ${id}`, nonRetryable: true });
         }
       },
@@ -95,7 +95,7 @@ export async function agentRegistryWorkflow(args: { state?: AgentRegistryState }
 
   wf.setHandler(agentsSeenSignal, ({ seen }) => {
     for (const { id, at } of seen) {
-      const previous = state.lastSeen[id];
+      const previous = Object.hasOwn(state.lastSeen, id) ? state.lastSeen[id] : undefined;
       if (!previous || previous < at) state.lastSeen[id] = at;
     }
     publish();
