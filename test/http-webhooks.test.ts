@@ -146,6 +146,22 @@ describe('signatures', () => {
     expect(res.statusCode).toBe(401);
     await expectNoTask(repo);
   });
+
+  test('unsigned deliveries cannot grow the metrics: event labels are a fixed few', async () => {
+    for (let i = 0; i < 20; i++) {
+      const res = await app.inject({
+        method: 'POST',
+        url: '/api/v1/webhooks/forgejo',
+        headers: { 'content-type': 'application/json', 'x-forgejo-event': `made_up_${'abcdefghijklmnopqrst'[i]}`, 'x-forgejo-signature': 'a'.repeat(64) },
+        payload: '{}',
+      });
+      expect(res.statusCode).toBe(401);
+    }
+    const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body;
+    const labels = new Set([...metrics.matchAll(/^drover_webhooks_total\{event="([^"]*)"/gm)].map((m) => m[1]));
+    expect(labels.has('other')).toBe(true);
+    for (const label of labels) expect(['issues', 'pull_request', 'pull_request_approved', 'pull_request_rejected', 'status', 'other']).toContain(label);
+  });
 });
 
 describe('idempotence and events that make no task', () => {

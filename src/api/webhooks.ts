@@ -3,7 +3,7 @@
 import { Type as T } from '@sinclair/typebox';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyPluginAsync } from 'fastify';
-import { LookupError, mapDelivery, readDeliveryHeaders, verifySignature } from '../forgejo/events';
+import { classify, LookupError, mapDelivery, readDeliveryHeaders, verifySignature } from '../forgejo/events';
 import { ApiError } from './errors';
 import type { PluginOptions } from './context';
 import { errorResponses } from './schemas';
@@ -23,6 +23,9 @@ const Ignored = T.Object({
   event: T.String(),
   delivery: T.Union([T.String(), T.Null()]),
 });
+
+/** The `event` label values of drover_webhooks_total: the mapped events, and `other`. */
+const METRIC_EVENTS = new Set(['issues', 'pull_request', 'pull_request_approved', 'pull_request_rejected', 'status']);
 
 function parseJson(text: string): unknown {
   return JSON.parse(text, (key, value: unknown) => (key === '__proto__' ? undefined : value));
@@ -63,7 +66,9 @@ export const webhooksPlugin: FastifyPluginAsync<PluginOptions> = async (app, { c
       const isForm = (request.headers['content-type'] ?? '').toLowerCase().startsWith('application/x-www-form-urlencoded');
       // Forgejo signs the payload itself; for form deliveries that is the `payload` field.
       const signed = isForm ? Buffer.from(new URLSearchParams(raw.toString('utf8')).get('payload') ?? '', 'utf8') : raw;
-      const eventLabel = (headers.eventType ?? headers.event ?? 'none').slice(0, 40).replace(/[^a-z_]/gi, '_');
+      // The metric's label is one of a few values: header text (unsigned, anyone's) must not make new series.
+      const classified = classify(headers);
+      const eventLabel = METRIC_EVENTS.has(classified) ? classified : 'other';
       if (config.webhook.secret && !verifySignature(config.webhook.secret, signed, headers.signature)) {
         metrics.webhooks.inc({ event: eventLabel, result: 'bad_signature' });
         throw new ApiError(401, 'bad_signature', headers.signature ? 'the delivery signature does not match' : 'the delivery is not signed (X-Forgejo-Signature)');
