@@ -8,6 +8,16 @@ import type { InstanceRef, TaskInput, TaskStatus } from './model';
 import { SA, TASK_WORKFLOW_TYPE } from './names';
 
 const READABLE_SESSION_KEY = /^[A-Za-z0-9_.:/@#+-]{1,200}$/;
+/**
+ * A session id that may be passed to an agent CLI (`--resume <id>`). Ids come from agents' output
+ * and from pull agents' reports, so they are untrusted: one starting with `-` would be read as an
+ * option (`--resume --dangerously-skip-permissions`). Claude Code's are UUIDs, OpenCode's `ses_…`.
+ */
+const SESSION_ID = /^[A-Za-z0-9][A-Za-z0-9_.:@+=-]{0,199}$/;
+
+export function isUsableSessionId(value: unknown): value is string {
+  return typeof value === 'string' && SESSION_ID.test(value);
+}
 const AGENT_TYPE = /^[A-Za-z0-9_-]{1,63}$/;
 
 /**
@@ -54,7 +64,7 @@ export async function findEarlierSession(client: Client, input: TaskInput, optio
     }
     const sessionId = status?.result?.details?.sessionId;
     // The digest could in theory collide: the key itself must match.
-    if (status?.input?.sessionKey !== input.sessionKey || typeof sessionId !== 'string' || !sessionId) continue;
+    if (status?.input?.sessionKey !== input.sessionKey || !isUsableSessionId(sessionId)) continue;
     const lastAttempt = status.attempts?.[status.attempts.length - 1];
     return { sessionId, taskId: status.taskId, holder: lastAttempt?.holder ?? status.assignee, closedAt: status.closedAt };
   }
@@ -65,7 +75,7 @@ export type ResumePolicy = 'same-instance' | 'always' | 'never';
 
 /** The session id to resume on `instance`, under the policy (sessions live on one machine by default). */
 export function sessionToResume(earlier: EarlierSession | undefined, instance: InstanceRef, policy: ResumePolicy): string | undefined {
-  if (!earlier || policy === 'never') return undefined;
+  if (!earlier || policy === 'never' || !isUsableSessionId(earlier.sessionId)) return undefined;
   if (policy === 'always') return earlier.sessionId;
   if (!earlier.holder) return undefined;
   return earlier.holder.kind === instance.kind && earlier.holder.id === instance.id ? earlier.sessionId : undefined;

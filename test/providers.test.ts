@@ -5,7 +5,7 @@ import { declaredResult } from '../src/providers/result-line';
 import { suggestedBranch } from '../src/run/env';
 import { LogBuffer } from '../src/run/log-buffer';
 import { blobKeyType, fingerprint, HostKeyError, hostKeyAlgorithms, matchesPins, parseHostKeyPins } from '../src/ssh/host-key';
-import { sessionKeyAttribute, sessionToResume } from '../src/sessions';
+import { isUsableSessionId, sessionKeyAttribute, sessionToResume } from '../src/sessions';
 import { guessProvider } from '../src/agent/command';
 
 function feed(name: string, lines: unknown[], exit = { code: 0 as number | null, signal: null as string | null }, stderr = '') {
@@ -145,6 +145,15 @@ describe('small parts', () => {
     expect(sessionToResume(earlier, { kind: 'agent', id: 'h1' }, 'same-instance')).toBeUndefined();
     expect(sessionToResume(earlier, { kind: 'host', id: 'h2' }, 'always')).toBe('s');
     expect(sessionToResume(earlier, { kind: 'host', id: 'h1' }, 'never')).toBeUndefined();
+  });
+
+  it('never resumes a session id that an agent CLI would read as an option or that is not one word', () => {
+    const here = { kind: 'host' as const, id: 'h1' };
+    for (const sessionId of ['--dangerously-skip-permissions', '-p', '', ' x', 'a b', 'a\nb', "x'; touch /tmp/p; '", '$(id)', 'x'.repeat(201)]) {
+      expect(sessionToResume({ sessionId, taskId: 't', holder: here }, here, 'always'), JSON.stringify(sessionId)).toBeUndefined();
+      expect(isUsableSessionId(sessionId)).toBe(false);
+    }
+    for (const sessionId of ['0b6c1f5e-3c1d-4c59-9d55-2b1f3b1e9a10', 'ses_01JABCDEF', 'c-1']) expect(sessionToResume({ sessionId, taskId: 't', holder: here }, here, 'same-instance')).toBe(sessionId);
   });
 
   it('guesses the provider from the command', () => {

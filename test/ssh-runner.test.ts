@@ -194,6 +194,19 @@ describe('SSH runner', () => {
     expect(recordOf('runner-1', 'resume:2').argv).not.toContain('--resume');
   });
 
+  it('does not pass a session id that would read as an option to the agent', async () => {
+    const hostile = { sessionId: '--dangerously-skip-permissions', taskId: 'implement:acme:web:6', holder: { kind: 'host' as const, id: 'runner-1' } };
+    const r = runner('runner-1', [], { sessions: async () => hostile });
+    const { ctx, output } = context('resume:hostile', { sessionKey: 'acme/web#6:dev' });
+    expect((await r.run(ctx)).outcome).toBe('success');
+    const rec = recordOf('runner-1', 'resume:hostile');
+    expect(rec.argv).not.toContain('--resume');
+    expect(rec.argv).not.toContain('--dangerously-skip-permissions');
+    expect(rec.env.DROVER_RESUME_SESSION_ID).toBeUndefined();
+    expect(output.join('')).toContain('cannot be passed to the agent');
+    r.close();
+  });
+
   it('keeps a bounded log of a chatty agent', async () => {
     const { ctx, output } = context('chatty:1');
     const result = await runner('runner-1', ['--lines', '3000']).run(ctx);

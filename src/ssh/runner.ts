@@ -9,7 +9,7 @@ import { getProvider, type ProviderName } from '../providers';
 import { driveAgentProcess, type AgentProcess } from '../run/agent-process';
 import { taskEnvironment } from '../run/env';
 import { buildRunScript, shellCommandLine } from '../run/shell';
-import { sessionToResume, type ResumePolicy, type SessionLookup } from '../sessions';
+import { isUsableSessionId, sessionToResume, type ResumePolicy, type SessionLookup } from '../sessions';
 import { SshConnection, SshConnectionError, type ExecChannel, type SshTarget } from './connection';
 
 export interface SshHostSettings {
@@ -123,7 +123,10 @@ export class SshRunner implements Runner {
       try {
         const earlier = await this.hooks.sessions(input);
         resumeSessionId = sessionToResume(earlier, { kind: 'host', id: context.hostId }, this.host.sessionResume);
-        if (earlier && !resumeSessionId) context.output(`[drover] session ${earlier.sessionId} of ${earlier.taskId} ran elsewhere; starting a new session\n`);
+        if (earlier && !resumeSessionId) {
+          const why = isUsableSessionId(earlier.sessionId) ? 'ran elsewhere' : 'has an id that cannot be passed to the agent';
+          context.output(`[drover] session ${JSON.stringify(String(earlier.sessionId).slice(0, 200))} of ${earlier.taskId} ${why}; starting a new session\n`);
+        }
       } catch (error) {
         // Resuming is a nicety: a lookup failure starts a fresh session.
         this.hooks.warn?.(`session lookup for ${context.taskId} failed`, error);
