@@ -207,6 +207,8 @@ function endpoints(): Endpoint[] {
     { method: 'POST', path: '/api/v1/agents', auth: 'admin', body: { id: 'a1', types: ['dev'] }, mutationBase: { id: { types: ['ghost'] } } },
     { method: 'DELETE', path: '/api/v1/agents/{id}', auth: 'admin', ids: ['a1', 'nobody'] },
     { method: 'POST', path: '/api/v1/agents/{id}/cancel', auth: 'admin', body: {}, ids: ['a2', 'nobody'] },
+    { method: 'GET', path: '/api/v1/tasks/{id}/logs', auth: 'admin', ids: [UNKNOWN_TASK] },
+    { method: 'GET', path: '/api/v1/tasks/{id}/session', auth: 'agent', ids: [UNKNOWN_TASK] },
     { method: 'GET', path: '/api/v1/hosts', auth: 'admin' },
     { method: 'GET', path: '/api/v1/stats', auth: 'admin' },
   ];
