@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { driveAgentProcess, AgentStartError } from '../src/run/agent-process';
 import { taskEnvironment } from '../src/run/env';
 import { killLocalGroup, spawnLocalScript } from '../src/run/local';
-import { buildRunScript, envAssignment, shellQuote } from '../src/run/shell';
+import { buildRunScript, envAssignment, shellCommandLine, shellQuote } from '../src/run/shell';
 import { getProvider } from '../src/providers';
 import type { TaskInput } from '../src/model';
 
@@ -63,6 +63,24 @@ describe('shell quoting', () => {
     expect(() => shellQuote('a\0b')).toThrow(/NUL/);
     expect(envAssignment('X', 'a\0b')).toBe(`'X=ab'`);
     expect(() => envAssignment('X=1; touch y', 'v')).toThrow(/invalid environment variable name/);
+  });
+});
+
+describe('the command line sent over SSH, whatever the login shell', () => {
+  // sshd runs it as `$SHELL -c <line>`; these are the login shells found on this machine.
+  const shells = ['/bin/sh', '/bin/bash', '/bin/dash', '/bin/zsh', '/usr/bin/zsh', '/usr/bin/fish', '/bin/tcsh', '/usr/bin/tcsh', '/bin/csh'].filter((s) => existsSync(s));
+  const values = [...HOSTILE, 'ends in a backslash\\', `x\\';touch ${pwned};#`, 'bang! %d %%', 'ÄÖÜ\u00a0'];
+  const script = `printf '%s\\n' ${values.map(shellQuote).join(' ')}`;
+
+  it('is one single-quoted word of plain characters: nothing for any shell to read into it', () => {
+    const line = shellCommandLine(script);
+    expect(line).toMatch(/^exec \/bin\/sh -c 'eval "\$\(printf "([ #&()*+,\-./0-9:;<=>?@A-Z[\]^_a-z{|}~]|\\[0-7]{3})*"\)"'$/);
+  });
+
+  it.each(shells)('%s passes the script to /bin/sh unchanged', (shell) => {
+    const out = execFileSync(shell, ['-c', shellCommandLine(script)], { env: { ...process.env, HOME: dir } }).toString('utf8');
+    expect(out).toBe(values.map((v) => `${v}\n`).join(''));
+    expect(existsSync(pwned)).toBe(false);
   });
 });
 

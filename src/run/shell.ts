@@ -62,10 +62,24 @@ export function buildRunScript(options: RunScriptOptions): string {
   ].join('\n');
 }
 
+/** Characters that mean themselves in every login shell's single quotes, in sh's double quotes and in printf's format. */
+const PLAIN = /^[ #&()*+,\-./0-9:;<=>?@A-Z[\]^_a-z{|}~]$/;
+
 /**
- * The command line that runs the script under `/bin/sh` whatever the login shell (sshd runs exec
- * requests through it). `exec` keeps the pid, so the script stays the session's group leader.
+ * The command line that runs the script under `/bin/sh` whatever the login shell. sshd runs exec
+ * requests through the user's login shell, and shells quote differently: inside single quotes
+ * fish reads `\'` and `\\` as escapes (a quoted value ending in a backslash would end the
+ * quoting early, and what follows would run), csh refuses newlines. So the script travels as a
+ * printf format in which every byte that is not plain is an octal escape: the login shell sees
+ * one single-quoted word of plain characters, and only `/bin/sh` reads the script. `exec` keeps
+ * the pid, so the script stays the session's group leader.
  */
 export function shellCommandLine(script: string): string {
-  return `exec /bin/sh -c ${shellQuote(script)}`;
+  if (script.includes('\0')) throw new Error('a script cannot contain a NUL byte');
+  let format = '';
+  for (const byte of Buffer.from(script, 'utf8')) {
+    const char = String.fromCharCode(byte);
+    format += PLAIN.test(char) && !(format === '' && char === '-') ? char : `\\${byte.toString(8).padStart(3, '0')}`;
+  }
+  return `exec /bin/sh -c 'eval "$(printf "${format}")"'`;
 }

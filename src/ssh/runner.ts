@@ -166,7 +166,7 @@ export class SshRunner implements Runner {
 
   /** SIGKILL to the remote process group, over the run's connection or a fresh one. */
   private async forceKill(connection: SshConnection, pid: number): Promise<void> {
-    const command = `kill -KILL -${pid} 2>/dev/null; exit 0`;
+    const command = shellCommandLine(`kill -KILL -${pid} 2>/dev/null; exit 0`);
     if (connection.open) {
       await connection.run(command, 10_000);
       return;
