@@ -157,6 +157,21 @@ describe('the wrapper script, run locally', () => {
     await waitFor(() => (!alive(record.pid) ? true : undefined), 'the agent to be killed');
   });
 
+  it('never starts the agent on a prompt cut short (stdin closed before all of it came)', async () => {
+    const env = taskEnvironment({ taskId: 'short-prompt', attempt: 1, input: input(), instanceId: 'local' });
+    const script = buildRunScript({ workdir: dir, env, argv: [process.execPath, FAKE, '--record', dir], promptBytes: 10, killGraceSeconds: 1 });
+    const proc = spawnLocalScript(script);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    proc.stdout.on('data', (c: Buffer) => out.push(c));
+    proc.stderr.on('data', (c: Buffer) => err.push(c));
+    proc.stdin.end('abc');
+    expect(await proc.exit).toMatchObject({ code: 125 });
+    expect(Buffer.concat(out).toString()).not.toContain('drover-pid');
+    expect(Buffer.concat(err).toString()).toContain('the prompt did not arrive whole');
+    expect(existsSync(join(dir, 'short-prompt.1.json'))).toBe(false);
+  });
+
   it('reports a working directory that does not exist as a start failure', async () => {
     const script = buildRunScript({ workdir: join(dir, 'nope'), env: {}, argv: ['true'], promptBytes: 0, killGraceSeconds: 1 });
     await expect(

@@ -33,7 +33,8 @@ export interface RunScriptOptions {
 
 /**
  * The `sh` script that runs one agent. Protocol, on the script's stdin/stdout:
- * - the caller writes exactly `promptBytes` bytes of prompt to stdin and keeps stdin open;
+ * - the caller writes exactly `promptBytes` bytes of prompt to stdin and keeps stdin open (if
+ *   stdin ends sooner, the script exits 125 without starting the agent);
  * - the script saves the prompt to a private temp file, prints `PID_MARKER<pid>`, and runs the
  *   agent with that file as its stdin; it is the leader of its process group (sshd starts every
  *   session in a new session; `drover agent` spawns it detached), so the agent's whole process
@@ -52,7 +53,8 @@ export function buildRunScript(options: RunScriptOptions): string {
     'exec 3<&0',
     `cd -- ${shellQuote(options.workdir)} || { echo "drover: cannot enter the working directory" >&2; exit 125; }`,
     'd=$(mktemp -d "${TMPDIR:-/tmp}/drover.XXXXXXXX") || exit 125',
-    `head -c ${options.promptBytes} > "$d/prompt" <&3 || exit 125`,
+    // A stdin that closes early (the caller died mid-write) leaves a short prompt: never run on it.
+    `head -c ${options.promptBytes} > "$d/prompt" <&3 && [ $(wc -c < "$d/prompt") -eq ${options.promptBytes} ] || { echo "drover: the prompt did not arrive whole" >&2; rm -rf -- "$d"; exit 125; }`,
     `printf '${PID_MARKER.replace('\u001e', '\\036')}%s\\n' "$$"`,
     `( trap '' TERM INT HUP; cat <&3 >/dev/null; if [ ! -e "$d/done" ]; then rm -rf -- "$d"; kill -TERM -$$ 2>/dev/null || kill -TERM $$; sleep ${grace}; kill -KILL -$$ 2>/dev/null; fi; rm -rf -- "$d" ) >/dev/null 2>&1 &`,
     `${command} < "$d/prompt" 3<&-`,
