@@ -5,6 +5,8 @@ import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { adminAuth, agent, dequeue, enqueue, startHarness, taskUrl, testConfig, type Harness } from './support/http';
 import { uniqueRepo } from './support/temporal';
+import { TASK_STATES } from '../src/model';
+import { TaskClient } from '../src/task-client';
 
 const A1 = agent('a1', ['dev']);
 const A2 = agent('a2', ['dev']);
@@ -222,6 +224,20 @@ describe('operators', () => {
     expect(metrics).toMatch(/drover_dequeue_wait_seconds_count\{outcome="task"\} [1-9]/);
     expect(metrics).toMatch(/drover_tasks\{state="pending"\} [1-9]/);
     expect(metrics).toContain('drover_dequeue_waiting 0');
+  });
+
+  test('scrapes of the open /metrics endpoint share their visibility counts', async () => {
+    let counts = 0;
+    const tasks = new (class extends TaskClient {
+      override async count(filter: Parameters<TaskClient['count']>[0]) {
+        counts += 1;
+        return super.count(filter);
+      }
+    })(h.client);
+    const scraped = await h.app({ tasks });
+    const answers = await Promise.all(Array.from({ length: 20 }, () => scraped.inject({ method: 'GET', url: '/metrics' })));
+    for (const answer of answers) expect(answer.body).toMatch(/drover_tasks\{state="pending"\} \d+/);
+    expect(counts).toBe(TASK_STATES.length);
   });
 
   test('the OpenAPI document lists every endpoint, with a browsable UI', async () => {

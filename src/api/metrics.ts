@@ -6,6 +6,9 @@ import { TASK_STATES } from '../model';
 import type { TaskClient } from '../task-client';
 import type { HubMetrics } from './dequeue-hub';
 
+/** How long the task counts of one scrape serve the next ones. */
+export const TASK_COUNTS_TTL_MS = 5_000;
+
 export class ApiMetrics {
   readonly registry = new Registry();
   readonly requests = new Counter({
@@ -48,13 +51,18 @@ export class ApiMetrics {
 
   constructor(tasks: TaskClient) {
     collectDefaultMetrics({ register: this.registry, prefix: 'drover_' });
+    // /metrics is open: however often it is scraped, Temporal is asked at most once per TTL.
+    let counted: { at: number; counts: Promise<Array<PromiseSettledResult<number>>> } | undefined;
     new Gauge({
       name: 'drover_tasks',
-      help: 'Tasks by state, from Temporal visibility (read at scrape time)',
+      help: `Tasks by state, from Temporal visibility (read at scrape time, at most every ${TASK_COUNTS_TTL_MS / 1000} s)`,
       labelNames: ['state'] as const,
       registers: [this.registry],
       async collect() {
-        const counts = await Promise.allSettled(TASK_STATES.map((state) => tasks.count({ state })));
+        if (!counted || Date.now() - counted.at >= TASK_COUNTS_TTL_MS) {
+          counted = { at: Date.now(), counts: Promise.allSettled(TASK_STATES.map((state) => tasks.count({ state }))) };
+        }
+        const counts = await counted.counts;
         counts.forEach((result, i) => {
           if (result.status === 'fulfilled') this.set({ state: TASK_STATES[i]! }, result.value);
         });
