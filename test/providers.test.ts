@@ -7,6 +7,8 @@ import { LogBuffer } from '../src/run/log-buffer';
 import { blobKeyType, fingerprint, HostKeyError, hostKeyAlgorithms, matchesPins, parseHostKeyPins } from '../src/ssh/host-key';
 import { isUsableSessionId, sessionKeyAttribute, sessionToResume } from '../src/sessions';
 import { guessProvider } from '../src/agent/command';
+import { sleep } from '../src/agent/agent';
+import { getEventListeners } from 'node:events';
 
 function feed(name: string, lines: unknown[], exit = { code: 0 as number | null, signal: null as string | null }, stderr = '') {
   const parser = getProvider(name).parser();
@@ -154,6 +156,16 @@ describe('small parts', () => {
       expect(isUsableSessionId(sessionId)).toBe(false);
     }
     for (const sessionId of ['0b6c1f5e-3c1d-4c59-9d55-2b1f3b1e9a10', 'ses_01JABCDEF', 'c-1']) expect(sessionToResume({ sessionId, taskId: 't', holder: here }, here, 'same-instance')).toBe(sessionId);
+  });
+
+  it('the pull agent’s waits leave no abort listener behind, and an abort ends one at once', async () => {
+    const controller = new AbortController();
+    for (let i = 0; i < 20; i++) await sleep(1, controller.signal);
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
+    const long = sleep(3_600_000, controller.signal);
+    controller.abort();
+    await long;
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
   });
 
   it('guesses the provider from the command', () => {

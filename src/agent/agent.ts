@@ -44,18 +44,21 @@ interface CurrentTask {
   stopReason?: 'cancel' | 'lease_lost' | 'shutdown';
 }
 
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer);
-        resolve();
-      },
-      { once: true },
-    );
+/**
+ * Waits `ms`, or less if `signal` aborts. The abort listener goes when the wait ends: the same
+ * signal serves every heartbeat of a task and every backoff of the agent's life.
+ */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
   });
+}
 
 export class PullAgent {
   private stopping = false;
