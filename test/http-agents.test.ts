@@ -269,6 +269,34 @@ describe('concurrency and failures', () => {
     expect(await next.json()).toMatchObject({ task_id: taskId, attempt: 1 });
   });
 
+  test('an agent that hangs up before its poll starts waiting never takes a task', async () => {
+    const [first, second] = DROP;
+    const early = await h.app();
+    let client: import('node:http').ClientRequest | undefined;
+    early.addHook('preHandler', async (request) => {
+      if (!request.url.startsWith('/api/v1/tasks/dequeue') || !request.url.includes(first!.id)) return;
+      // Gone before the handler attaches its listeners (as if authentication took a while).
+      client!.destroy();
+      if (!request.raw.socket.destroyed) await once(request.raw.socket, 'close');
+    });
+    const base = await listen(early);
+    const metric = async (pattern: RegExp) => Number(pattern.exec((await early.inject({ method: 'GET', url: '/metrics' })).body)?.[1] ?? 0);
+    await new Promise<void>((resolve) => {
+      client = httpRequest(`${base}/api/v1/tasks/dequeue?agent_id=${first!.id}&wait=10`, { headers: first!.auth });
+      client.on('error', () => resolve());
+      client.end();
+    });
+    const outcome = await waitFor(async () => {
+      if ((await metric(/^drover_dequeue_wait_seconds_count\{outcome="aborted"\} (\d+)$/m)) > 0) return 'ended at once';
+      if ((await metric(/^drover_dequeue_waiting (\d+)$/m)) > 0) return 'left waiting for nobody';
+      return undefined;
+    }, 'the poll of the agent that hung up to be handled');
+    expect(outcome).toBe('ended at once');
+    const taskId = await enqueue(early, { agent_type: 'drop', title: 'after an early hang-up', prompt: 'p' });
+    const next = await dequeue(early, second!, 10);
+    expect(next.json()).toMatchObject({ task_id: taskId, attempt: 1 });
+  });
+
   test('restarting the API mid-long-poll loses nothing', async () => {
     const first = await h.app();
     const base = await listen(first);

@@ -224,6 +224,8 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
         if (!finished) gone.abort();
       };
       reply.raw.once('close', onClose);
+      // It may have gone while the agent was being authenticated: then it waits for nothing.
+      if (reply.raw.destroyed) gone.abort();
       const started = performance.now();
       const outcome = await hub.wait({ id: agent.id, types: agent.types }, waitMs, gone.signal);
       reply.raw.off('close', onClose);
