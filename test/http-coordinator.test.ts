@@ -279,6 +279,10 @@ describe('operators', () => {
       ['GET', '/api/v1/hosts'],
       ['POST', '/api/v1/tasks'],
       ['POST', taskUrl('implement:a:b:1', 'cancel')],
+      ['GET', taskUrl('implement:a:b:1', 'logs')],
+      // Before the request is validated: strangers learn nothing from 400s.
+      ['GET', `${taskUrl('bad id!', 'logs')}?format=xml`],
+      ['POST', '/api/v1/tasks/bad%20id!/assign'],
     ] as const) {
       const none = await app.inject({ method, url });
       expect(none.statusCode, url).toBe(401);

@@ -28,7 +28,7 @@ export const logsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { c
   fastify.withTypeProvider<TypeBoxTypeProvider>().get(
     '/api/v1/tasks/:id/logs',
     {
-      preHandler: ctx.admin,
+      onRequest: ctx.admin,
       schema: {
         summary: 'The agent’s output: live while it runs on an SSH host, the kept tail afterwards',
         tags: ['tasks'],
