@@ -66,6 +66,10 @@ describe('enqueue, list, inspect', () => {
     expect(unknownType.json()).toMatchObject({ code: 'unknown_agent_type', type: 'ghost' });
     const half = await post('/api/v1/tasks', { agent_type: 'dev', repo: 'acme/web', title: 't' });
     expect(half.statusCode).toBe(400);
+    // GET /tasks/dequeue is the pull agents' long-poll: no task may be called that.
+    const shadowed = await post('/api/v1/tasks', { agent_type: 'dev', title: 't', task_id: 'dequeue' });
+    expect(shadowed.statusCode).toBe(400);
+    expect(shadowed.json().code).toBe('bad_request');
     const missing = await get(taskUrl('implement:acme:nothing:1'));
     expect(missing.statusCode).toBe(404);
     expect(missing.json()).toMatchObject({ code: 'task_not_found' });

@@ -114,6 +114,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
         throw new ApiError(422, 'unknown_agent_type', `unknown agent type ${body.agent_type} (known: ${config.types.join(', ')})`, { type: body.agent_type });
       }
       if ((body.repo === undefined) !== (body.number === undefined)) throw new ApiError(400, 'bad_request', 'give both repo and number, or neither');
+      if (body.task_id === 'dequeue') throw new ApiError(400, 'bad_request', 'task_id dequeue is taken by GET /api/v1/tasks/dequeue');
       const kind = body.kind ?? 'custom';
       const repo = body.repo ?? '';
       const number = body.number ?? 0;
