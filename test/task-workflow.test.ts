@@ -1,7 +1,12 @@
 // Every transition of the task workflow, against the real Temporal dev server.
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { temporal } from '@temporalio/proto';
+import { Worker } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import type { Claimant, TaskInput, TaskOptions, TaskStatus } from '../src/model';
 import { TaskError } from '../src/task-errors';
+import { createReportActivities } from '../src/activities/report';
+import type { Runner } from '../src/activities/runner';
+import type { taskWorkflow } from '../src/workflows/task';
 import { RecordingRunner, untilAborted } from './support/runners';
 import { connectTestTemporal, type TestTemporal, uniqueRepo, uniqueType, waitFor } from './support/temporal';
 import { recordedHistories, recordHistory } from './support/histories';
@@ -121,6 +126,77 @@ describe('phase 1: host match', () => {
     expect(final.attempts.at(-1)).toMatchObject({ holder: { id: `h-good-${type}` }, end: 'completed' });
     expect(final.lostAttempts).toBe(final.attempts.length - 1);
     await recordHistory(t, 'host-lost', taskId);
+  });
+
+  test('an attempt heartbeats before its claim: a host slower to get ready than the heartbeat timeout still takes the task', async () => {
+    const type = uniqueType();
+    const ran: string[] = [];
+    const slow: Runner = {
+      // Getting ready (the SSH connect) outlasts sshHeartbeatTimeoutMs; the host is alive all along.
+      prepare: async () => {
+        await new Promise((r) => setTimeout(r, 4_500));
+        return {
+          run: async (ctx) => {
+            ran.push(ctx.taskId);
+            return { outcome: 'success', summary: 'slow to connect, but here' };
+          },
+          close: () => {},
+        };
+      },
+      run: async () => {
+        throw new Error('only prepared runs');
+      },
+    };
+    await t.startHost(`h-slow-${type}`, [type], 1, slow);
+    const { taskId } = await t.tasks.start(input(type, { sshHeartbeatTimeoutMs: 2_000, matchWindowMs: 15_000 }));
+    const settled = await statusWhen(taskId, (s) => s.state !== 'pending' || s.mode === 'http_pull', 'the task run, or given up to http_pull');
+    expect(settled.mode).toBe('ssh_cli');
+    const final = await t.tasks.result(taskId);
+    expect(final).toMatchObject({ state: 'completed', lostAttempts: 0, assignee: { id: `h-slow-${type}` } });
+    expect(final.attempts).toHaveLength(1);
+    expect(ran).toEqual([taskId]);
+  });
+
+  test('a claim that waits out a workflow-worker outage longer than the heartbeat timeout is answered, not lost', async () => {
+    // The task's workflow runs on a queue of its own, so that its worker can be stopped and started again.
+    const type = uniqueType();
+    const queue = `drover.tasks.outage-${type}`;
+    const startWorkflowWorker = async () => {
+      const worker = await Worker.create({
+        connection: t.nativeConnection,
+        namespace: t.namespace,
+        taskQueue: queue,
+        workflowBundle: { codePath: inject('workflowBundlePath') },
+        activities: createReportActivities(),
+      });
+      return { worker, running: worker.run() };
+    };
+    const before = await startWorkflowWorker();
+    const taskId = `implement:outage:${type}:1`;
+    const handle = await t.client.workflow.start<typeof taskWorkflow>('taskWorkflow', {
+      taskQueue: queue,
+      workflowId: taskId,
+      args: [{ taskId, input: input(type, { sshHeartbeatTimeoutMs: 2_000, matchWindowMs: 120_000 }) }],
+    });
+    const attemptState = async () => (await handle.describe()).raw.pendingActivities?.find((a) => a.activityType?.name === 'runAttempt')?.state;
+    await waitFor(async () => ((await attemptState()) ? true : undefined), 'the SSH attempt scheduled');
+    before.worker.shutdown();
+    await before.running;
+    // A host starts the attempt and asks for the claim; no workflow worker answers for a while.
+    const runner = new RecordingRunner();
+    await t.startHost(`h-${type}`, [type], 1, runner);
+    await waitFor(async () => ((await attemptState()) === temporal.api.enums.v1.PendingActivityState.PENDING_ACTIVITY_STATE_STARTED ? true : undefined), 'the host to start the attempt');
+    await new Promise((r) => setTimeout(r, 4_000)); // twice the heartbeat timeout
+    const after = await startWorkflowWorker();
+    try {
+      const final = await handle.result();
+      expect(final).toMatchObject({ state: 'completed', lostAttempts: 0, assignee: { id: `h-${type}` } });
+      expect(final.attempts).toHaveLength(1);
+      expect(runner.runs).toHaveLength(1);
+    } finally {
+      after.worker.shutdown();
+      await after.running;
+    }
   });
 });
 

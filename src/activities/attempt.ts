@@ -40,6 +40,14 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
       const ctx = Context.current();
       const release = deps.slots.tryAcquire();
       if (!release) return { kind: 'declined', reason: deps.slots.online ? `host ${deps.hostId} has no free slot` : `host ${deps.hostId} is offline` };
+      // The attempt heartbeats from the start, not only once it runs the agent: getting ready (the
+      // SSH connect) and waiting for the workflow's answer to the claim may outlast the heartbeat
+      // timeout, which must only ever mean a lost host; and cancellation reaches it here too.
+      // Before the claim the heartbeats carry no details (the logs endpoint reads only a running one's).
+      let details: (() => AttemptHeartbeat) | undefined;
+      const beat = () => (details ? ctx.heartbeat(details()) : ctx.heartbeat());
+      beat();
+      const beating = setInterval(beat, deps.heartbeatIntervalMs ?? 1_000);
       let prepared: PreparedRun | undefined;
       try {
         if (deps.runner.prepare) {
@@ -61,13 +69,9 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
         }
         const log = new LogBuffer(deps.logHeadChars, deps.logTailChars);
         let lastProgress = 'started';
-        const beat = () => {
-          // Every heartbeat carries the whole (bounded) log: the server keeps only the latest details.
-          const details: AttemptHeartbeat = { progress: lastProgress, log: log.text(), logChars: log.totalChars };
-          ctx.heartbeat(details);
-        };
+        // Every heartbeat carries the whole (bounded) log: the server keeps only the latest details.
+        details = () => ({ progress: lastProgress, log: log.text(), logChars: log.totalChars });
         beat();
-        const beating = setInterval(beat, deps.heartbeatIntervalMs ?? 1_000);
         // The attempt stops itself shortly before its start-to-close timeout, so the agent is killed.
         const deadlineMs = ctx.info.startToCloseTimeoutMs;
         const deadline = new AbortController();
@@ -96,10 +100,10 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
           if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
           return { kind: 'finished', attempt: grant.attempt, result, log: log.text() };
         } finally {
-          clearInterval(beating);
           if (deadlineTimer) clearTimeout(deadlineTimer);
         }
       } finally {
+        clearInterval(beating);
         prepared?.close();
         release();
       }
