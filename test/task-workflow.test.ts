@@ -274,6 +274,56 @@ describe('assign', () => {
     await recordHistory(t, 'assign-host', taskId);
   });
 
+  test('to a host whose attempts keep failing before the claim: dispatched again with backoff, not in a hot loop', async () => {
+    const type = uniqueType();
+    const hostId = `h-broken-${type}`;
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    await t.tasks.assign(taskId, host(hostId, type));
+    let tries = 0;
+    await t.startHost(hostId, [type], 1, {
+      prepare: async () => {
+        tries += 1;
+        throw new Error('cannot get ready');
+      },
+      run: async () => {
+        throw new Error('never reached');
+      },
+    });
+    await waitFor(() => (tries >= 4 ? true : undefined), 'four tries on the broken host');
+    // Each dispatch after the first retry waits for a timer; no attempt follows another at once.
+    const events = (await t.client.workflow.getHandle(taskId).fetchHistory()).events ?? [];
+    const hostQueueSchedules = events
+      .map((e, index) => ({ e, index }))
+      .filter(({ e }) => e.activityTaskScheduledEventAttributes?.taskQueue?.name === `drover.host.${hostId}`)
+      .map(({ index }) => index);
+    expect(hostQueueSchedules.length).toBeGreaterThanOrEqual(3);
+    for (let i = 2; i < hostQueueSchedules.length; i++) {
+      const between = events.slice(hostQueueSchedules[i - 1], hostQueueSchedules[i]);
+      expect(between.some((e) => e.timerFiredEventAttributes), `a timer before dispatch ${i + 1} to the host`).toBe(true);
+    }
+    // The task stays reserved for the host, and a cancel during the backoff ends it at once.
+    expect(await t.tasks.status(taskId)).toMatchObject({ state: 'pending', reservedFor: { id: hostId }, lostAttempts: 0 });
+    await t.tasks.cancel(taskId);
+    expect((await t.tasks.result(taskId)).state).toBe('cancelled');
+    await recordHistory(t, 'assign-host-backoff', taskId);
+  });
+
+  test('hosts whose attempts keep failing before the claim: the task still falls back to http_pull when the window passes', async () => {
+    const type = uniqueType();
+    await t.startHost(`h-broken-${type}`, [type], 1, {
+      prepare: async () => {
+        throw new Error('cannot get ready');
+      },
+      run: async () => {
+        throw new Error('never reached');
+      },
+    });
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 2_500 }));
+    const waiting = await statusWhen(taskId, (s) => s.mode === 'http_pull', 'http_pull after the window');
+    expect(waiting).toMatchObject({ state: 'pending', attempt: 0, lostAttempts: 0 });
+    await t.tasks.cancel(taskId);
+  });
+
   test('to a pull agent: reserved for it alone', async () => {
     const type = uniqueType();
     const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));

@@ -24,8 +24,11 @@ export interface TaskWorkflowArgs {
   taskId: string;
   input: TaskInput;
   /** Set when the workflow continues-as-new: everything it knew, carried over. */
-  resume?: { status: TaskStatus; dispatch: number; windowDeadline?: number };
+  resume?: { status: TaskStatus; dispatch: number; windowDeadline?: number; unclaimedEnds?: number; redispatchAt?: number };
 }
+
+/** SSH attempts that end unclaimed again and again are dispatched again after this backoff. */
+const REDISPATCH_BACKOFF_MS = { initial: 1_000, max: 60_000 };
 
 interface OutstandingAttempt {
   dispatch: number;
@@ -58,6 +61,10 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
   let claimedDispatch: number | undefined;
   /** When phase 1 (host match) of the current attempt ends. */
   let windowDeadline = args.resume?.windowDeadline;
+  /** SSH attempts in a row that ended before any claim (declined, failed, rejected) while the task waited. */
+  let unclaimedEnds = args.resume?.unclaimedEnds ?? 0;
+  /** While set, the next SSH attempt waits until then: a host that keeps failing is not a hot loop. */
+  let redispatchAt = args.resume?.redispatchAt;
   let outstanding: OutstandingAttempt | undefined;
   const attemptEnds: Array<{ dispatch: number; outcome?: AttemptOutcome; error?: unknown }> = [];
   let dirty = false;
@@ -114,6 +121,11 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     else close(result.outcome === 'fail' ? 'failed' : 'completed', result);
   }
 
+  function resetBackoff(): void {
+    unclaimedEnds = 0;
+    redispatchAt = undefined;
+  }
+
   /** Back to pending/undecided for a fresh dispatch. */
   function requeue(): void {
     status.state = 'pending';
@@ -123,6 +135,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     status.leaseExpiresAt = undefined;
     claimedDispatch = undefined;
     windowDeadline = undefined;
+    resetBackoff();
     touch();
   }
 
@@ -208,8 +221,15 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       // Phase 2: no host took the task within the window.
       status.mode = 'http_pull';
       touch();
+      return;
     }
-    // Otherwise (declined, lost, or failed before claiming) the main loop dispatches again.
+    // Otherwise (declined, lost, or failed before claiming) the main loop dispatches again: at once
+    // the first time (another host, or a slot freed meanwhile), then with a growing backoff, so that
+    // a host that keeps failing (above all one the task is reserved for) is not a hot loop.
+    unclaimedEnds += 1;
+    if (unclaimedEnds >= 2 && wf.patched('redispatch-backoff')) {
+      redispatchAt = Date.now() + Math.min(REDISPATCH_BACKOFF_MS.initial * 2 ** (unclaimedEnds - 2), REDISPATCH_BACKOFF_MS.max);
+    }
   }
 
   function wantsSshAttempt(): boolean {
@@ -240,6 +260,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       status.claimedAt = iso(now);
       status.leaseExpiresAt = claimant.kind === 'agent' ? iso(now + options.leaseMs) : undefined;
       status.attempts.push({ attempt: status.attempt, holder, mode: status.mode, claimedAt: iso(now), end: 'running' });
+      resetBackoff();
       report('started');
       if (claimant.kind === 'host') {
         claimedDispatch = claimDispatch;
@@ -301,6 +322,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       status.mode = target.kind === 'host' ? 'ssh_cli' : 'http_pull';
       // The attempt scheduled on the type's queue must not run now: the host's own queue takes over.
       cancelOutstanding();
+      resetBackoff(); // a new target gets its first try at once
       touch();
       return status;
     },
@@ -348,7 +370,8 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       if (!status.reservedFor && windowDeadline !== undefined && Date.now() >= windowDeadline) {
         status.mode = 'http_pull'; // the window passed while attempts were being declined
         touch();
-      } else {
+      } else if (redispatchAt === undefined || Date.now() >= redispatchAt) {
+        redispatchAt = undefined;
         scheduleSshAttempt(status.reservedFor);
       }
     }
@@ -358,8 +381,15 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       status.state === 'running' && status.mode === 'http_pull' && status.leaseExpiresAt
         ? Math.max(1, Date.parse(status.leaseExpiresAt) - Date.now())
         : undefined;
-    if (leaseLeft === undefined) await wf.condition(() => dirty);
-    else await wf.condition(() => dirty, leaseLeft);
+    // Backing off before the next SSH attempt: wake when it is due, or when the window ends first.
+    const backoffUntil =
+      redispatchAt !== undefined && wantsSshAttempt()
+        ? Math.min(redispatchAt, !status.reservedFor && windowDeadline !== undefined ? windowDeadline : redispatchAt)
+        : undefined;
+    const backoffLeft = backoffUntil !== undefined ? Math.max(1, backoffUntil - Date.now()) : undefined;
+    const wakeIn = leaseLeft ?? backoffLeft;
+    if (wakeIn === undefined) await wf.condition(() => dirty);
+    else await wf.condition(() => dirty, wakeIn);
 
     while (attemptEnds.length > 0) onAttemptEnd(attemptEnds.shift()!);
     if (
@@ -376,7 +406,11 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       // Long-held tasks (many heartbeats) start a fresh history, carrying everything over.
       await wf.condition(wf.allHandlersFinished);
       publish();
-      await wf.continueAsNew<typeof taskWorkflow>({ taskId: args.taskId, input: args.input, resume: { status, dispatch, windowDeadline } });
+      await wf.continueAsNew<typeof taskWorkflow>({
+        taskId: args.taskId,
+        input: args.input,
+        resume: { status, dispatch, windowDeadline, unclaimedEnds, redispatchAt },
+      });
     }
   }
 
