@@ -157,10 +157,9 @@ describe('phase 1: host match', () => {
     expect(ran).toEqual([taskId]);
   });
 
-  test('a claim that waits out a workflow-worker outage longer than the heartbeat timeout is answered, not lost', async () => {
-    // The task's workflow runs on a queue of its own, so that its worker can be stopped and started again.
-    const type = uniqueType();
-    const queue = `drover.tasks.outage-${type}`;
+  /** A task whose workflow runs on a queue of its own, so that its worker can be stopped and started again. */
+  async function taskOnOwnQueue(type: string, options: Partial<TaskOptions>) {
+    const queue = `drover.tasks.own-${type}`;
     const startWorkflowWorker = async () => {
       const worker = await Worker.create({
         connection: t.nativeConnection,
@@ -172,20 +171,29 @@ describe('phase 1: host match', () => {
       return { worker, running: worker.run() };
     };
     const before = await startWorkflowWorker();
-    const taskId = `implement:outage:${type}:1`;
+    const taskId = `implement:own-queue:${type}:1`;
     const handle = await t.client.workflow.start<typeof taskWorkflow>('taskWorkflow', {
       taskQueue: queue,
       workflowId: taskId,
-      args: [{ taskId, input: input(type, { sshHeartbeatTimeoutMs: 2_000, matchWindowMs: 120_000 }) }],
+      args: [{ taskId, input: input(type, options) }],
     });
     const attemptState = async () => (await handle.describe()).raw.pendingActivities?.find((a) => a.activityType?.name === 'runAttempt')?.state;
     await waitFor(async () => ((await attemptState()) ? true : undefined), 'the SSH attempt scheduled');
+    // The workflow worker goes away, with the first SSH attempt on the typed queue.
     before.worker.shutdown();
     await before.running;
+    const attemptStarted = () =>
+      waitFor(async () => ((await attemptState()) === temporal.api.enums.v1.PendingActivityState.PENDING_ACTIVITY_STATE_STARTED ? true : undefined), 'a host to start the attempt');
+    return { handle, startWorkflowWorker, attemptStarted };
+  }
+
+  test('a claim that waits out a workflow-worker outage longer than the heartbeat timeout is answered, not lost', async () => {
+    const type = uniqueType();
+    const { handle, startWorkflowWorker, attemptStarted } = await taskOnOwnQueue(type, { sshHeartbeatTimeoutMs: 2_000, matchWindowMs: 120_000 });
     // A host starts the attempt and asks for the claim; no workflow worker answers for a while.
     const runner = new RecordingRunner();
     await t.startHost(`h-${type}`, [type], 1, runner);
-    await waitFor(async () => ((await attemptState()) === temporal.api.enums.v1.PendingActivityState.PENDING_ACTIVITY_STATE_STARTED ? true : undefined), 'the host to start the attempt');
+    await attemptStarted();
     await new Promise((r) => setTimeout(r, 4_000)); // twice the heartbeat timeout
     const after = await startWorkflowWorker();
     try {
@@ -193,6 +201,30 @@ describe('phase 1: host match', () => {
       expect(final).toMatchObject({ state: 'completed', lostAttempts: 0, assignee: { id: `h-${type}` } });
       expect(final.attempts).toHaveLength(1);
       expect(runner.runs).toHaveLength(1);
+    } finally {
+      after.worker.shutdown();
+      await after.running;
+    }
+  });
+
+  test('a host shuts down while its attempt waits for a claim no workflow worker answers: the wait is cancelled with the attempt', async () => {
+    const type = uniqueType();
+    const { handle, startWorkflowWorker, attemptStarted } = await taskOnOwnQueue(type, { matchWindowMs: 120_000 });
+    const runner = new RecordingRunner();
+    const doomed = await t.startHost(`h-${type}`, [type], 1, runner);
+    await attemptStarted();
+    // Worker shutdown cancels the attempt after its grace time; the claim must not hold the host up.
+    let deadline: NodeJS.Timeout | undefined;
+    const shutDown = await Promise.race([
+      doomed.shutdown().then(() => true),
+      new Promise<false>((r) => (deadline = setTimeout(() => r(false), 30_000))),
+    ]);
+    clearTimeout(deadline);
+    expect(shutDown, 'the host shut down').toBe(true);
+    const after = await startWorkflowWorker();
+    try {
+      await handle.terminate('test over');
+      expect(runner.runs).toHaveLength(0);
     } finally {
       after.worker.shutdown();
       await after.running;

@@ -61,10 +61,15 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
         const handle = deps.client.workflow.getHandle(request.taskId, ctx.info.workflowExecution?.runId);
         let grant: ClaimGrant;
         try {
-          grant = await handle.executeUpdate(claimUpdate, { args: [{ claimant, dispatch: request.dispatch }] });
+          // The wait for the workflow's answer ends with the attempt (cancelled, host shutting down):
+          // with no workflow worker to answer, it would otherwise hold the slot and the shutdown forever.
+          grant = await deps.client.withAbortSignal(ctx.cancellationSignal, () =>
+            handle.executeUpdate(claimUpdate, { args: [{ claimant, dispatch: request.dispatch }] }),
+          );
         } catch (error) {
           const rejection = asRejection(error);
           if (rejection) return { kind: 'lost', rejection };
+          if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
           throw error;
         }
         const log = new LogBuffer(deps.logHeadChars, deps.logTailChars);
