@@ -47,7 +47,7 @@ export class HostSlots {
     };
   }
 
-  /** Resolves once the host could take work; rejects with an AbortError when `signal` aborts. */
+  /** Resolves once the host could take work; rejects with the signal's reason when `signal` aborts (the SDK's contract for reserveSlot). */
   waitUntilAvailable(signal?: AbortSignal): Promise<void> {
     if (this.canTakeWork) return Promise.resolve();
     return new Promise((resolve, reject) => {
@@ -58,9 +58,7 @@ export class HostSlots {
       };
       const onAbort = () => {
         cleanup();
-        const error = new Error('slot reservation aborted');
-        error.name = 'AbortError';
-        reject(error);
+        reject(signal?.reason);
       };
       const cleanup = () => {
         this.waiters.delete(check);
