@@ -1,7 +1,7 @@
 // Names shared by workflows, workers, the API and operators' tooling.
 // Pure: imported by workflow code.
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
-import type { TaskKind } from './model';
+import type { TaskInput, TaskKind } from './model';
 
 /** The workflow worker's queue: task workflows and their bookkeeping activities. */
 export const TASKS_QUEUE = 'drover.tasks';
@@ -42,6 +42,15 @@ export const SEARCH_ATTRIBUTE_DEFINITIONS: ReadonlyArray<{ name: string; type: '
  */
 export function taskId(kind: TaskKind, repo: string, number: number): string {
   return `${kind}:${repo.replace('/', ':')}:${number}`;
+}
+
+/**
+ * A task's one-line summary, the workflow's static summary in the Web UI. A run started by
+ * continue-as-new has no static summary (the SDK cannot carry it), so the workflow shows it in
+ * that run's current details instead.
+ */
+export function taskSummary(input: Pick<TaskInput, 'kind' | 'repo' | 'number' | 'agentType' | 'title'>): string {
+  return `${input.kind} ${input.repo}${input.number ? `#${input.number}` : ''} for ${input.agentType}: ${input.title}`.slice(0, 200);
 }
 
 /** Task ids are what clients put in URL paths: keep them to a safe alphabet. */

@@ -5,7 +5,7 @@ import { WorkflowNotFoundError, type TypedSearchAttributes } from '@temporalio/c
 import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/payload-search-attributes';
 import { tsToMs } from '@temporalio/common/lib/time';
 import type { Claimant, ClaimGrant, ExecutionMode, HeartbeatAnswer, InstanceRef, TaskInput, TaskKind, TaskResult, TaskState, TaskStatus } from './model';
-import { SA, TASK_WORKFLOW_TYPE, TASKS_QUEUE, taskId as makeTaskId } from './names';
+import { SA, TASK_WORKFLOW_TYPE, TASKS_QUEUE, taskId as makeTaskId, taskSummary } from './names';
 import { sessionKeyAttribute } from './sessions';
 import { asRejection, TaskError } from './task-errors';
 import type { taskWorkflow } from './workflows/task';
@@ -106,7 +106,7 @@ export class TaskClient {
   /** Starts the task's workflow, or returns the open task with the same id. */
   async start(input: TaskInput, options: { taskId?: string } = {}): Promise<StartedTask> {
     const taskId = options.taskId ?? makeTaskId(input.kind, input.repo, input.number);
-    const summary = `${input.kind} ${input.repo}${input.number ? `#${input.number}` : ''} for ${input.agentType}: ${input.title}`.slice(0, 200);
+    const summary = taskSummary(input);
     try {
       await this.temporal.workflow.start<typeof taskWorkflow>(TASK_WORKFLOW_TYPE, {
         taskQueue: TASKS_QUEUE,

@@ -422,6 +422,14 @@ describe('leases', () => {
     }
     const status = await t.tasks.status(taskId);
     expect(status).toMatchObject({ state: 'running', mode: 'http_pull', assignee: { id: 'a1' }, attempt: 1, lostAttempts: 0 });
+    // The Web UI still shows what the task is: its one-line summary survives continue-as-new.
+    const handle = t.client.workflow.getHandle(taskId);
+    const described = await handle.describe();
+    expect(described.runId).not.toBe(firstRun);
+    const metadata = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+    const shown = `${(await described.staticSummary()) ?? ''}\n${metadata.currentDetails ?? ''}`;
+    expect(shown).toContain(`implement ${status.input.repo}#${status.input.number} for ${type}: ${status.input.title}`);
+    expect(shown).toContain('**running** (http_pull)');
     await t.tasks.complete(taskId, { kind: 'agent', id: 'a1' }, 1, { outcome: 'success', summary: 'after many heartbeats' });
     const final = await t.tasks.result(taskId);
     expect(final.result?.summary).toBe('after many heartbeats');

@@ -5,7 +5,7 @@ import { ActivityCancellationType, ActivityFailure, isCancellation, TimeoutFailu
 import { TimeoutType } from '@temporalio/common';
 import type { AttemptEnd, ClaimGrant, InstanceRef, TaskInput, TaskResult, TaskState, TaskStatus } from '../model';
 import { DEFAULT_TASK_OPTIONS, isClosed } from '../model';
-import { hostQueue, SA, typeQueue } from '../names';
+import { hostQueue, SA, taskSummary, typeQueue } from '../names';
 import type { AttemptActivities, AttemptOutcome, ReportActivities, TaskEvent } from './activity-types';
 import type { Rejection } from './claim-rules';
 import { attemptsExhausted, checkAssign, checkCancel, checkClaim, checkHolder, describeInstance } from './claim-rules';
@@ -362,7 +362,9 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     ]);
     const who = holderOrReserved ? ` · ${describeInstance(holderOrReserved)}` : '';
     const attempt = status.attempt > 0 ? ` · attempt ${status.attempt}` : '';
-    wf.setCurrentDetails(`**${status.state}** (${status.mode})${who}${attempt}${status.result ? ` · ${status.result.outcome}: ${status.result.summary}` : ''}`);
+    // A run started by continue-as-new has no static summary: its details carry it.
+    const summary = args.resume ? `${taskSummary(status.input)}\n\n` : '';
+    wf.setCurrentDetails(`${summary}**${status.state}** (${status.mode})${who}${attempt}${status.result ? ` · ${status.result.outcome}: ${status.result.summary}` : ''}`);
   }
 
   while (!isClosed(status.state)) {
