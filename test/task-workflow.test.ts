@@ -497,6 +497,26 @@ describe('cancel', () => {
     expect(runner.aborted).toEqual([taskId]);
     await recordHistory(t, 'cancel-ssh', taskId);
   });
+
+  test('requested through Temporal (the Web UI, the CLI): the same cancel, reported and visible in the search attributes', async () => {
+    const type = uniqueType();
+    const pending = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    await t.client.workflow.getHandle(pending.taskId).cancel();
+    expect(await t.tasks.result(pending.taskId)).toMatchObject({ state: 'cancelled', cancelRequested: true });
+
+    const runner = new RecordingRunner((ctx) => untilAborted(ctx.signal));
+    await t.startHost(`h-${type}`, [type], 1, runner);
+    const running = await t.tasks.start(input(type));
+    await statusWhen(running.taskId, (s) => s.state === 'running', 'running on the host');
+    await t.client.workflow.getHandle(running.taskId).cancel();
+    const final = await t.tasks.result(running.taskId);
+    expect(final).toMatchObject({ state: 'cancelled', attempts: [{ end: 'cancelled' }] });
+    expect(runner.aborted).toEqual([running.taskId]);
+
+    for (const taskId of [pending.taskId, running.taskId]) {
+      await waitFor(async () => ((await t.tasks.list({ agentType: type, state: 'cancelled' })).some((row) => row.taskId === taskId) ? true : undefined), `${taskId} listed as cancelled`);
+    }
+  });
 });
 
 describe('search attributes', () => {

@@ -85,8 +85,8 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     const snapshot: TaskStatus = { ...status, attempts: status.attempts.map((a) => ({ ...a, logTail: undefined })) };
     reportsInFlight += 1;
     pendingReports.push(
-      reports
-        .reportTaskEvent({ type, status: snapshot })
+      // Not cancellable: a cancel requested through Temporal must not drop a report on its way.
+      wf.CancellationScope.nonCancellable(() => reports.reportTaskEvent({ type, status: snapshot }))
         .catch(() => undefined)
         .finally(() => {
           reportsInFlight -= 1;
@@ -329,23 +329,34 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     { validator: ({ target }) => rejectWith(checkAssign(status, target)) },
   );
 
+  function requestCancel(): void {
+    status.cancelRequested = true;
+    if (status.state === 'pending') {
+      cancelOutstanding();
+      close('cancelled');
+    } else if (status.mode === 'ssh_cli') {
+      // Reaches the runner as activity cancellation: the remote process is killed.
+      outstanding?.scope.cancel();
+    }
+    // A pull agent learns of it from its next heartbeat answer; its lease bounds the wait.
+    touch();
+  }
+
   wf.setHandler(
     cancelUpdate,
     (_request) => {
-      status.cancelRequested = true;
-      if (status.state === 'pending') {
-        cancelOutstanding();
-        close('cancelled');
-      } else if (status.mode === 'ssh_cli') {
-        // Reaches the runner as activity cancellation: the remote process is killed.
-        outstanding?.scope.cancel();
-      }
-      // A pull agent learns of it from its next heartbeat answer; its lease bounds the wait.
-      touch();
+      requestCancel();
       return status;
     },
     { validator: (_request) => rejectWith(checkCancel(status)) },
   );
+
+  // A cancel requested through Temporal (the Web UI, the CLI) is the same cancel: the task ends
+  // `cancelled` once its runner has stopped, with its report and search attributes, rather than the
+  // workflow stopping where it stands. Hence the rest runs in a scope that Temporal does not cancel.
+  wf.CancellationScope.current().cancelRequested.catch(() => {
+    if (!isClosed(status.state) && !status.cancelRequested) requestCancel();
+  });
 
   // ---- main loop ------------------------------------------------------------------------------
 
@@ -367,61 +378,63 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     wf.setCurrentDetails(`${summary}**${status.state}** (${status.mode})${who}${attempt}${status.result ? ` · ${status.result.outcome}: ${status.result.summary}` : ''}`);
   }
 
-  while (!isClosed(status.state)) {
-    if (wantsSshAttempt()) {
-      if (!status.reservedFor && windowDeadline !== undefined && Date.now() >= windowDeadline) {
-        status.mode = 'http_pull'; // the window passed while attempts were being declined
-        touch();
-      } else if (redispatchAt === undefined || Date.now() >= redispatchAt) {
-        redispatchAt = undefined;
-        scheduleSshAttempt(status.reservedFor);
+  return wf.CancellationScope.nonCancellable(async () => {
+    while (!isClosed(status.state)) {
+      if (wantsSshAttempt()) {
+        if (!status.reservedFor && windowDeadline !== undefined && Date.now() >= windowDeadline) {
+          status.mode = 'http_pull'; // the window passed while attempts were being declined
+          touch();
+        } else if (redispatchAt === undefined || Date.now() >= redispatchAt) {
+          redispatchAt = undefined;
+          scheduleSshAttempt(status.reservedFor);
+        }
+      }
+      publish();
+      dirty = false;
+      const leaseLeft =
+        status.state === 'running' && status.mode === 'http_pull' && status.leaseExpiresAt
+          ? Math.max(1, Date.parse(status.leaseExpiresAt) - Date.now())
+          : undefined;
+      // Backing off before the next SSH attempt: wake when it is due, or when the window ends first.
+      const backoffUntil =
+        redispatchAt !== undefined && wantsSshAttempt()
+          ? Math.min(redispatchAt, !status.reservedFor && windowDeadline !== undefined ? windowDeadline : redispatchAt)
+          : undefined;
+      const backoffLeft = backoffUntil !== undefined ? Math.max(1, backoffUntil - Date.now()) : undefined;
+      const wakeIn = leaseLeft ?? backoffLeft;
+      if (wakeIn === undefined) await wf.condition(() => dirty);
+      else await wf.condition(() => dirty, wakeIn);
+
+      while (attemptEnds.length > 0) onAttemptEnd(attemptEnds.shift()!);
+      if (
+        status.state === 'running' &&
+        status.mode === 'http_pull' &&
+        status.leaseExpiresAt &&
+        Date.now() >= Date.parse(status.leaseExpiresAt)
+      ) {
+        loseAttempt('lease_lapsed', `lease of ${describeInstance(status.assignee!)} lapsed`);
+      }
+
+      // Not while an activity is in flight: continuing as new would abandon it.
+      if (!isClosed(status.state) && !outstanding && reportsInFlight === 0 && historyFull()) {
+        // Long-held tasks (many heartbeats) start a fresh history, carrying everything over.
+        await wf.condition(wf.allHandlersFinished);
+        publish();
+        await wf.continueAsNew<typeof taskWorkflow>({
+          taskId: args.taskId,
+          input: args.input,
+          resume: { status, dispatch, windowDeadline, unclaimedEnds, redispatchAt },
+        });
       }
     }
+
+    cancelOutstanding();
     publish();
-    dirty = false;
-    const leaseLeft =
-      status.state === 'running' && status.mode === 'http_pull' && status.leaseExpiresAt
-        ? Math.max(1, Date.parse(status.leaseExpiresAt) - Date.now())
-        : undefined;
-    // Backing off before the next SSH attempt: wake when it is due, or when the window ends first.
-    const backoffUntil =
-      redispatchAt !== undefined && wantsSshAttempt()
-        ? Math.min(redispatchAt, !status.reservedFor && windowDeadline !== undefined ? windowDeadline : redispatchAt)
-        : undefined;
-    const backoffLeft = backoffUntil !== undefined ? Math.max(1, backoffUntil - Date.now()) : undefined;
-    const wakeIn = leaseLeft ?? backoffLeft;
-    if (wakeIn === undefined) await wf.condition(() => dirty);
-    else await wf.condition(() => dirty, wakeIn);
-
-    while (attemptEnds.length > 0) onAttemptEnd(attemptEnds.shift()!);
-    if (
-      status.state === 'running' &&
-      status.mode === 'http_pull' &&
-      status.leaseExpiresAt &&
-      Date.now() >= Date.parse(status.leaseExpiresAt)
-    ) {
-      loseAttempt('lease_lapsed', `lease of ${describeInstance(status.assignee!)} lapsed`);
-    }
-
-    // Not while an activity is in flight: continuing as new would abandon it.
-    if (!isClosed(status.state) && !outstanding && reportsInFlight === 0 && historyFull()) {
-      // Long-held tasks (many heartbeats) start a fresh history, carrying everything over.
-      await wf.condition(wf.allHandlersFinished);
-      publish();
-      await wf.continueAsNew<typeof taskWorkflow>({
-        taskId: args.taskId,
-        input: args.input,
-        resume: { status, dispatch, windowDeadline, unclaimedEnds, redispatchAt },
-      });
-    }
-  }
-
-  cancelOutstanding();
-  publish();
-  report(
-    status.state === 'cancelled' ? 'cancelled' : status.result?.outcome === 'success' ? 'succeeded' : status.result?.outcome === 'fork' ? 'forked' : 'failed',
-  );
-  await Promise.all(pendingReports);
-  await wf.condition(wf.allHandlersFinished);
-  return status;
+    report(
+      status.state === 'cancelled' ? 'cancelled' : status.result?.outcome === 'success' ? 'succeeded' : status.result?.outcome === 'fork' ? 'forked' : 'failed',
+    );
+    await Promise.all(pendingReports);
+    await wf.condition(wf.allHandlersFinished);
+    return status;
+  });
 }
