@@ -109,8 +109,18 @@ export interface TaskStatus {
   claimedAt?: string;
   closedAt?: string;
   result?: TaskResult;
+  /** The latest attempts (at most MAX_KEPT_ATTEMPTS), oldest first. */
   attempts: AttemptRecord[];
+  /** Older attempts no longer listed (a task claimed and given back over and over). */
+  attemptsOmitted?: number;
 }
+
+/**
+ * Attempts a task's status lists. Released attempts are not counted against maxAttempts, so a task
+ * can be claimed and given back without end; its status (every query, every report, the
+ * continue-as-new payload) must not grow with them.
+ */
+export const MAX_KEPT_ATTEMPTS = 50;
 
 /** What a claimant receives when its claim wins. */
 export interface ClaimGrant {

@@ -2,7 +2,7 @@
 import { temporal } from '@temporalio/proto';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
-import type { Claimant, TaskInput, TaskOptions, TaskStatus } from '../src/model';
+import { type Claimant, MAX_KEPT_ATTEMPTS, type TaskInput, type TaskOptions, type TaskStatus } from '../src/model';
 import { TaskError } from '../src/task-errors';
 import { createReportActivities } from '../src/activities/report';
 import type { Runner } from '../src/activities/runner';
@@ -287,6 +287,23 @@ describe('phase 2: HTTP pull', () => {
     await t.tasks.complete(taskId, { kind: 'agent', id: 'a2' }, 2, { outcome: 'success', summary: 'ok' });
     expect((await t.tasks.result(taskId)).state).toBe('completed');
   });
+
+  test('a task claimed and given back again and again keeps its latest attempts only: status and continue-as-new stay bounded', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    const me = agent('a-flapping', type);
+    const cycles = MAX_KEPT_ATTEMPTS + 5;
+    for (let i = 1; i <= cycles; i++) {
+      const grant = await t.tasks.claim(taskId, me);
+      await t.tasks.release(taskId, me, grant.attempt);
+    }
+    const status = await t.tasks.status(taskId);
+    expect(status).toMatchObject({ state: 'pending', attempt: cycles, lostAttempts: 0, attemptsOmitted: 5 });
+    expect(status.attempts).toHaveLength(MAX_KEPT_ATTEMPTS);
+    expect(status.attempts[0]?.attempt).toBe(6);
+    expect(status.attempts.at(-1)).toMatchObject({ attempt: cycles, end: 'released' });
+    await t.tasks.cancel(taskId);
+  }, 120_000);
 });
 
 describe('assign', () => {

@@ -4,7 +4,7 @@ import * as wf from '@temporalio/workflow';
 import { ActivityCancellationType, ActivityFailure, isCancellation, TimeoutFailure } from '@temporalio/workflow';
 import { TimeoutType } from '@temporalio/common';
 import type { AttemptEnd, ClaimGrant, InstanceRef, TaskInput, TaskResult, TaskState, TaskStatus } from '../model';
-import { DEFAULT_TASK_OPTIONS, isClosed } from '../model';
+import { DEFAULT_TASK_OPTIONS, isClosed, MAX_KEPT_ATTEMPTS } from '../model';
 import { hostQueue, SA, taskSummary, typeQueue } from '../names';
 import type { AttemptActivities, AttemptOutcome, ReportActivities, TaskEvent } from './activity-types';
 import type { Rejection } from './claim-rules';
@@ -260,6 +260,10 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       status.claimedAt = iso(now);
       status.leaseExpiresAt = claimant.kind === 'agent' ? iso(now + options.leaseMs) : undefined;
       status.attempts.push({ attempt: status.attempt, holder, mode: status.mode, claimedAt: iso(now), end: 'running' });
+      if (status.attempts.length > MAX_KEPT_ATTEMPTS) {
+        const omitted = status.attempts.splice(0, status.attempts.length - MAX_KEPT_ATTEMPTS).length;
+        status.attemptsOmitted = (status.attemptsOmitted ?? 0) + omitted;
+      }
       resetBackoff();
       report('started');
       if (claimant.kind === 'host') {
