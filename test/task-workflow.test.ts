@@ -6,6 +6,7 @@ import { type Claimant, MAX_KEPT_ATTEMPTS, type TaskInput, type TaskOptions, typ
 import { TaskError } from '../src/task-errors';
 import { createReportActivities } from '../src/activities/report';
 import type { Runner } from '../src/activities/runner';
+import { statusQuery } from '../src/workflows/messages';
 import type { taskWorkflow } from '../src/workflows/task';
 import { RecordingRunner, untilAborted } from './support/runners';
 import { connectTestTemporal, type TestTemporal, uniqueRepo, uniqueType, waitFor } from './support/temporal';
@@ -225,6 +226,32 @@ describe('phase 1: host match', () => {
     try {
       await handle.terminate('test over');
       expect(runner.runs).toHaveLength(0);
+    } finally {
+      after.worker.shutdown();
+      await after.running;
+    }
+  });
+
+  test('an attempt that ended before the workflow answered its claim is not a lost attempt: the task is dispatched again', async () => {
+    const type = uniqueType();
+    const { handle, startWorkflowWorker, attemptStarted } = await taskOnOwnQueue(type, { matchWindowMs: 120_000, maxAttempts: 1 });
+    const doomed = await t.startHost(`h-doomed-${type}`, [type], 1, new RecordingRunner());
+    await attemptStarted();
+    await doomed.shutdown(); // the attempt ends, its claim still unanswered
+    // The workflow sees both at once when it is back: the claim (Updates come first), then the end.
+    const after = await startWorkflowWorker();
+    try {
+      const requeued = await waitFor(async () => {
+        const s = await handle.query(statusQuery);
+        return s.attempts.length > 0 && s.attempts[0]!.end !== 'running' ? s : undefined;
+      }, 'the claim answered and the attempt over');
+      expect(requeued).toMatchObject({ state: 'pending', lostAttempts: 0, attempts: [{ holder: { id: `h-doomed-${type}` }, end: 'released' }] });
+      // Another host runs it; with maxAttempts 1, a lost attempt would have failed the task instead.
+      const survivor = new RecordingRunner();
+      await t.startHost(`h-survivor-${type}`, [type], 1, survivor);
+      expect(await handle.result()).toMatchObject({ state: 'completed', assignee: { id: `h-survivor-${type}` } });
+      expect(survivor.runs).toHaveLength(1);
+      await recordHistory(t, 'claim-after-attempt-end', handle.workflowId);
     } finally {
       after.worker.shutdown();
       await after.running;

@@ -59,6 +59,8 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
   let dispatch = args.resume?.dispatch ?? 0;
   /** The dispatch whose attempt holds the task while it runs on an SSH host. */
   let claimedDispatch: number | undefined;
+  /** The workflow task (by history length) in which that claim was granted. */
+  let claimedInTask: number | undefined;
   /** When phase 1 (host match) of the current attempt ends. */
   let windowDeadline = args.resume?.windowDeadline;
   /** SSH attempts in a row that ended before any claim (declined, failed, rejected) while the task waited. */
@@ -213,6 +215,12 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
         // However the runner stopped (cancellation, or the killed process's error), it was the cancel.
         endAttempt('cancelled', end.error && !isCancellation(end.error) ? describeError(end.error) : undefined);
         close('cancelled');
+      } else if (claimedInTask === wf.workflowInfo().historyLength && wf.patched('claim-after-attempt-end')) {
+        // The claim and the attempt's end reached the workflow in one workflow task (Updates are
+        // applied first): the attempt had ended before its claim was answered, so it never ran the
+        // agent. Not a lost attempt: dispatched again, as a released one would be.
+        endAttempt('released', `the SSH attempt ended before its claim was answered: ${end.error ? describeError(end.error) : 'no result'}`);
+        requeue();
       } else loseAttempt('lost', end.error ? describeError(end.error) : 'SSH attempt ended without a result');
       return;
     }
@@ -268,6 +276,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       report('started');
       if (claimant.kind === 'host') {
         claimedDispatch = claimDispatch;
+        claimedInTask = wf.workflowInfo().historyLength;
       } else {
         // A pull agent won: the SSH attempt still scheduled for this task lost.
         cancelOutstanding();
