@@ -6,7 +6,7 @@ import { type Claimant, MAX_KEPT_ATTEMPTS, type TaskInput, type TaskOptions, typ
 import { TaskError } from '../src/task-errors';
 import { createReportActivities } from '../src/activities/report';
 import type { Runner } from '../src/activities/runner';
-import { statusQuery } from '../src/workflows/messages';
+import { cancelUpdate, statusQuery } from '../src/workflows/messages';
 import type { taskWorkflow } from '../src/workflows/task';
 import { RecordingRunner, untilAborted } from './support/runners';
 import { connectTestTemporal, type TestTemporal, uniqueRepo, uniqueType, waitFor } from './support/temporal';
@@ -559,6 +559,43 @@ describe('cancel', () => {
 
     for (const taskId of [pending.taskId, running.taskId]) {
       await waitFor(async () => ((await t.tasks.list({ agentType: type, state: 'cancelled' })).some((row) => row.taskId === taskId) ? true : undefined), `${taskId} listed as cancelled`);
+    }
+  });
+
+  test('requested through Temporal while a closed task waits for a report that keeps failing: the run ends without it', async () => {
+    // An operator's way out of a report that cannot be delivered (e.g. an unreachable callback URL).
+    const type = uniqueType();
+    const queue = `drover.tasks.stuck-report-${type}`;
+    const worker = await Worker.create({
+      connection: t.nativeConnection,
+      namespace: t.namespace,
+      taskQueue: queue,
+      workflowBundle: { codePath: inject('workflowBundlePath') },
+      activities: {
+        reportTaskEvent: async () => {
+          throw new Error('callback unreachable');
+        },
+      },
+    });
+    const running = worker.run();
+    try {
+      const taskId = `implement:stuck-report:${type}:1`;
+      const handle = await t.client.workflow.start<typeof taskWorkflow>('taskWorkflow', {
+        taskQueue: queue,
+        workflowId: taskId,
+        args: [{ taskId, input: input(type, { matchWindowMs: 60_000 }) }],
+      });
+      await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'not needed' }] });
+      await waitFor(async () => ((await handle.describe()).raw.pendingActivities?.some((a) => (a.attempt ?? 0) > 1) ? true : undefined), 'the report retried');
+      expect((await handle.describe()).status.name).toBe('RUNNING');
+      await handle.cancel();
+      let deadline: NodeJS.Timeout | undefined;
+      const final = await Promise.race([handle.result(), new Promise<undefined>((r) => (deadline = setTimeout(() => r(undefined), 30_000)))]);
+      clearTimeout(deadline);
+      expect(final).toMatchObject({ state: 'cancelled' });
+    } finally {
+      worker.shutdown();
+      await running;
     }
   });
 });

@@ -81,20 +81,19 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     startToCloseTimeout: '1 minute',
     retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '5 minutes' },
   });
-  const pendingReports: Promise<void>[] = [];
   let reportsInFlight = 0;
+  /** Set by a cancel requested through Temporal once the task is closed: stop waiting for reports. */
+  let reportsAbandoned = false;
   function report(type: TaskEvent['type']): void {
     const snapshot: TaskStatus = { ...status, attempts: status.attempts.map((a) => ({ ...a, logTail: undefined })) };
     reportsInFlight += 1;
-    pendingReports.push(
-      // Not cancellable: a cancel requested through Temporal must not drop a report on its way.
-      wf.CancellationScope.nonCancellable(() => reports.reportTaskEvent({ type, status: snapshot }))
-        .catch(() => undefined)
-        .finally(() => {
-          reportsInFlight -= 1;
-          dirty = true; // a continue-as-new may have been waiting for it
-        }),
-    );
+    // Not cancellable: a cancel requested through Temporal must not drop a report on its way.
+    void wf.CancellationScope.nonCancellable(() => reports.reportTaskEvent({ type, status: snapshot }))
+      .catch(() => undefined)
+      .finally(() => {
+        reportsInFlight -= 1;
+        dirty = true; // a continue-as-new may have been waiting for it
+      });
   }
 
   const currentAttempt = () => status.attempts[status.attempts.length - 1];
@@ -367,8 +366,11 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
   // A cancel requested through Temporal (the Web UI, the CLI) is the same cancel: the task ends
   // `cancelled` once its runner has stopped, with its report and search attributes, rather than the
   // workflow stopping where it stands. Hence the rest runs in a scope that Temporal does not cancel.
+  // Once the task is closed, such a cancel is an operator's way out of a report that cannot be
+  // delivered: the run ends without waiting for it.
   wf.CancellationScope.current().cancelRequested.catch(() => {
-    if (!isClosed(status.state) && !status.cancelRequested) requestCancel();
+    if (isClosed(status.state)) reportsAbandoned = true;
+    else if (!status.cancelRequested) requestCancel();
   });
 
   // ---- main loop ------------------------------------------------------------------------------
@@ -446,7 +448,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     report(
       status.state === 'cancelled' ? 'cancelled' : status.result?.outcome === 'success' ? 'succeeded' : status.result?.outcome === 'fork' ? 'forked' : 'failed',
     );
-    await Promise.all(pendingReports);
+    await wf.condition(() => reportsInFlight === 0 || reportsAbandoned);
     await wf.condition(wf.allHandlersFinished);
     return status;
   });
