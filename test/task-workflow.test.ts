@@ -384,6 +384,24 @@ describe('assign', () => {
     await recordHistory(t, 'assign-host-backoff', taskId);
   });
 
+  test('declined by hosts that were full is no failure: no backoff, the task waits on the queue for the first free slot', async () => {
+    const type = uniqueType();
+    const runner = new RecordingRunner((ctx) => untilAborted(ctx.signal));
+    const hosts = [1, 2, 3].map((n) => `h${n}-${type}`);
+    for (const id of hosts) await t.startHost(id, [type], 1, runner);
+    const blockers = [];
+    for (let n = 0; n < hosts.length; n++) blockers.push((await t.tasks.start(input(type, { matchWindowMs: 60_000 }))).taskId);
+    await waitFor(() => (runner.runs.length === hosts.length ? true : undefined), 'every host busy');
+    // A full host still has the poll it opened before it filled: each takes the task and declines it.
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    const history = async () => (await t.client.workflow.getHandle(taskId).fetchHistory()).events ?? [];
+    await waitFor(async () => ((await history()).filter((e) => e.activityTaskScheduledEventAttributes).length >= 3 ? true : undefined), 'two declines by full hosts');
+    await t.tasks.cancel(blockers[0]!);
+    await statusWhen(taskId, (s) => s.state === 'running', 'running on the freed host');
+    expect((await history()).filter((e) => e.timerStartedEventAttributes)).toHaveLength(0);
+    for (const id of [...blockers.slice(1), taskId]) await t.tasks.cancel(id);
+  });
+
   test('hosts whose attempts keep failing before the claim: the task still falls back to http_pull when the window passes', async () => {
     const type = uniqueType();
     await t.startHost(`h-broken-${type}`, [type], 1, {

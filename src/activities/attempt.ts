@@ -39,7 +39,9 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
     async runAttempt(request: AttemptRequest): Promise<AttemptOutcome> {
       const ctx = Context.current();
       const release = deps.slots.tryAcquire();
-      if (!release) return { kind: 'declined', reason: deps.slots.online ? `host ${deps.hostId} has no free slot` : `host ${deps.hostId} is offline` };
+      if (!release) {
+        return { kind: 'declined', busy: true, reason: deps.slots.online ? `host ${deps.hostId} has no free slot` : `host ${deps.hostId} is offline` };
+      }
       // The attempt heartbeats from the start, not only once it runs the agent: getting ready (the
       // SSH connect) and waiting for the workflow's answer to the claim may outlast the heartbeat
       // timeout, which must only ever mean a lost host; and cancellation reaches it here too.

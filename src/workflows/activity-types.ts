@@ -14,8 +14,12 @@ export type AttemptOutcome =
   | { kind: 'finished'; attempt: number; result: TaskResult; log?: string }
   /** The claim was rejected (another claimant won, or the task moved on). */
   | { kind: 'lost'; rejection: Rejection }
-  /** The host picked the attempt up but had no free slot or was offline: dispatch again. */
-  | { kind: 'declined'; reason: string };
+  /**
+   * The host picked the attempt up but could not run it: dispatch again. `busy` when it had no free
+   * slot or was offline (a poll it opened before): its poll gate keeps it from taking the next one
+   * until it can run it, so that is no failure to back off from.
+   */
+  | { kind: 'declined'; reason: string; busy?: boolean };
 
 export interface AttemptActivities {
   runAttempt(request: AttemptRequest): Promise<AttemptOutcome>;

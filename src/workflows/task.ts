@@ -232,7 +232,9 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     }
     // Otherwise (declined, lost, or failed before claiming) the main loop dispatches again: at once
     // the first time (another host, or a slot freed meanwhile), then with a growing backoff, so that
-    // a host that keeps failing (above all one the task is reserved for) is not a hot loop.
+    // a host that keeps failing (above all one the task is reserved for) is not a hot loop. A host
+    // that was full or offline is no failure: it polls again only once it can run the task.
+    if (end.outcome?.kind === 'declined' && end.outcome.busy) return;
     unclaimedEnds += 1;
     if (unclaimedEnds >= 2 && wf.patched('redispatch-backoff')) {
       redispatchAt = Date.now() + Math.min(REDISPATCH_BACKOFF_MS.initial * 2 ** (unclaimedEnds - 2), REDISPATCH_BACKOFF_MS.max);
