@@ -214,7 +214,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
         // However the runner stopped (cancellation, or the killed process's error), it was the cancel.
         endAttempt('cancelled', end.error && !isCancellation(end.error) ? describeError(end.error) : undefined);
         close('cancelled');
-      } else if (claimedInTask === wf.workflowInfo().historyLength && wf.patched('claim-after-attempt-end')) {
+      } else if (claimedInTask === wf.workflowInfo().historyLength) {
         // The claim and the attempt's end reached the workflow in one workflow task (Updates are
         // applied first): the attempt had ended before its claim was answered, so it never ran the
         // agent. Not a lost attempt: dispatched again, as a released one would be.
@@ -236,7 +236,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     // that was full or offline is no failure: it polls again only once it can run the task.
     if (end.outcome?.kind === 'declined' && end.outcome.busy) return;
     unclaimedEnds += 1;
-    if (unclaimedEnds >= 2 && wf.patched('redispatch-backoff')) {
+    if (unclaimedEnds >= 2) {
       redispatchAt = Date.now() + Math.min(REDISPATCH_BACKOFF_MS.initial * 2 ** (unclaimedEnds - 2), REDISPATCH_BACKOFF_MS.max);
     }
   }
