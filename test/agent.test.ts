@@ -10,6 +10,7 @@ import type { TaskInput, TaskOptions, TaskStatus } from '../src/model';
 import { agent, startHarness, type Harness } from './support/http';
 import { HOSTILE_STRINGS } from './support/hostile';
 import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
+import { alive } from './support/process';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const FAKE = join(import.meta.dirname, 'fixtures', 'fake-claude.mjs');
@@ -69,14 +70,6 @@ function record(taskId: string, attempt: number): { pid: number; env: Record<str
   return existsSync(path) ? JSON.parse(readFileSync(path, 'utf8')) : undefined;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function statusWhen(taskId: string, ok: (s: TaskStatus) => boolean, what: string): Promise<TaskStatus> {
   return waitFor(async () => {

@@ -11,6 +11,7 @@ import { killLocalGroup, spawnLocalScript } from '../src/run/local';
 import { buildRunScript, envAssignment, shellCommandLine, shellQuote } from '../src/run/shell';
 import { getProvider } from '../src/providers';
 import type { TaskInput } from '../src/model';
+import { alive } from './support/process';
 
 const dir = mkdtempSync(join(tmpdir(), 'drover-run-'));
 const pwned = join(dir, 'pwned');
@@ -29,14 +30,6 @@ export const HOSTILE = [
 
 const FAKE = join(import.meta.dirname, 'fixtures', 'fake-claude.mjs');
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function waitFor<T>(probe: () => T | undefined, what: string, timeoutMs = 10_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -1,7 +1,7 @@
 // Schemas (TypeBox) shared by the API's plugins, and the JSON views of Drover's types.
 // The HTTP API speaks snake_case; the OpenAPI document is generated from these.
 import { Type as T, type Static, type TSchema } from '@sinclair/typebox';
-import { EXECUTION_MODES, TASK_KINDS, TASK_STATES, type ClaimGrant, type TaskStatus } from '../model';
+import { EXECUTION_MODES, TASK_KINDS, TASK_STATES, type ClaimGrant, type TaskInput, type TaskStatus } from '../model';
 import type { TaskSummary } from '../task-client';
 
 const literals = <V extends string>(values: readonly V[], options: Record<string, unknown> = {}) => T.Union(values.map((v) => T.Literal(v)), options);
@@ -45,20 +45,38 @@ export const AttemptSchema = T.Object({
   reason: nullable(T.String()),
 });
 
+/** What a task asks for, as a task view and a dequeue grant both show it. */
+const TaskInputFields = {
+  agent_type: T.String(),
+  kind: T.String(),
+  repo: T.String(),
+  number: T.Integer(),
+  title: T.String(),
+  prompt: T.String(),
+  url: nullable(T.String()),
+  session_key: nullable(T.String()),
+};
+
+function inputFields(input: TaskInput) {
+  return {
+    agent_type: input.agentType,
+    kind: input.kind,
+    repo: input.repo,
+    number: input.number,
+    title: input.title,
+    prompt: input.prompt,
+    url: input.url ?? null,
+    session_key: input.sessionKey ?? null,
+  };
+}
+
 export const TaskViewSchema = T.Object(
   {
     task_id: T.String(),
     state: StateSchema,
     mode: ModeSchema,
-    agent_type: T.String(),
-    kind: T.String(),
-    repo: T.String(),
-    number: T.Integer(),
-    title: T.String(),
-    prompt: T.String(),
-    url: nullable(T.String()),
+    ...TaskInputFields,
     callback_url: nullable(T.String()),
-    session_key: nullable(T.String()),
     assignee: nullable(InstanceSchema),
     reserved_for: nullable(InstanceSchema),
     attempt: T.Integer(),
@@ -83,15 +101,8 @@ export function taskView(status: TaskStatus): TaskView {
     task_id: status.taskId,
     state: status.state,
     mode: status.mode,
-    agent_type: input.agentType,
-    kind: input.kind,
-    repo: input.repo,
-    number: input.number,
-    title: input.title,
-    prompt: input.prompt,
-    url: input.url ?? null,
+    ...inputFields(input),
     callback_url: input.callbackUrl ?? null,
-    session_key: input.sessionKey ?? null,
     assignee: status.assignee ?? null,
     reserved_for: status.reservedFor ?? null,
     attempt: status.attempt,
@@ -149,14 +160,7 @@ export const GrantSchema = T.Object({
   attempt: T.Integer({ description: 'pass it back with heartbeat, complete, fail and release' }),
   lease_expires_at: nullable(T.String()),
   lease_ms: T.Integer({ description: 'heartbeat well within this' }),
-  agent_type: T.String(),
-  kind: T.String(),
-  repo: T.String(),
-  number: T.Integer(),
-  title: T.String(),
-  prompt: T.String(),
-  url: nullable(T.String()),
-  session_key: nullable(T.String()),
+  ...TaskInputFields,
 });
 
 export function grantView(grant: ClaimGrant, leaseMs: number): Static<typeof GrantSchema> {
@@ -165,14 +169,7 @@ export function grantView(grant: ClaimGrant, leaseMs: number): Static<typeof Gra
     attempt: grant.attempt,
     lease_expires_at: grant.leaseExpiresAt ?? null,
     lease_ms: grant.input.options?.leaseMs ?? leaseMs,
-    agent_type: grant.input.agentType,
-    kind: grant.input.kind,
-    repo: grant.input.repo,
-    number: grant.input.number,
-    title: grant.input.title,
-    prompt: grant.input.prompt,
-    url: grant.input.url ?? null,
-    session_key: grant.input.sessionKey ?? null,
+    ...inputFields(grant.input),
   };
 }
 
