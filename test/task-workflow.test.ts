@@ -2,6 +2,7 @@
 import { temporal } from '@temporalio/proto';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import { typeQueue } from '../src/names';
 import { type Claimant, MAX_KEPT_ATTEMPTS, type TaskInput, type TaskOptions, type TaskStatus } from '../src/model';
 import { TaskError } from '../src/task-errors';
 import { createReportActivities } from '../src/activities/report';
@@ -127,6 +128,26 @@ describe('phase 1: host match', () => {
     expect(final.attempts.at(-1)).toMatchObject({ holder: { id: `h-good-${type}` }, end: 'completed' });
     expect(final.lostAttempts).toBe(final.attempts.length - 1);
     await recordHistory(t, 'host-lost', taskId);
+  });
+
+  test('a host that vanishes with the attempt in hand before claiming: the task gets a fresh window on the hosts, not http_pull', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 2_000, sshHeartbeatTimeoutMs: 3_000 }));
+    // A real poll that takes the attempt and never answers: a host worker that died with it in hand,
+    // or whose poll its own shutdown cut off as the task reached it (then Temporal counts it started).
+    const taken = await t.client.connection.withDeadline(Date.now() + 30_000, () =>
+      t.client.workflowService.pollActivityTaskQueue({ namespace: t.namespace, taskQueue: { name: typeQueue(type) }, identity: `vanished-${type}` }),
+    );
+    expect(taken.activityType?.name).toBe('runAttempt');
+    const good = new RecordingRunner();
+    await t.startHost(`h-good-${type}`, [type], 1, good);
+    // The vanished host's heartbeat timeout (3 s) ends after the match window (2 s).
+    const settled = await statusWhen(taskId, (s) => s.state !== 'pending' || s.mode === 'http_pull', 'the task run, or given up to http_pull');
+    expect(settled.mode).toBe('ssh_cli');
+    const final = await t.tasks.result(taskId);
+    expect(final).toMatchObject({ state: 'completed', lostAttempts: 0, assignee: { id: `h-good-${type}` } });
+    expect(final.attempts).toHaveLength(1);
+    expect(good.runs.map((r) => r.taskId)).toEqual([taskId]);
   });
 
   test('an attempt heartbeats before its claim: a host slower to get ready than the heartbeat timeout still takes the task', async () => {

@@ -196,6 +196,19 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     );
   }
 
+  /**
+   * The attempt was taken off the queue by a host that then went silent before it claimed: a worker
+   * that died with it in hand, or one whose poll its own shutdown cut off just as the task reached it
+   * (Temporal then counts the task started, and only the heartbeat timeout ends it).
+   */
+  function isSilentHostTimeout(error: unknown): boolean {
+    return (
+      error instanceof ActivityFailure &&
+      error.cause instanceof TimeoutFailure &&
+      error.cause.timeoutType !== TimeoutType.SCHEDULE_TO_START
+    );
+  }
+
   function describeError(error: unknown): string {
     if (error instanceof ActivityFailure && error.cause) return error.cause.message || String(error.cause);
     return error instanceof Error ? error.message : String(error);
@@ -230,6 +243,10 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       touch();
       return;
     }
+    // A host was found, and lost, as when a claimed attempt's host is lost: the task gets a fresh
+    // match window (nothing ran, so nothing counts as lost). Otherwise the window the silent host
+    // sat on would pass, and the task would fall back to pull agents while hosts stand idle.
+    if (isSilentHostTimeout(end.error)) windowDeadline = undefined;
     // Otherwise (declined, lost, or failed before claiming) the main loop dispatches again: at once
     // the first time (another host, or a slot freed meanwhile), then with a growing backoff, so that
     // a host that keeps failing (above all one the task is reserved for) is not a hot loop. A host
