@@ -85,6 +85,7 @@ const TaskDefaultsSection = T.Object(
     maxAttempts: T.Integer({ minimum: 1, maximum: 100, default: 3 }),
     sshHeartbeatTimeout: Duration,
     runTimeout: Duration,
+    cancelGrace: Duration,
   },
   { additionalProperties: false, default: {} },
 );
@@ -183,6 +184,7 @@ const DURATION_DEFAULTS = {
   'tasks.lease': '60s',
   'tasks.sshHeartbeatTimeout': '30s',
   'tasks.runTimeout': '6h',
+  'tasks.cancelGrace': '30s',
 } as const;
 
 export function durationMs(value: number | string): number {
@@ -310,5 +312,6 @@ export function taskDefaults(config: DroverConfig): TaskOptions & Record<string,
     sshHeartbeatTimeoutMs: durationMs(config.tasks.sshHeartbeatTimeout),
     runTimeoutMs: durationMs(config.tasks.runTimeout),
     maxHistoryEvents: 2_000,
+    cancelGraceMs: durationMs(config.tasks.cancelGrace),
   };
 }

@@ -43,10 +43,12 @@ export interface TaskOptions {
   maxAttempts: number;
   /** SSH attempts fail when the host worker stops heartbeating for this long. */
   sshHeartbeatTimeoutMs: number;
-  /** An SSH attempt that runs longer than this is stopped and counted as lost. */
+  /** A run (SSH attempt or pull agent's claim) longer than this is stopped, and the task fails: no retry. */
   runTimeoutMs: number;
   /** The workflow continues-as-new once its history passes this many events. */
   maxHistoryEvents: number;
+  /** After a cancel, a pull agent's lease is kept at most this long: time to hear of it and stop. */
+  cancelGraceMs: number;
 }
 
 export const DEFAULT_TASK_OPTIONS: TaskOptions = {
@@ -56,6 +58,7 @@ export const DEFAULT_TASK_OPTIONS: TaskOptions = {
   sshHeartbeatTimeoutMs: 30_000,
   runTimeoutMs: 6 * 60 * 60_000,
   maxHistoryEvents: 2_000,
+  cancelGraceMs: 30_000,
 };
 
 export interface TaskInput {
@@ -75,7 +78,7 @@ export interface TaskInput {
   options?: Partial<TaskOptions>;
 }
 
-export type AttemptEnd = 'running' | 'completed' | 'failed' | 'lease_lapsed' | 'lost' | 'released' | 'cancelled';
+export type AttemptEnd = 'running' | 'completed' | 'failed' | 'lease_lapsed' | 'lost' | 'released' | 'cancelled' | 'timed_out';
 
 export interface AttemptRecord {
   attempt: number;
@@ -91,6 +94,8 @@ export interface AttemptRecord {
 
 export interface TaskStatus {
   taskId: string;
+  /** The first run id of this task's workflow: one task id may be run again once closed. */
+  runId: string;
   input: TaskInput;
   options: TaskOptions;
   state: TaskState;
@@ -103,7 +108,13 @@ export interface TaskStatus {
   /** Attempts lost so far, counted against options.maxAttempts. */
   lostAttempts: number;
   leaseExpiresAt?: string;
+  /** A pull agent's claim ends by then at the latest (runTimeoutMs after the claim). */
+  runDeadlineAt?: string;
   cancelRequested: boolean;
+  cancelRequestedAt?: string;
+  /** Why, and by whom, as the cancel request said. */
+  cancelReason?: string;
+  cancelledBy?: string;
   createdAt: string;
   updatedAt: string;
   claimedAt?: string;

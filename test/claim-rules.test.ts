@@ -6,6 +6,7 @@ import { attemptsExhausted, checkAssign, checkCancel, checkClaim, checkHolder } 
 function task(overrides: Partial<TaskStatus> = {}): TaskStatus {
   return {
     taskId: 'implement:acme:web:1',
+    runId: 'run-1',
     input: { agentType: 'dev', kind: 'implement', repo: 'acme/web', number: 1, title: 't', prompt: 'p' },
     options: DEFAULT_TASK_OPTIONS,
     state: 'pending',

@@ -14,6 +14,7 @@ import { FakeForgejo } from './support/fake-forgejo';
 function status(overrides: Partial<TaskStatus> = {}): TaskStatus {
   return {
     taskId: 'implement:acme:web:42',
+    runId: 'run-1',
     input: { agentType: 'dev', kind: 'implement', repo: 'acme/web', number: 42, title: 'Dark mode', prompt: 'p', url: 'https://forgejo.example/acme/web/issues/42' },
     options: DEFAULT_TASK_OPTIONS,
     state: 'completed',
@@ -93,9 +94,9 @@ describe('reports', () => {
 
   test('the comment names agent, mode, summary, branch, rev and links to the task', () => {
     const report = taskEventReport({ type: 'succeeded', status: status() }, links);
-    expect(report).toMatchObject({ event: 'succeeded', event_id: 'implement:acme:web:42/succeeded/1', agent: { kind: 'agent', id: 'a1' }, branch: 'dark`mode' });
+    expect(report).toMatchObject({ event: 'succeeded', event_id: 'implement:acme:web:42/run-1/succeeded/1', agent: { kind: 'agent', id: 'a1' }, branch: 'dark`mode' });
     const comment = renderComment(report);
-    expect(comment.split('\n')[0]).toBe('<!-- drover:implement:acme:web:42/succeeded/1 -->');
+    expect(comment.split('\n')[0]).toBe('<!-- drover:implement:acme:web:42/run-1/succeeded/1 -->');
     expect(comment).toContain('pull agent a1');
     expect(comment).toContain('`http_pull`');
     expect(comment).toContain('`darkmode`'); // backticks cannot break out of code spans
@@ -103,6 +104,16 @@ describe('reports', () => {
     expect(comment).toContain('> Added it\n> with two lines');
     expect(comment).toContain('[task](https://drover.example/api/v1/tasks/implement%3Aacme%3Aweb%3A42)');
     expect(comment).toContain('[history](http://ui:8233/namespaces/default/workflows/implement%3Aacme%3Aweb%3A42)');
+  });
+
+  test('a run of the same task id again has other event ids; a cancel shows its reason, escaped, and who asked', () => {
+    const again = taskEventReport({ type: 'succeeded', status: status({ runId: 'run-2' }) }, links);
+    expect(again.event_id).not.toBe(taskEventReport({ type: 'succeeded', status: status() }, links).event_id);
+    const cancelled = status({ state: 'cancelled', result: undefined, cancelRequested: true, cancelReason: 'wrong repo\n# <b>[x](y)</b>', cancelledBy: 'api' });
+    const report = taskEventReport({ type: 'cancelled', status: cancelled }, links);
+    expect(report).toMatchObject({ cancel_reason: 'wrong repo\n# <b>[x](y)</b>', cancelled_by: 'api' });
+    const row = renderComment(report).split('\n').find((line) => line.startsWith('| cancelled |'));
+    expect(row).toBe('| cancelled | wrong repo \\# \\<b\\>\\[x\\]\\(y\\)\\</b\\> (by `api`) |');
   });
 
   test('permanent failures give up, transient ones retry, and every sink gets its try', async () => {

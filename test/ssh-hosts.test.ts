@@ -229,13 +229,14 @@ describe('SSH hosts', () => {
     await waitFor(async () => ((await aliveOnHost(rec.sshd, rec.pid)) ? undefined : true), 'the agent to be gone from the host');
   });
 
-  it('a run that outlives its run timeout is stopped on the host', async () => {
+  it('a run that outlives its run timeout is stopped on the host, and the task fails: no retry', async () => {
     await startHosts([hostConfig('sshd-3', 'slowpoke', [T.timeout], { args: ['--hold'] })]);
-    const { taskId } = await h.tasks.start(input(T.timeout, { runTimeoutMs: 4_000, maxAttempts: 1 }));
+    const { taskId } = await h.tasks.start(input(T.timeout, { runTimeoutMs: 4_000, maxAttempts: 3 }));
     const rec = await waitFor(() => record(taskId, 1), 'the agent to start');
     const status = await h.tasks.result(taskId);
-    expect(status.state).toBe('failed');
-    expect(status.attempts[0]).toMatchObject({ end: 'lost', holder: { id: 'slowpoke' } });
+    expect(status).toMatchObject({ state: 'failed', lostAttempts: 0, result: { outcome: 'fail', summary: expect.stringContaining('run timeout of 4 s reached') } });
+    expect(status.attempts).toHaveLength(1);
+    expect(status.attempts[0]).toMatchObject({ end: 'timed_out', holder: { id: 'slowpoke' } });
     await waitFor(async () => ((await aliveOnHost(rec.sshd, rec.pid)) ? undefined : true), 'the agent to be gone from the host');
   });
 

@@ -3,7 +3,7 @@
 // the claim, and runs the agent only if the claim won.
 import { Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
-import type { Claimant, ClaimGrant } from '../model';
+import type { Claimant, ClaimGrant, TaskResult } from '../model';
 import { LogBuffer } from '../run/log-buffer';
 import type { HostSlots } from '../workers/host-slots';
 import type { AttemptActivities, AttemptOutcome, AttemptRequest } from '../workflows/activity-types';
@@ -99,12 +99,18 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
             },
             output: (text: string) => log.append(text),
           };
-          const result = await (prepared ? prepared.run(context) : deps.runner.run(context)).catch((error: unknown) => {
-            // A runner stopped by cancellation reports the cancellation, not its own error.
-            throw ctx.cancellationSignal.aborted ? ctx.cancellationSignal.reason : error;
-          });
-          // A runner that returns after cancellation still ends the attempt as cancelled.
+          let result: TaskResult | undefined;
+          let runError: unknown;
+          try {
+            result = await (prepared ? prepared.run(context) : deps.runner.run(context));
+          } catch (error) {
+            runError = error;
+          }
+          // A runner stopped by cancellation (or one that returns after it) reports the cancellation,
+          // and one stopped by the run timeout the timeout, not its own error.
           if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
+          if (deadline.signal.aborted) return { kind: 'timed_out', attempt: grant.attempt, log: log.text() };
+          if (!result) throw runError;
           return { kind: 'finished', attempt: grant.attempt, result, log: log.text() };
         } finally {
           if (deadlineTimer) clearTimeout(deadlineTimer);

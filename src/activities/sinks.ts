@@ -12,7 +12,7 @@ import type { TaskEventSink } from './report';
 /** The JSON every sink is built from: the comment renders it, the callback receives it. */
 export interface TaskEventReport {
   event: TaskEvent['type'];
-  /** Unique per task, event and attempt: receivers can drop duplicates by it. */
+  /** Unique per task run, event and attempt: receivers can drop duplicates by it. */
   event_id: string;
   task_id: string;
   kind: string;
@@ -28,6 +28,9 @@ export interface TaskEventReport {
   summary?: string;
   branch?: string;
   rev?: string;
+  /** Why the task was cancelled, and by whom, as the cancel request said. */
+  cancel_reason?: string;
+  cancelled_by?: string;
   issue_url?: string;
   task_url: string;
   history_url?: string;
@@ -47,7 +50,8 @@ export function taskEventReport(event: TaskEvent, links: ReportLinks): TaskEvent
   const ui = links.temporalUiUrl?.replace(/\/+$/, '');
   return {
     event: event.type,
-    event_id: `${status.taskId}/${event.type}/${status.attempt}`,
+    // A closed task's id can be run again: the run id tells the runs apart.
+    event_id: `${status.taskId}/${status.runId}/${event.type}/${status.attempt}`,
     task_id: status.taskId,
     kind: status.input.kind,
     agent_type: status.input.agentType,
@@ -66,6 +70,8 @@ export function taskEventReport(event: TaskEvent, links: ReportLinks): TaskEvent
           ...(status.result.rev ? { rev: status.result.rev } : {}),
         }
       : {}),
+    ...(status.cancelRequested && status.cancelReason ? { cancel_reason: status.cancelReason } : {}),
+    ...(status.cancelRequested && status.cancelledBy ? { cancelled_by: status.cancelledBy } : {}),
     ...(status.input.url ? { issue_url: status.input.url } : {}),
     task_url: `${base}/api/v1/tasks/${encodeURIComponent(status.taskId)}`,
     ...(ui ? { history_url: `${ui}/namespaces/${encodeURIComponent(links.namespace)}/workflows/${encodeURIComponent(status.taskId)}` } : {}),
@@ -86,6 +92,11 @@ const HEADLINES: Record<TaskEvent['type'], string> = {
 };
 
 const code = (text: string) => `\`${text.replace(/[`\r\n]/g, '')}\``;
+/** Untrusted text in a table cell: one line, no Markdown structure of its own. */
+const quoteInline = (text: string) => {
+  const line = text.replace(/[\r\n]+/g, ' ').slice(0, 500);
+  return line.replace(/[\\`*_{}[\]()<>#+!|~-]/g, (c) => `\\${c}`);
+};
 
 /** The Markdown comment for one event. */
 export function renderComment(report: TaskEventReport): string {
@@ -97,6 +108,7 @@ export function renderComment(report: TaskEventReport): string {
   if (report.outcome) rows.push(['outcome', report.outcome]);
   if (report.branch) rows.push(['branch', code(report.branch)]);
   if (report.rev) rows.push(['rev', code(report.rev)]);
+  if (report.cancel_reason) rows.push(['cancelled', `${quoteInline(report.cancel_reason)}${report.cancelled_by ? ` (by ${code(report.cancelled_by)})` : ''}`]);
   const links = [`[task](${report.task_url})`, ...(report.history_url ? [`[history](${report.history_url})`] : [])].join(' · ');
   const lines = [
     commentMarker(report),

@@ -12,6 +12,8 @@ export interface AttemptRequest {
 export type AttemptOutcome =
   /** The host ran the agent: the attempt's result, and the tail of its output log. */
   | { kind: 'finished'; attempt: number; result: TaskResult; log?: string }
+  /** The run outlived the task's run timeout and was stopped. */
+  | { kind: 'timed_out'; attempt: number; log?: string }
   /** The claim was rejected (another claimant won, or the task moved on). */
   | { kind: 'lost'; rejection: Rejection }
   /**

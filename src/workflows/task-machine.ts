@@ -1,0 +1,477 @@
+// The task's state machine: every transition of a task, as plain data and pure functions of the
+// time it is given. The workflow (task.ts) is a thin shell around it: it feeds the machine
+// messages, attempt ends and timer wake-ups, and carries out what the machine asks for (schedule
+// an SSH attempt, cancel one, report an event). Unit tests drive it without a server.
+// Deterministic code only: imported by workflow code.
+import type { AttemptEnd, ClaimGrant, HeartbeatAnswer, InstanceRef, TaskInput, TaskResult, TaskState, TaskStatus } from '../model';
+import { DEFAULT_TASK_OPTIONS, isClosed, MAX_KEPT_ATTEMPTS } from '../model';
+import type { AttemptOutcome, TaskEvent } from './activity-types';
+import type { Rejection } from './claim-rules';
+import { attemptsExhausted, checkAssign, checkCancel, checkClaim, checkHolder, describeInstance } from './claim-rules';
+import type { AssignRequest, CancelRequest, ClaimRequest, CompleteRequest, FailRequest, HolderRequest } from './messages';
+
+/** SSH attempts that end unclaimed again and again are dispatched again after this backoff. */
+export const REDISPATCH_BACKOFF_MS = { initial: 1_000, max: 60_000 } as const;
+
+/** Everything a task knows, carried over when its workflow continues-as-new. */
+export interface TaskMachineState {
+  status: TaskStatus;
+  /** Bumped for every SSH attempt scheduled; a claim must name the current one. */
+  dispatch: number;
+  /** When phase 1 (host match) of the current attempt ends. */
+  windowDeadline?: number;
+  /** SSH attempts in a row that ended before any claim (declined, failed, rejected) while the task waited. */
+  unclaimedEnds?: number;
+  /** While set, the next SSH attempt waits until then: a host that keeps failing is not a hot loop. */
+  redispatchAt?: number;
+}
+
+/** An SSH attempt the shell must schedule. */
+export interface SshDispatch {
+  dispatch: number;
+  /** Set when the task is reserved for a host: the attempt goes to that host's own queue. */
+  host?: InstanceRef;
+  /** Phase 1's rest, the attempt's schedule-to-start timeout; none on a host's own queue. */
+  scheduleToStartMs?: number;
+}
+
+/** How an SSH attempt ended without an outcome, in the machine's terms (the shell classifies Temporal's failures). */
+export interface AttemptError {
+  kind:
+    | 'not_started' // schedule-to-start timeout: no host took it within the window
+    | 'silent' // heartbeat timeout: the host went silent
+    | 'run_timeout' // start-to-close timeout: the run outlived runTimeout
+    | 'cancelled' // the attempt was cancelled
+    | 'failed'; // any other failure of the activity
+  message: string;
+}
+
+export interface AttemptEndReport {
+  dispatch: number;
+  outcome?: AttemptOutcome;
+  error?: AttemptError;
+}
+
+/** What the machine asks the shell to do, in order. */
+export type TaskEffect = { type: 'report'; event: TaskEvent['type'] } | { type: 'cancelAttempt'; dispatch: number };
+
+/** A message the machine refused, with the stable code the caller sees. */
+export class TaskRejection extends Error {
+  constructor(readonly rejection: Rejection) {
+    super(rejection.message);
+  }
+}
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+export class TaskMachine {
+  readonly status: TaskStatus;
+  private dispatch: number;
+  private windowDeadline: number | undefined;
+  private unclaimedEnds: number;
+  private redispatchAt: number | undefined;
+  /** The SSH attempt in flight, if any; only one at a time. */
+  private outstanding: number | undefined;
+  /** The dispatch whose attempt holds the task while it runs on an SSH host. */
+  private claimedDispatch: number | undefined;
+  private effects: TaskEffect[] = [];
+
+  private constructor(state: TaskMachineState) {
+    this.status = state.status;
+    this.dispatch = state.dispatch;
+    this.windowDeadline = state.windowDeadline;
+    this.unclaimedEnds = state.unclaimedEnds ?? 0;
+    this.redispatchAt = state.redispatchAt;
+  }
+
+  /** A new task; `runId` names this run of the task id (event ids are unique per run). */
+  static create(taskId: string, input: TaskInput, now: number, runId: string): TaskMachine {
+    return new TaskMachine({
+      dispatch: 0,
+      status: {
+        taskId,
+        runId,
+        input,
+        options: { ...DEFAULT_TASK_OPTIONS, ...input.options },
+        state: 'pending',
+        mode: 'undecided',
+        attempt: 0,
+        lostAttempts: 0,
+        cancelRequested: false,
+        createdAt: iso(now),
+        updatedAt: iso(now),
+        attempts: [],
+      },
+    });
+  }
+
+  /** A task carried over by continue-as-new (never with an attempt in flight). */
+  static resume(state: TaskMachineState): TaskMachine {
+    return new TaskMachine(state);
+  }
+
+  snapshot(): TaskMachineState {
+    return {
+      status: this.status,
+      dispatch: this.dispatch,
+      windowDeadline: this.windowDeadline,
+      unclaimedEnds: this.unclaimedEnds,
+      redispatchAt: this.redispatchAt,
+    };
+  }
+
+  get closed(): boolean {
+    return isClosed(this.status.state);
+  }
+
+  /** Is an SSH attempt in flight (continue-as-new must wait for it)? */
+  get attemptInFlight(): boolean {
+    return this.outstanding !== undefined;
+  }
+
+  /** The effects asked for since the last call, oldest first. */
+  takeEffects(): TaskEffect[] {
+    const taken = this.effects;
+    this.effects = [];
+    return taken;
+  }
+
+  // ---- messages: validators (throw nothing, return the rejection) and handlers ---------------
+
+  validateClaim(request: ClaimRequest): Rejection | null {
+    return checkClaim(this.status, request.claimant, request.dispatch, this.outstanding ?? -1);
+  }
+
+  claim(request: ClaimRequest, now: number): ClaimGrant {
+    this.mustPass(this.validateClaim(request));
+    const s = this.status;
+    const { claimant } = request;
+    const holder: InstanceRef = { kind: claimant.kind, id: claimant.id };
+    s.attempt += 1;
+    s.state = 'running';
+    s.mode = claimant.kind === 'host' ? 'ssh_cli' : 'http_pull';
+    s.assignee = holder;
+    s.reservedFor = undefined;
+    s.claimedAt = iso(now);
+    if (claimant.kind === 'agent') {
+      s.leaseExpiresAt = iso(now + s.options.leaseMs);
+      // A pull agent's run is bounded as an SSH attempt's is (there, by the activity's start-to-close timeout).
+      s.runDeadlineAt = iso(now + s.options.runTimeoutMs);
+    } else {
+      s.leaseExpiresAt = undefined;
+      s.runDeadlineAt = undefined;
+    }
+    s.attempts.push({ attempt: s.attempt, holder, mode: s.mode, claimedAt: iso(now), end: 'running' });
+    if (s.attempts.length > MAX_KEPT_ATTEMPTS) {
+      const omitted = s.attempts.splice(0, s.attempts.length - MAX_KEPT_ATTEMPTS).length;
+      s.attemptsOmitted = (s.attemptsOmitted ?? 0) + omitted;
+    }
+    this.resetBackoff();
+    this.effects.push({ type: 'report', event: 'started' });
+    if (claimant.kind === 'host') this.claimedDispatch = request.dispatch;
+    else this.cancelOutstanding(); // a pull agent won: the SSH attempt still scheduled for this task lost
+    this.touch(now);
+    return { taskId: s.taskId, attempt: s.attempt, leaseExpiresAt: s.leaseExpiresAt, input: s.input };
+  }
+
+  validateHolder(request: HolderRequest): Rejection | null {
+    return checkHolder(this.status, request.holder, request.attempt);
+  }
+
+  /** Keeps a pull agent's lease. No wake-up of the workflow is needed: the lease timer re-arms itself. */
+  heartbeat(request: HolderRequest, now: number): HeartbeatAnswer {
+    this.mustPass(this.validateHolder(request));
+    const s = this.status;
+    let expires = now + s.options.leaseMs;
+    // After a cancel the lease is kept only for a short grace: the agent hears of the cancel in
+    // this answer, and a holder that keeps heartbeating without stopping cannot hold the task open.
+    if (s.cancelRequestedAt) expires = Math.min(expires, Date.parse(s.cancelRequestedAt) + s.options.cancelGraceMs);
+    if (s.runDeadlineAt) expires = Math.min(expires, Date.parse(s.runDeadlineAt));
+    s.leaseExpiresAt = iso(Math.max(expires, now));
+    return { leaseExpiresAt: s.leaseExpiresAt, cancelRequested: s.cancelRequested };
+  }
+
+  complete(request: CompleteRequest, now: number): TaskStatus {
+    this.mustPass(this.validateHolder(request));
+    this.finish(request.result, now);
+    return this.status;
+  }
+
+  fail(request: FailRequest, now: number): TaskStatus {
+    this.mustPass(this.validateHolder(request));
+    this.finish({ outcome: 'fail', summary: request.summary, details: request.details }, now);
+    return this.status;
+  }
+
+  release(request: HolderRequest, now: number): TaskStatus {
+    this.mustPass(this.validateHolder(request));
+    this.endAttempt('released', now, 'given back by its holder');
+    if (this.status.cancelRequested) this.close('cancelled', now);
+    else this.requeue(now);
+    return this.status;
+  }
+
+  validateAssign(request: AssignRequest): Rejection | null {
+    return checkAssign(this.status, request.target);
+  }
+
+  assign(request: AssignRequest, now: number): TaskStatus {
+    this.mustPass(this.validateAssign(request));
+    const { target } = request;
+    this.status.reservedFor = { kind: target.kind, id: target.id };
+    this.status.mode = target.kind === 'host' ? 'ssh_cli' : 'http_pull';
+    // The attempt scheduled on the type's queue must not run now: the host's own queue takes over.
+    this.cancelOutstanding();
+    this.resetBackoff(); // a new target gets its first try at once
+    this.touch(now);
+    return this.status;
+  }
+
+  validateCancel(): Rejection | null {
+    return checkCancel(this.status);
+  }
+
+  /** Drover's cancel, whether asked through the API or through Temporal (the Web UI, the CLI). */
+  cancel(request: CancelRequest, now: number): TaskStatus {
+    this.mustPass(this.validateCancel());
+    const s = this.status;
+    if (s.cancelRequested) return s; // asked twice: the first reason stands
+    s.cancelRequested = true;
+    s.cancelRequestedAt = iso(now);
+    if (request.reason) s.cancelReason = request.reason;
+    if (request.by) s.cancelledBy = request.by;
+    if (s.state === 'pending') {
+      this.cancelOutstanding();
+      this.close('cancelled', now);
+    } else if (s.mode === 'ssh_cli' && this.outstanding !== undefined) {
+      // Reaches the runner as activity cancellation: the remote process is killed, and the task
+      // closes once the attempt has ended.
+      this.effects.push({ type: 'cancelAttempt', dispatch: this.outstanding });
+    } else if (s.mode === 'http_pull' && s.leaseExpiresAt) {
+      // The pull agent learns of it from its next heartbeat answer; its lease lasts the grace at most.
+      s.leaseExpiresAt = iso(Math.min(Date.parse(s.leaseExpiresAt), now + s.options.cancelGraceMs));
+    }
+    this.touch(now);
+    return s;
+  }
+
+  // ---- SSH attempts -------------------------------------------------------------------------
+
+  /**
+   * The SSH attempt to schedule now, if one is due. Also moves the task to phase 2 (http_pull)
+   * when the window passed while attempts were being declined.
+   */
+  dueSshDispatch(now: number): SshDispatch | undefined {
+    if (!this.wantsSshAttempt()) return undefined;
+    const s = this.status;
+    if (!s.reservedFor && this.windowDeadline !== undefined && now >= this.windowDeadline) {
+      s.mode = 'http_pull';
+      this.touch(now);
+      return undefined;
+    }
+    if (this.redispatchAt !== undefined && now < this.redispatchAt) return undefined;
+    this.redispatchAt = undefined;
+    this.dispatch += 1;
+    this.outstanding = this.dispatch;
+    const host = s.reservedFor?.kind === 'host' ? s.reservedFor : undefined;
+    if (host) return { dispatch: this.dispatch, host };
+    this.windowDeadline ??= now + s.options.matchWindowMs;
+    return { dispatch: this.dispatch, scheduleToStartMs: Math.max(1, this.windowDeadline - now) };
+  }
+
+  /**
+   * An SSH attempt ended. `claimAnsweredWithEnd` is true when its claim was granted in the same
+   * workflow task that brought its end (Updates are applied first): the attempt had ended before
+   * it heard the answer, so it never ran the agent.
+   */
+  attemptEnded(end: AttemptEndReport, now: number, claimAnsweredWithEnd: boolean): void {
+    if (this.outstanding === end.dispatch) this.outstanding = undefined;
+    const s = this.status;
+    if (s.state === 'running' && s.mode === 'ssh_cli' && this.claimedDispatch === end.dispatch) {
+      this.claimedDispatch = undefined;
+      const outcome = end.outcome;
+      if (outcome?.kind === 'finished') {
+        const record = this.currentAttempt();
+        if (record && outcome.log) record.logTail = outcome.log;
+        this.finish(outcome.result, now);
+      } else if (outcome?.kind === 'timed_out' || end.error?.kind === 'run_timeout') {
+        const record = this.currentAttempt();
+        if (record && outcome?.kind === 'timed_out' && outcome.log) record.logTail = outcome.log;
+        this.runTimedOut(now);
+      } else if (s.cancelRequested) {
+        // However the runner stopped (cancellation, or the killed process's error), it was the cancel.
+        this.endAttempt('cancelled', now, end.error && end.error.kind !== 'cancelled' ? end.error.message : undefined);
+        this.close('cancelled', now);
+      } else if (claimAnsweredWithEnd) {
+        // Not a lost attempt: dispatched again, as a released one would be.
+        this.endAttempt('released', now, `the SSH attempt ended before its claim was answered: ${end.error?.message ?? 'no result'}`);
+        this.requeue(now);
+      } else {
+        this.loseAttempt('lost', end.error?.message ?? 'SSH attempt ended without a result', now);
+      }
+      return;
+    }
+    if (s.state !== 'pending' || end.dispatch !== this.dispatch) return; // an attempt we already moved past
+    if (end.error?.kind === 'not_started' && !s.reservedFor) {
+      // Phase 2: no host took the task within the window.
+      s.mode = 'http_pull';
+      this.touch(now);
+      return;
+    }
+    // A host took the attempt off the queue and went silent before it claimed: a worker that died
+    // with it in hand, or one whose poll its own shutdown cut off just as the task reached it
+    // (Temporal then counts the task started until the heartbeat timeout). A host was found, and
+    // lost, as when a claimed attempt's host is lost: the task gets a fresh match window (nothing
+    // ran, so nothing counts as lost). Otherwise the window the silent host sat on would pass, and
+    // the task would fall back to pull agents while hosts stand idle.
+    if (end.error?.kind === 'silent') this.windowDeadline = undefined;
+    // Otherwise (declined, lost, or failed before claiming) the task is dispatched again: at once
+    // the first time (another host, or a slot freed meanwhile), then with a growing backoff, so that
+    // a host that keeps failing (above all one the task is reserved for) is not a hot loop. A host
+    // that was full or offline is no failure: it polls again only once it can run the task.
+    if (end.outcome?.kind === 'declined' && end.outcome.busy) return;
+    this.unclaimedEnds += 1;
+    if (this.unclaimedEnds >= 2) {
+      this.redispatchAt = now + Math.min(REDISPATCH_BACKOFF_MS.initial * 2 ** (this.unclaimedEnds - 2), REDISPATCH_BACKOFF_MS.max);
+    }
+  }
+
+  // ---- time -------------------------------------------------------------------------------
+
+  /** When the shell must wake the machine at the latest (lease, run deadline, redispatch backoff). */
+  wakeAt(): number | undefined {
+    const s = this.status;
+    if (s.state === 'running' && s.mode === 'http_pull' && s.leaseExpiresAt) {
+      return Math.min(Date.parse(s.leaseExpiresAt), s.runDeadlineAt ? Date.parse(s.runDeadlineAt) : Infinity);
+    }
+    if (this.redispatchAt !== undefined && this.wantsSshAttempt()) {
+      const windowEnd = !s.reservedFor && this.windowDeadline !== undefined ? this.windowDeadline : Infinity;
+      return Math.min(this.redispatchAt, windowEnd);
+    }
+    return undefined;
+  }
+
+  /** Applies what time has decided: a pull agent's run deadline or lapsed lease. */
+  expire(now: number): void {
+    const s = this.status;
+    if (s.state !== 'running' || s.mode !== 'http_pull') return;
+    if (s.runDeadlineAt && now >= Date.parse(s.runDeadlineAt)) this.runTimedOut(now);
+    else if (s.leaseExpiresAt && now >= Date.parse(s.leaseExpiresAt)) {
+      this.loseAttempt('lease_lapsed', `lease of ${describeInstance(s.assignee!)} lapsed`, now);
+    }
+  }
+
+  /** The closing event to report once the task is closed. */
+  closingEvent(): TaskEvent['type'] {
+    const s = this.status;
+    if (s.state === 'cancelled') return 'cancelled';
+    if (s.result?.outcome === 'success') return 'succeeded';
+    if (s.result?.outcome === 'fork') return 'forked';
+    return 'failed';
+  }
+
+  /** Cancels any SSH attempt still in flight (the task closed). */
+  cancelOutstanding(): void {
+    if (this.outstanding === undefined) return;
+    this.effects.push({ type: 'cancelAttempt', dispatch: this.outstanding });
+    this.outstanding = undefined;
+  }
+
+  // ---- internals ----------------------------------------------------------------------------
+
+  private mustPass(rejection: Rejection | null): void {
+    if (rejection) throw new TaskRejection(rejection);
+  }
+
+  private wantsSshAttempt(): boolean {
+    const s = this.status;
+    if (s.state !== 'pending' || s.cancelRequested || this.outstanding !== undefined) return false;
+    if (s.reservedFor) return s.reservedFor.kind === 'host';
+    return s.mode === 'undecided';
+  }
+
+  private currentAttempt() {
+    return this.status.attempts[this.status.attempts.length - 1];
+  }
+
+  private touch(now: number): void {
+    this.status.updatedAt = iso(now);
+  }
+
+  private close(state: TaskState, now: number, result?: TaskResult): void {
+    const s = this.status;
+    s.state = state;
+    if (result) s.result = result;
+    s.closedAt = iso(now);
+    s.leaseExpiresAt = undefined;
+    s.runDeadlineAt = undefined;
+    this.touch(now);
+  }
+
+  private endAttempt(end: AttemptEnd, now: number, reason?: string): void {
+    const record = this.currentAttempt();
+    if (record && record.end === 'running') {
+      record.end = end;
+      record.endedAt = iso(now);
+      if (reason) record.reason = reason;
+    }
+  }
+
+  /** The holder finished (or gave up): close with its result, unless a cancel came first. */
+  private finish(result: TaskResult, now: number): void {
+    this.endAttempt(result.outcome === 'fail' ? 'failed' : 'completed', now, result.outcome === 'fail' ? result.summary : undefined);
+    if (this.status.cancelRequested) this.close('cancelled', now, result);
+    else this.close(result.outcome === 'fail' ? 'failed' : 'completed', now, result);
+  }
+
+  /** A run that outlived runTimeout fails the task: running it again would only time out again. */
+  private runTimedOut(now: number): void {
+    const limit = `run timeout of ${formatMs(this.status.options.runTimeoutMs)} reached`;
+    this.endAttempt('timed_out', now, limit);
+    if (this.status.cancelRequested) this.close('cancelled', now);
+    else this.close('failed', now, { outcome: 'fail', summary: `${limit} (${describeInstance(this.status.assignee!)})` });
+  }
+
+  private resetBackoff(): void {
+    this.unclaimedEnds = 0;
+    this.redispatchAt = undefined;
+  }
+
+  /** Back to pending/undecided for a fresh dispatch. */
+  private requeue(now: number): void {
+    const s = this.status;
+    s.state = 'pending';
+    s.mode = 'undecided';
+    s.assignee = undefined;
+    s.reservedFor = undefined;
+    s.leaseExpiresAt = undefined;
+    s.runDeadlineAt = undefined;
+    this.claimedDispatch = undefined;
+    this.windowDeadline = undefined;
+    this.resetBackoff();
+    this.touch(now);
+  }
+
+  /** The holder lost the task without a result: count it, then dispatch again or give up. */
+  private loseAttempt(end: AttemptEnd, reason: string, now: number): void {
+    this.endAttempt(end, now, reason);
+    const s = this.status;
+    if (s.cancelRequested) {
+      this.close('cancelled', now);
+      return;
+    }
+    s.lostAttempts += 1;
+    if (attemptsExhausted(s)) {
+      this.close('failed', now, { outcome: 'fail', summary: `gave up after ${s.lostAttempts} lost attempts; last: ${reason}` });
+    } else {
+      this.requeue(now);
+    }
+  }
+}
+
+function formatMs(ms: number): string {
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000} h`;
+  if (ms % 60_000 === 0) return `${ms / 60_000} min`;
+  if (ms % 1_000 === 0) return `${ms / 1_000} s`;
+  return `${ms} ms`;
+}

@@ -1,0 +1,224 @@
+// Unit tests of the task's state machine (no server): every transition, driven with explicit time.
+import { describe, expect, test } from 'vitest';
+import type { TaskInput, TaskOptions } from '../src/model';
+import { TaskMachine, TaskRejection } from '../src/workflows/task-machine';
+
+const T0 = Date.parse('2026-01-01T00:00:00.000Z');
+const agent = (id = 'a1') => ({ kind: 'agent' as const, id, types: ['dev'] });
+const host = (id = 'h1') => ({ kind: 'host' as const, id, types: ['dev'] });
+
+function machine(options: Partial<TaskOptions> = {}): TaskMachine {
+  const input: TaskInput = { agentType: 'dev', kind: 'implement', repo: 'acme/web', number: 1, title: 't', prompt: 'p', options };
+  return TaskMachine.create('implement:acme:web:1', input, T0, 'run-1');
+}
+
+function codeOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (error) {
+    if (error instanceof TaskRejection) return error.rejection.code;
+    throw error;
+  }
+  throw new Error('expected a rejection');
+}
+
+/** Claims the task for a pull agent at `at` and returns the machine. */
+function heldByAgent(options: Partial<TaskOptions> = {}, at = T0) {
+  const m = machine(options);
+  m.claim({ claimant: agent() }, at);
+  m.takeEffects();
+  return m;
+}
+
+describe('dispatch to SSH hosts', () => {
+  test('one attempt at a time, on the type queue, with the window as its schedule-to-start timeout', () => {
+    const m = machine({ matchWindowMs: 30_000 });
+    expect(m.dueSshDispatch(T0)).toEqual({ dispatch: 1, scheduleToStartMs: 30_000 });
+    expect(m.dueSshDispatch(T0 + 10)).toBeUndefined();
+    expect(m.attemptInFlight).toBe(true);
+  });
+
+  test('no host within the window: http_pull, and no further attempts', () => {
+    const m = machine();
+    m.dueSshDispatch(T0);
+    m.attemptEnded({ dispatch: 1, error: { kind: 'not_started', message: 'timeout' } }, T0 + 30_000, false);
+    expect(m.status.mode).toBe('http_pull');
+    expect(m.dueSshDispatch(T0 + 30_001)).toBeUndefined();
+  });
+
+  test('a host that went silent before claiming gives the task a fresh window, even after the old one passed', () => {
+    const m = machine({ matchWindowMs: 2_000 });
+    m.dueSshDispatch(T0);
+    m.attemptEnded({ dispatch: 1, error: { kind: 'silent', message: 'heartbeat timeout' } }, T0 + 3_000, false);
+    expect(m.status).toMatchObject({ state: 'pending', mode: 'undecided', lostAttempts: 0 });
+    expect(m.dueSshDispatch(T0 + 3_000)).toEqual({ dispatch: 2, scheduleToStartMs: 2_000 });
+  });
+
+  test('a host that failed before claiming, after the window: http_pull rather than another try', () => {
+    const m = machine({ matchWindowMs: 2_000 });
+    m.dueSshDispatch(T0);
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'declined', reason: 'cannot connect' } }, T0 + 2_500, false);
+    expect(m.dueSshDispatch(T0 + 2_500)).toBeUndefined();
+    expect(m.status.mode).toBe('http_pull');
+  });
+
+  test('failures before the claim back off; a full host does not', () => {
+    const m = machine({ matchWindowMs: 600_000 });
+    m.dueSshDispatch(T0);
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'declined', reason: 'full', busy: true } }, T0 + 10, false);
+    expect(m.dueSshDispatch(T0 + 10)?.dispatch).toBe(2);
+    m.attemptEnded({ dispatch: 2, outcome: { kind: 'declined', reason: 'broken' } }, T0 + 20, false);
+    expect(m.dueSshDispatch(T0 + 20)?.dispatch).toBe(3); // the first failure: at once
+    m.attemptEnded({ dispatch: 3, outcome: { kind: 'declined', reason: 'broken' } }, T0 + 30, false);
+    expect(m.dueSshDispatch(T0 + 30)).toBeUndefined();
+    expect(m.wakeAt()).toBe(T0 + 1_030);
+    expect(m.dueSshDispatch(T0 + 1_030)?.dispatch).toBe(4);
+    m.attemptEnded({ dispatch: 4, outcome: { kind: 'declined', reason: 'broken' } }, T0 + 1_040, false);
+    expect(m.wakeAt()).toBe(T0 + 3_040);
+  });
+
+  test('a stale attempt cannot claim; the current one can, and a pull agent that wins cancels it', () => {
+    const m = machine();
+    m.dueSshDispatch(T0);
+    expect(codeOf(() => m.claim({ claimant: host(), dispatch: 7 }, T0))).toBe('stale_dispatch');
+    m.claim({ claimant: agent() }, T0 + 5);
+    expect(m.takeEffects()).toEqual([
+      { type: 'report', event: 'started' },
+      { type: 'cancelAttempt', dispatch: 1 },
+    ]);
+    expect(m.attemptInFlight).toBe(false);
+  });
+
+  test('an assigned task goes to its host’s own queue, with no window', () => {
+    const m = machine();
+    m.dueSshDispatch(T0);
+    m.assign({ target: host('h9') }, T0 + 1);
+    expect(m.takeEffects()).toEqual([{ type: 'cancelAttempt', dispatch: 1 }]);
+    expect(m.dueSshDispatch(T0 + 2)).toEqual({ dispatch: 2, host: { kind: 'host', id: 'h9' } });
+  });
+});
+
+describe('SSH attempts that hold the task', () => {
+  function running() {
+    const m = machine();
+    m.dueSshDispatch(T0);
+    m.claim({ claimant: host(), dispatch: 1 }, T0 + 100);
+    m.takeEffects();
+    return m;
+  }
+
+  test('finished: the result closes the task, with the log tail on the attempt', () => {
+    const m = running();
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'finished', attempt: 1, result: { outcome: 'success', summary: 'ok' }, log: 'tail' } }, T0 + 900, false);
+    expect(m.status).toMatchObject({ state: 'completed', result: { outcome: 'success' }, attempts: [{ end: 'completed', logTail: 'tail' }] });
+    expect(m.closingEvent()).toBe('succeeded');
+  });
+
+  test('the host lost mid-run: a lost attempt, dispatched again with a fresh window', () => {
+    const m = running();
+    m.attemptEnded({ dispatch: 1, error: { kind: 'silent', message: 'heartbeat timeout' } }, T0 + 900, false);
+    expect(m.status).toMatchObject({ state: 'pending', mode: 'undecided', lostAttempts: 1, attempts: [{ end: 'lost', reason: 'heartbeat timeout' }] });
+    expect(m.dueSshDispatch(T0 + 900)).toEqual({ dispatch: 2, scheduleToStartMs: 30_000 });
+  });
+
+  test('a run timeout fails the task: not retried, not counted as lost', () => {
+    const m = running();
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'timed_out', attempt: 1, log: 'so far' } }, T0 + 900, false);
+    expect(m.status).toMatchObject({ state: 'failed', lostAttempts: 0, attempts: [{ end: 'timed_out', logTail: 'so far' }] });
+    expect(m.status.result?.summary).toContain('run timeout of 6 h reached');
+    const byServer = running();
+    byServer.attemptEnded({ dispatch: 1, error: { kind: 'run_timeout', message: 'start-to-close' } }, T0 + 900, false);
+    expect(byServer.status).toMatchObject({ state: 'failed', attempts: [{ end: 'timed_out' }] });
+  });
+
+  test('ended in the workflow task that answered its claim: released, not lost', () => {
+    const m = running();
+    m.attemptEnded({ dispatch: 1, error: { kind: 'failed', message: 'gone' } }, T0 + 100, true);
+    expect(m.status).toMatchObject({ state: 'pending', lostAttempts: 0, attempts: [{ end: 'released' }] });
+  });
+
+  test('cancel reaches the attempt, and the task closes once it has ended', () => {
+    const m = running();
+    m.cancel({ reason: 'not needed', by: 'api' }, T0 + 200);
+    expect(m.takeEffects()).toEqual([{ type: 'cancelAttempt', dispatch: 1 }]);
+    expect(m.status.state).toBe('running');
+    m.attemptEnded({ dispatch: 1, error: { kind: 'cancelled', message: 'cancelled' } }, T0 + 300, false);
+    expect(m.status).toMatchObject({ state: 'cancelled', cancelReason: 'not needed', cancelledBy: 'api', attempts: [{ end: 'cancelled' }] });
+  });
+});
+
+describe('pull agents', () => {
+  test('a claim gives a lease and a run deadline; heartbeats extend the lease up to the deadline', () => {
+    const m = heldByAgent({ leaseMs: 60_000, runTimeoutMs: 100_000 });
+    expect(m.status).toMatchObject({ leaseExpiresAt: new Date(T0 + 60_000).toISOString(), runDeadlineAt: new Date(T0 + 100_000).toISOString() });
+    expect(m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 30_000).leaseExpiresAt).toBe(new Date(T0 + 90_000).toISOString());
+    expect(m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 80_000).leaseExpiresAt).toBe(new Date(T0 + 100_000).toISOString());
+    expect(m.wakeAt()).toBe(T0 + 100_000);
+  });
+
+  test('the run deadline fails the task: not retried', () => {
+    const m = heldByAgent({ runTimeoutMs: 100_000 });
+    m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 50_000);
+    m.expire(T0 + 100_000);
+    expect(m.status).toMatchObject({ state: 'failed', lostAttempts: 0, attempts: [{ end: 'timed_out' }] });
+    expect(m.status.result?.summary).toMatch(/run timeout of 100 s reached \(pull agent a1\)/);
+  });
+
+  test('a lapsed lease is a lost attempt; the stale holder is fenced off; attempts run out', () => {
+    const m = heldByAgent({ leaseMs: 10_000, maxAttempts: 2 });
+    m.expire(T0 + 9_999);
+    expect(m.status.state).toBe('running');
+    m.expire(T0 + 10_000);
+    expect(m.status).toMatchObject({ state: 'pending', lostAttempts: 1, attempts: [{ end: 'lease_lapsed' }] });
+    expect(codeOf(() => m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 10_001))).toBe('task_not_running');
+    m.claim({ claimant: agent('a2') }, T0 + 11_000);
+    expect(codeOf(() => m.complete({ holder: agent(), attempt: 1, result: { outcome: 'success', summary: '' } }, T0 + 11_001))).toBe('not_lease_holder');
+    m.expire(T0 + 21_000);
+    expect(m.status).toMatchObject({ state: 'failed', lostAttempts: 2 });
+  });
+
+  test('after a cancel the lease lasts the grace at most, however often the agent heartbeats', () => {
+    const m = heldByAgent({ leaseMs: 60_000, cancelGraceMs: 5_000 });
+    m.cancel({ reason: 'stop', by: 'api' }, T0 + 1_000);
+    expect(m.status).toMatchObject({ state: 'running', cancelRequested: true, leaseExpiresAt: new Date(T0 + 6_000).toISOString() });
+    const answer = m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 4_000);
+    expect(answer).toEqual({ cancelRequested: true, leaseExpiresAt: new Date(T0 + 6_000).toISOString() });
+    expect(m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 7_000).leaseExpiresAt).toBe(new Date(T0 + 7_000).toISOString());
+    m.expire(T0 + 7_000);
+    expect(m.status).toMatchObject({ state: 'cancelled', lostAttempts: 0, cancelReason: 'stop' });
+  });
+
+  test('a second cancel keeps the first reason; a closed task refuses a cancel', () => {
+    const m = heldByAgent();
+    m.cancel({ reason: 'first', by: 'api' }, T0 + 1);
+    m.cancel({ reason: 'second', by: 'temporal' }, T0 + 2);
+    expect(m.status).toMatchObject({ cancelReason: 'first', cancelledBy: 'api' });
+    m.complete({ holder: agent(), attempt: 1, result: { outcome: 'success', summary: 'done anyway' } }, T0 + 3);
+    expect(m.status).toMatchObject({ state: 'cancelled', result: { summary: 'done anyway' } });
+    expect(codeOf(() => m.cancel({}, T0 + 4))).toBe('task_closed');
+  });
+
+  test('release gives the task back without counting it as lost', () => {
+    const m = heldByAgent();
+    m.release({ holder: agent(), attempt: 1 }, T0 + 10);
+    expect(m.status).toMatchObject({ state: 'pending', mode: 'undecided', lostAttempts: 0, attempts: [{ end: 'released' }] });
+  });
+
+  test('a pending task cancelled closes at once and cancels its SSH attempt', () => {
+    const m = machine();
+    m.dueSshDispatch(T0);
+    m.cancel({}, T0 + 5);
+    expect(m.status.state).toBe('cancelled');
+    expect(m.takeEffects()).toEqual([{ type: 'cancelAttempt', dispatch: 1 }]);
+    expect(m.closingEvent()).toBe('cancelled');
+  });
+});
+
+test('a snapshot resumes the same task (continue-as-new)', () => {
+  const m = machine();
+  m.dueSshDispatch(T0);
+  m.attemptEnded({ dispatch: 1, outcome: { kind: 'declined', reason: 'x' } }, T0 + 10, false);
+  const resumed = TaskMachine.resume(structuredClone(m.snapshot()));
+  expect(resumed.status).toEqual(m.status);
+  expect(resumed.dueSshDispatch(T0 + 20)).toEqual(m.dueSshDispatch(T0 + 20));
+});
