@@ -53,5 +53,14 @@ export function taskSummary(input: Pick<TaskInput, 'kind' | 'repo' | 'number' | 
   return `${input.kind} ${input.repo}${input.number ? `#${input.number}` : ''} for ${input.agentType}: ${input.title}`.slice(0, 200);
 }
 
+/**
+ * Drover's own entity workflows (the agent and host registries) live beside the tasks under
+ * `drover-…` ids. No task may take such an id, and no task operation reaches them.
+ */
+export const DROVER_ENTITY_ID_PREFIX = 'drover-';
+export function isDroverEntityId(id: string): boolean {
+  return id.startsWith(DROVER_ENTITY_ID_PREFIX);
+}
+
 /** Task ids are what clients put in URL paths: keep them to a safe alphabet. */
 export const TASK_ID_PATTERN = /^[A-Za-z0-9_.:-]{1,200}$/;

@@ -1,11 +1,12 @@
 // The one way Drover's processes talk to task workflows: starts, Updates and queries, with
 // rejections turned into TaskErrors that carry stable codes.
-import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandle } from '@temporalio/client';
+import { randomUUID } from 'node:crypto';
+import { QueryNotRegisteredError, WorkflowExecutionAlreadyStartedError, WorkflowUpdateFailedError, type Client, type WorkflowHandle } from '@temporalio/client';
 import { WorkflowNotFoundError, type TypedSearchAttributes } from '@temporalio/common';
 import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/payload-search-attributes';
 import { tsToMs } from '@temporalio/common/lib/time';
 import type { Claimant, ClaimGrant, ExecutionMode, HeartbeatAnswer, InstanceRef, TaskInput, TaskKind, TaskResult, TaskState, TaskStatus } from './model';
-import { SA, TASK_WORKFLOW_TYPE, TASKS_QUEUE, taskId as makeTaskId, taskSummary } from './names';
+import { isDroverEntityId, SA, TASK_WORKFLOW_TYPE, TASKS_QUEUE, taskId as makeTaskId, taskSummary } from './names';
 import { sessionKeyAttribute } from './sessions';
 import { asRejection, TaskError } from './task-errors';
 import type { taskWorkflow } from './workflows/task';
@@ -96,6 +97,26 @@ function summaryOf(workflowId: string, sa: TypedSearchAttributes, startTime?: Da
   };
 }
 
+function notFound(taskId: string): TaskError {
+  return new TaskError('task_not_found', `no task ${taskId}`);
+}
+
+/**
+ * The ids of the task workflow's Updates. Deterministic wherever the request itself names one act:
+ * an agent reports an attempt's end once (complete, fail or release), and a task is cancelled once
+ * (the first reason stands). Claims, heartbeats and assigns are acts that may rightly repeat, so
+ * their ids carry the caller's request id: a retry of the same request is the same Update.
+ */
+export const updateIds = {
+  claim: (claimant: InstanceRef, requestId: string) => `claim/${claimant.kind}/${claimant.id}/${requestId}`,
+  /** An SSH attempt's claim: the same for every try of the attempt's activity. */
+  sshClaim: (hostId: string, dispatch: number) => `claim/host/${hostId}/dispatch-${dispatch}`,
+  heartbeat: (holder: InstanceRef, attempt: number, requestId: string) => `heartbeat/${holder.id}/${attempt}/${requestId}`,
+  report: (what: 'complete' | 'fail' | 'release', holder: InstanceRef, attempt: number) => `${what}/${holder.id}/${attempt}`,
+  assign: (target: InstanceRef, requestId: string) => `assign/${target.kind}/${target.id}/${requestId}`,
+  cancel: () => 'cancel',
+};
+
 export class TaskClient {
   constructor(readonly temporal: Client) {}
 
@@ -134,64 +155,84 @@ export class TaskClient {
   }
 
   async status(taskId: string): Promise<TaskStatus> {
+    if (isDroverEntityId(taskId)) throw notFound(taskId);
     try {
       return await this.handle(taskId).query(statusQuery);
     } catch (error) {
-      if (error instanceof WorkflowNotFoundError) throw new TaskError('task_not_found', `no task ${taskId}`);
+      if (error instanceof WorkflowNotFoundError) throw notFound(taskId);
+      // Some other workflow of the namespace, with no status query.
+      if (error instanceof QueryNotRegisteredError && !(await this.isTask(taskId))) throw notFound(taskId);
       throw error;
     }
   }
 
-  /** Runs an Update and turns the workflow's rejection into a TaskError. */
-  private async update<R>(taskId: string, run: (handle: WorkflowHandle<typeof taskWorkflow>) => Promise<R>): Promise<R> {
+  /**
+   * Runs an Update under `updateId` and turns the workflow's rejection into a TaskError. Temporal
+   * deduplicates Updates by id within a run: a call retried after its answer was lost is the same
+   * Update, and gets the first one's answer rather than running again.
+   */
+  private async update<R>(taskId: string, updateId: string, run: (handle: WorkflowHandle<typeof taskWorkflow>, updateId: string) => Promise<R>): Promise<R> {
+    if (isDroverEntityId(taskId)) throw notFound(taskId);
     try {
-      return await run(this.handle(taskId));
+      return await run(this.handle(taskId), updateId);
     } catch (error) {
       const rejection = asRejection(error);
-      if (!rejection) throw error;
-      if (error instanceof WorkflowNotFoundError && !(await this.exists(taskId))) {
-        throw new TaskError('task_not_found', `no task ${taskId}`);
+      if (!rejection) {
+        // An Update the workflow has no handler for: some other workflow of the namespace.
+        if (error instanceof WorkflowUpdateFailedError && !(await this.isTask(taskId))) throw notFound(taskId);
+        throw error;
       }
+      if (error instanceof WorkflowNotFoundError && !(await this.isTask(taskId))) throw notFound(taskId);
       throw new TaskError(rejection.code, rejection.message);
     }
   }
 
-  private async exists(taskId: string): Promise<boolean> {
+  /** Is there a task workflow (open or closed) with this id? */
+  private async isTask(taskId: string): Promise<boolean> {
     try {
-      await this.handle(taskId).describe();
-      return true;
+      return (await this.handle(taskId).describe()).type === TASK_WORKFLOW_TYPE;
     } catch (error) {
       if (error instanceof WorkflowNotFoundError) return false;
       throw error;
     }
   }
 
-  claim(taskId: string, claimant: Claimant): Promise<ClaimGrant> {
-    return this.update(taskId, (h) => h.executeUpdate(claimUpdate, { args: [{ claimant }] }));
+  /** A pull agent's claim; `requestId` names the dequeue it serves (one Update per dequeue and task). */
+  claim(taskId: string, claimant: Claimant, requestId: string = randomUUID()): Promise<ClaimGrant> {
+    return this.update(taskId, updateIds.claim(claimant, requestId), (h, id) => h.executeUpdate(claimUpdate, { args: [{ claimant }], updateId: id }));
   }
 
-  heartbeat(taskId: string, holder: InstanceRef, attempt: number): Promise<HeartbeatAnswer> {
-    return this.update(taskId, (h) => h.executeUpdate(heartbeatUpdate, { args: [{ holder, attempt }] }));
+  heartbeat(taskId: string, holder: InstanceRef, attempt: number, requestId: string = randomUUID()): Promise<HeartbeatAnswer> {
+    return this.update(taskId, updateIds.heartbeat(holder, attempt, requestId), (h, id) =>
+      h.executeUpdate(heartbeatUpdate, { args: [{ holder, attempt }], updateId: id }),
+    );
   }
 
   complete(taskId: string, holder: InstanceRef, attempt: number, result: TaskResult): Promise<TaskStatus> {
-    return this.update(taskId, (h) => h.executeUpdate(completeUpdate, { args: [{ holder, attempt, result }] }));
+    return this.update(taskId, updateIds.report('complete', holder, attempt), (h, id) =>
+      h.executeUpdate(completeUpdate, { args: [{ holder, attempt, result }], updateId: id }),
+    );
   }
 
   fail(taskId: string, holder: InstanceRef, attempt: number, summary: string, details?: Record<string, unknown>): Promise<TaskStatus> {
-    return this.update(taskId, (h) => h.executeUpdate(failUpdate, { args: [{ holder, attempt, summary, details }] }));
+    return this.update(taskId, updateIds.report('fail', holder, attempt), (h, id) =>
+      h.executeUpdate(failUpdate, { args: [{ holder, attempt, summary, details }], updateId: id }),
+    );
   }
 
   release(taskId: string, holder: InstanceRef, attempt: number): Promise<TaskStatus> {
-    return this.update(taskId, (h) => h.executeUpdate(releaseUpdate, { args: [{ holder, attempt }] }));
+    return this.update(taskId, updateIds.report('release', holder, attempt), (h, id) =>
+      h.executeUpdate(releaseUpdate, { args: [{ holder, attempt }], updateId: id }),
+    );
   }
 
-  assign(taskId: string, target: Claimant, by?: string): Promise<TaskStatus> {
-    return this.update(taskId, (h) => h.executeUpdate(assignUpdate, { args: [{ target, by }] }));
+  /** `requestId`: the caller's idempotency key (an HTTP retry of the same assign is the same Update). */
+  assign(taskId: string, target: Claimant, by?: string, requestId: string = randomUUID()): Promise<TaskStatus> {
+    return this.update(taskId, updateIds.assign(target, requestId), (h, id) => h.executeUpdate(assignUpdate, { args: [{ target, by }], updateId: id }));
   }
 
   cancel(taskId: string, reason?: string, by?: string): Promise<TaskStatus> {
-    return this.update(taskId, (h) => h.executeUpdate(cancelUpdate, { args: [{ reason, by }] }));
+    return this.update(taskId, updateIds.cancel(), (h, id) => h.executeUpdate(cancelUpdate, { args: [{ reason, by }], updateId: id }));
   }
 
   /** Waits for the task to close and returns its final status. */

@@ -104,7 +104,9 @@ describe('a long-polling agent', () => {
     const calls = forgejo.callbacks('/callback/one');
     expect(calls.map((c) => (c.body as { event: string }).event)).toEqual(['started', 'forked']);
     expect(calls[1]!.body).toMatchObject({ task_id: taskId, state: 'completed', mode: 'http_pull', agent: { kind: 'agent', id: 'a2' }, outcome: 'fork', summary: 'forked it' });
-    expect(calls[1]!.headers['x-drover-event-id']).toBe(`${taskId}/forked/1`);
+    const { runId } = await h.tasks.status(taskId);
+    expect(calls[1]!.headers['x-drover-event-id']).toBe(`${taskId}/${runId}/forked/1`);
+    expect(calls[1]!.body).toMatchObject({ event_id: `${taskId}/${runId}/forked/1` });
   });
 
   test('only the lease holder may heartbeat or finish; a wrong token is 401', async () => {

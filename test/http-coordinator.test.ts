@@ -73,6 +73,18 @@ describe('enqueue, list, inspect', () => {
     const missing = await get(taskUrl('implement:acme:nothing:1'));
     expect(missing.statusCode).toBe(404);
     expect(missing.json()).toMatchObject({ code: 'task_not_found' });
+    // Drover's own entity workflows are no tasks: none can be made, read, cancelled or heartbeated.
+    const entity = await post('/api/v1/tasks', { agent_type: 'dev', title: 't', task_id: 'drover-agent-registry' });
+    expect(entity.statusCode).toBe(400);
+    for (const reply of [
+      await get(taskUrl('drover-agent-registry')),
+      await post(taskUrl('drover-host-registry', 'cancel'), { reason: 'no' }),
+      await post(taskUrl('drover-agent-registry', 'heartbeat'), { agent_id: 'a1', attempt: 1 }, A1.auth),
+      await post(taskUrl('drover-agent-registry', 'assign'), { agent_id: 'a1' }),
+    ]) {
+      expect(reply.statusCode, reply.body).toBe(404);
+      expect(reply.json().code).toBe('task_not_found');
+    }
   });
 
   test('GET /tasks filters by state, type, repo and kind, and pages with next_page_token', async () => {
@@ -107,7 +119,8 @@ describe('enqueue, list, inspect', () => {
 describe('assign', () => {
   test('to a pull agent: reserved for it alone, mode http_pull', async () => {
     const taskId = await enqueue(app, { agent_type: 'dev', title: 'for a1 only', prompt: 'p' });
-    const res = await post(taskUrl(taskId, 'assign'), { agent_id: 'a1' });
+    const keyed = { ...adminAuth, 'idempotency-key': 'first-assign' };
+    const res = await post(taskUrl(taskId, 'assign'), { agent_id: 'a1' }, keyed);
     expect(res.statusCode).toBe(200);
     expect(res.json()).toMatchObject({ state: 'pending', mode: 'http_pull', reserved_for: { kind: 'agent', id: 'a1' } });
     const other = await dequeue(app, A2, 0.5);
@@ -119,6 +132,11 @@ describe('assign', () => {
     const running = await post(taskUrl(taskId, 'assign'), { agent_id: 'a2' });
     expect(running.statusCode).toBe(400);
     expect(running.json().code).toBe('task_not_pending');
+    // The first assign sent again with its key (as after a lost answer) is that assign, answered as it was.
+    const retried = await post(taskUrl(taskId, 'assign'), { agent_id: 'a1' }, keyed);
+    expect(retried.statusCode).toBe(200);
+    expect(retried.json()).toEqual(res.json());
+    expect((await post(taskUrl(taskId, 'assign'), { agent_id: 'a1' }, { ...adminAuth, 'idempotency-key': 'bad key!' })).statusCode).toBe(400);
     await post(taskUrl(taskId, 'complete'), { agent_id: 'a1', attempt: 1, summary: 'ok' }, A1.auth);
     await h.tasks.result(taskId);
     const closed = await post(taskUrl(taskId, 'assign'), { agent_id: 'a2' });
@@ -166,14 +184,23 @@ describe('assign', () => {
 });
 
 describe('cancel', () => {
-  test('a pending task closes cancelled; cancelling again is 409; unknown is 404', async () => {
+  test('a pending task closes cancelled, with its reason; cancelling again is answered as the first; a finished task 409; unknown is 404', async () => {
     const taskId = await enqueue(app, { agent_type: 'dev', title: 'to cancel', prompt: 'p' });
     const res = await post(taskUrl(taskId, 'cancel'), { reason: 'not needed' });
     expect(res.statusCode).toBe(200);
-    expect(res.json()).toMatchObject({ state: 'cancelled', cancel_requested: true });
-    const again = await post(taskUrl(taskId, 'cancel'));
-    expect(again.statusCode).toBe(409);
-    expect(again.json().code).toBe('task_closed');
+    expect(res.json()).toMatchObject({ state: 'cancelled', cancel_requested: true, cancel_reason: 'not needed', cancelled_by: 'api' });
+    expect((await get(taskUrl(taskId))).json()).toMatchObject({ state: 'cancelled', cancel_reason: 'not needed' });
+    // A cancel sent again (its answer lost, say) is the same cancel: the first reason stands.
+    const again = await post(taskUrl(taskId, 'cancel'), { reason: 'another reason' });
+    expect(again.statusCode).toBe(200);
+    expect(again.json()).toEqual(res.json());
+    const finished = await enqueue(app, { agent_type: 'dev', title: 'to finish', prompt: 'p' });
+    await h.tasks.claim(finished, { kind: 'agent', id: 'a1', types: ['dev'] });
+    await post(taskUrl(finished, 'complete'), { agent_id: 'a1', attempt: 1, summary: 'ok' }, A1.auth);
+    await h.tasks.result(finished);
+    const late = await post(taskUrl(finished, 'cancel'));
+    expect(late.statusCode).toBe(409);
+    expect(late.json().code).toBe('task_closed');
     expect((await post(taskUrl('implement:acme:none:1', 'cancel'))).statusCode).toBe(404);
   });
 });

@@ -2,12 +2,13 @@
 import { temporal } from '@temporalio/proto';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
-import { typeQueue } from '../src/names';
+import { TASKS_QUEUE, typeQueue } from '../src/names';
+import { updateIds } from '../src/task-client';
 import { type Claimant, MAX_KEPT_ATTEMPTS, type TaskInput, type TaskOptions, type TaskStatus } from '../src/model';
 import { TaskError } from '../src/task-errors';
 import { createReportActivities } from '../src/activities/report';
 import type { Runner } from '../src/activities/runner';
-import { cancelUpdate, statusQuery } from '../src/workflows/messages';
+import { cancelUpdate, claimUpdate, statusQuery } from '../src/workflows/messages';
 import type { taskWorkflow } from '../src/workflows/task';
 import { RecordingRunner, untilAborted } from './support/runners';
 import { connectTestTemporal, type TestTemporal, uniqueRepo, uniqueType, waitFor } from './support/temporal';
@@ -64,6 +65,49 @@ describe('start', () => {
   test('status of an unknown task is task_not_found', async () => {
     expect(await rejection(t.tasks.status('implement:nobody:nothing:1'))).toBe('task_not_found');
     expect(await rejection(t.tasks.cancel('implement:nobody:nothing:1'))).toBe('task_not_found');
+  });
+
+  test('a workflow that is no task is task_not_found: Drover’s own entities, and any other workflow of the namespace', async () => {
+    const foreign = `foreign-${uniqueType()}`;
+    await t.client.workflow.start('hostRegistryWorkflow', { taskQueue: TASKS_QUEUE, workflowId: foreign, args: [{}] });
+    for (const id of [foreign, 'drover-agent-registry', 'drover-host-registry']) {
+      expect(await rejection(t.tasks.status(id)), id).toBe('task_not_found');
+      expect(await rejection(t.tasks.cancel(id, 'no')), id).toBe('task_not_found');
+      expect(await rejection(t.tasks.heartbeat(id, { kind: 'agent', id: 'a1' }, 1)), id).toBe('task_not_found');
+      expect(await rejection(t.tasks.assign(id, agent('a1', 'dev'))), id).toBe('task_not_found');
+    }
+    await t.client.workflow.getHandle(foreign).terminate('test over');
+  });
+});
+
+describe('Updates retried after a lost answer', () => {
+  test('are the same Update: the claim of an SSH attempt, an agent’s complete, a cancel', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    const handle = t.client.workflow.getHandle(taskId);
+    // The SSH attempt's claim, as a retried activity would send it again.
+    const dispatch = await waitFor(async () => {
+      const pending = (await handle.describe()).raw.pendingActivities ?? [];
+      return pending.length > 0 ? 1 : undefined;
+    }, 'the first SSH attempt');
+    const sshClaim = () => handle.executeUpdate(claimUpdate, { args: [{ claimant: host(`h-${type}`, type), dispatch }], updateId: updateIds.sshClaim(`h-${type}`, dispatch) });
+    const first = await sshClaim();
+    expect(await sshClaim()).toEqual(first);
+    expect(await t.tasks.status(taskId)).toMatchObject({ state: 'running', attempt: 1, attempts: [{ attempt: 1 }] });
+    // An agent's complete sent twice (a pull task on another id): the second gets the first answer.
+    const pull = await t.tasks.start(input(type, { matchWindowMs: 60_000 }));
+    await t.tasks.claim(pull.taskId, agent('a1', type));
+    await t.tasks.cancel(pull.taskId, 'first reason', 'test');
+    const again = await t.tasks.cancel(pull.taskId, 'second reason', 'test');
+    expect(again).toMatchObject({ cancelRequested: true, cancelReason: 'first reason' });
+    const result = { outcome: 'success' as const, summary: 'done' };
+    const [once, twice] = await Promise.all([
+      t.tasks.complete(pull.taskId, { kind: 'agent', id: 'a1' }, 1, result),
+      t.tasks.complete(pull.taskId, { kind: 'agent', id: 'a1' }, 1, result),
+    ]);
+    expect(twice).toEqual(once);
+    expect((await t.tasks.result(pull.taskId)).state).toBe('cancelled');
+    await t.tasks.cancel(taskId);
   });
 });
 

@@ -8,6 +8,7 @@ import { LogBuffer } from '../run/log-buffer';
 import type { HostSlots } from '../workers/host-slots';
 import type { AttemptActivities, AttemptOutcome, AttemptRequest } from '../workflows/activity-types';
 import { claimUpdate } from '../workflows/messages';
+import { updateIds } from '../task-client';
 import { asRejection } from '../task-errors';
 import type { PreparedRun, Runner } from './runner';
 
@@ -66,7 +67,7 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
           // The wait for the workflow's answer ends with the attempt (cancelled, host shutting down):
           // with no workflow worker to answer, it would otherwise hold the slot and the shutdown forever.
           grant = await deps.client.withAbortSignal(ctx.cancellationSignal, () =>
-            handle.executeUpdate(claimUpdate, { args: [{ claimant, dispatch: request.dispatch }] }),
+            handle.executeUpdate(claimUpdate, { args: [{ claimant, dispatch: request.dispatch }], updateId: updateIds.sshClaim(deps.hostId, request.dispatch) }),
           );
         } catch (error) {
           const rejection = asRejection(error);

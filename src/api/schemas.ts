@@ -179,6 +179,11 @@ export function grantView(grant: ClaimGrant, leaseMs: number): Static<typeof Gra
   };
 }
 
+/** An optional idempotency key: the same key again is the same request (an Update with the same id). */
+export const IdempotencyHeaders = T.Object({
+  'idempotency-key': T.Optional(T.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9_.:-]+$' })),
+});
+
 /** The holder's part of heartbeat, complete, fail and release bodies. */
 export const HolderFields = {
   agent_id: AgentId,

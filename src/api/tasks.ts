@@ -6,7 +6,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { isGrpcServiceError } from '@temporalio/client';
 import type { FastifyPluginAsync } from 'fastify';
 import type { Claimant, InstanceRef } from '../model';
-import { taskId as makeTaskId } from '../names';
+import { DROVER_ENTITY_ID_PREFIX, isDroverEntityId, taskId as makeTaskId } from '../names';
 import { renderPrompt } from '../prompts';
 import { TaskError } from '../task-errors';
 import { bearerToken } from './auth';
@@ -19,6 +19,7 @@ import {
   GrantSchema,
   grantView,
   HolderFields,
+  IdempotencyHeaders,
   KindSchema,
   ModeSchema,
   StateSchema,
@@ -115,6 +116,9 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
       }
       if ((body.repo === undefined) !== (body.number === undefined)) throw new ApiError(400, 'bad_request', 'give both repo and number, or neither');
       if (body.task_id === 'dequeue') throw new ApiError(400, 'bad_request', 'task_id dequeue is taken by GET /api/v1/tasks/dequeue');
+      if (body.task_id && isDroverEntityId(body.task_id)) {
+        throw new ApiError(400, 'bad_request', `task ids starting with ${DROVER_ENTITY_ID_PREFIX} are Drover's own workflows`);
+      }
       const kind = body.kind ?? 'custom';
       const repo = body.repo ?? '';
       const number = body.number ?? 0;
@@ -379,10 +383,12 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
         summary: 'Reserve a pending task for a named SSH host or pull agent',
         description:
           'The execution mode follows from the id: an SSH host → ssh_cli, a pull agent → http_pull; a given execution_mode that contradicts it is refused (400). ' +
+          'A request sent again with the same Idempotency-Key header (after a lost answer) is the same assign, answered as the first was. ' +
           '404 for an unknown agent or task; 400 when the task’s state does not allow it (not pending, closed, wrong type).',
         tags: ['coordinator'],
         security: admin,
         params: TaskIdParam,
+        headers: IdempotencyHeaders,
         body: T.Object(
           { agent_id: AgentId, execution_mode: T.Optional(T.Union([T.Literal('ssh_cli'), T.Literal('http_pull')])) },
           { additionalProperties: false },
@@ -401,7 +407,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
       }
       const target: Claimant = host ? { kind: 'host', id: host.id, types: host.types } : { kind: 'agent', id: agent!.id, types: agent!.types };
       try {
-        const status = await tasks.assign(request.params.id, target, 'api');
+        const status = await tasks.assign(request.params.id, target, 'api', request.headers['idempotency-key']);
         if (!host) hub.hint({ taskId: status.taskId, agentType: status.input.agentType, assignee: target.id });
         return taskView(status);
       } catch (error) {
@@ -419,7 +425,10 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
       onRequest: ctx.admin,
       schema: {
         summary: 'Cancel a task',
-        description: 'A pending task closes at once; a running one is stopped (SSH: the process is killed; pull agent: told at its next heartbeat).',
+        description:
+          'A pending task closes at once; a running one is stopped (SSH: the process is killed; pull agent: told at its next heartbeat, and its lease ' +
+          'is kept for tasks.cancelGrace at most). A task is cancelled once: the first reason stands, and a cancel sent again while it is in force ' +
+          'is answered as the first was. The reason is shown in the task view and the closing comment.',
         tags: ['coordinator'],
         security: admin,
         params: TaskIdParam,

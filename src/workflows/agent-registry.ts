@@ -4,9 +4,10 @@
 // The state is mirrored in the workflow's memo, so API processes read it with a describe — no
 // worker needed — and the query is there for tools. Deterministic code only.
 import * as wf from '@temporalio/workflow';
+import { DROVER_ENTITY_ID_PREFIX } from '../names';
 
 export const AGENT_REGISTRY_WORKFLOW_TYPE = 'agentRegistryWorkflow';
-export const AGENT_REGISTRY_WORKFLOW_ID = 'drover-agent-registry';
+export const AGENT_REGISTRY_WORKFLOW_ID = `${DROVER_ENTITY_ID_PREFIX}agent-registry`;
 /** Memo key holding the registry's state (AgentRegistryState). */
 export const AGENT_REGISTRY_MEMO = 'agents';
 

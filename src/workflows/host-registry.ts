@@ -4,9 +4,10 @@
 // the latest state is also kept in the workflow's memo, which readers get from a describe() without
 // needing a worker. Deterministic code only.
 import * as wf from '@temporalio/workflow';
+import { DROVER_ENTITY_ID_PREFIX } from '../names';
 
 export const HOST_REGISTRY_WORKFLOW_TYPE = 'hostRegistryWorkflow';
-export const HOST_REGISTRY_WORKFLOW_ID = 'drover-host-registry';
+export const HOST_REGISTRY_WORKFLOW_ID = `${DROVER_ENTITY_ID_PREFIX}host-registry`;
 /** The memo field holding HostRegistryState. */
 export const HOST_REGISTRY_MEMO = 'hosts';
 
