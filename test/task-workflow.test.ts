@@ -192,6 +192,7 @@ describe('phase 1: host match', () => {
     expect(final).toMatchObject({ state: 'completed', lostAttempts: 0, assignee: { id: `h-good-${type}` } });
     expect(final.attempts).toHaveLength(1);
     expect(good.runs.map((r) => r.taskId)).toEqual([taskId]);
+    await recordHistory(t, 'silent-host-fresh-window', taskId);
   });
 
   test('an attempt heartbeats before its claim: a host slower to get ready than the heartbeat timeout still takes the task', async () => {
@@ -576,7 +577,8 @@ describe('cancel', () => {
     await t.startHost(`h-late-${type}`, [type], 1, late);
     expect(await rejection(t.tasks.claim(taskId, agent('a1', type)))).toBe('task_closed');
     expect(late.runs).toHaveLength(0);
-    expect(await rejection(t.tasks.cancel(taskId))).toBe('task_closed');
+    // Sent again, the cancel is the same Update: answered as the first, with the first reason.
+    expect(await t.tasks.cancel(taskId, 'another reason')).toMatchObject({ state: 'cancelled', cancelReason: 'not needed' });
   });
 
   test('pending in phase 2', async () => {
@@ -600,6 +602,44 @@ describe('cancel', () => {
     expect(final.state).toBe('cancelled');
     expect(final.attempts[0]?.end).toBe('failed');
     await recordHistory(t, 'cancel-pull', taskId);
+  });
+
+  test('running on a pull agent that keeps heartbeating and never stops: cancelled when the grace ends', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000, leaseMs: 60_000, cancelGraceMs: 1_500 }));
+    await t.tasks.claim(taskId, agent('a1', type));
+    let heartbeats = 0;
+    let refusal: string | undefined;
+    const beating = setInterval(() => {
+      t.tasks.heartbeat(taskId, { kind: 'agent', id: 'a1' }, 1).then(
+        () => void (heartbeats += 1),
+        (error: unknown) => void (refusal ??= error instanceof TaskError ? error.code : String(error)),
+      );
+    }, 200);
+    try {
+      await t.tasks.cancel(taskId, 'stop now', 'test');
+      const final = await t.tasks.result(taskId);
+      expect(final).toMatchObject({ state: 'cancelled', lostAttempts: 0, cancelReason: 'stop now', cancelledBy: 'test', attempts: [{ end: 'lease_lapsed' }] });
+      expect(Date.parse(final.closedAt!) - Date.parse(final.cancelRequestedAt!)).toBeGreaterThanOrEqual(1_500);
+      await waitFor(() => refusal, 'a heartbeat refused once the task is closed');
+      expect(heartbeats).toBeGreaterThan(0);
+      expect(refusal).toBe('task_closed');
+    } finally {
+      clearInterval(beating);
+    }
+    await recordHistory(t, 'cancel-pull-grace', taskId);
+  });
+
+  test('running on a pull agent past its run timeout: the task fails, heartbeats or not, and is not retried', async () => {
+    const type = uniqueType();
+    const { taskId } = await t.tasks.start(input(type, { matchWindowMs: 60_000, leaseMs: 60_000, runTimeoutMs: 1_500 }));
+    await t.tasks.claim(taskId, agent('a1', type));
+    const hb = await t.tasks.heartbeat(taskId, { kind: 'agent', id: 'a1' }, 1);
+    expect(Date.parse(hb.leaseExpiresAt)).toBeLessThanOrEqual(Date.parse((await t.tasks.status(taskId)).runDeadlineAt!));
+    const final = await t.tasks.result(taskId);
+    expect(final).toMatchObject({ state: 'failed', lostAttempts: 0, attempts: [{ end: 'timed_out' }], result: { outcome: 'fail' } });
+    expect(final.attempts).toHaveLength(1);
+    await recordHistory(t, 'pull-run-timeout', taskId);
   });
 
   test('running on a pull agent that never comes back: cancelled when its lease lapses, not retried', async () => {
