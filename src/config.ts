@@ -86,6 +86,7 @@ const TaskDefaultsSection = T.Object(
     sshHeartbeatTimeout: Duration,
     runTimeout: Duration,
     cancelGrace: Duration,
+    fenceGrace: Duration,
   },
   { additionalProperties: false, default: {} },
 );
@@ -185,6 +186,7 @@ const DURATION_DEFAULTS = {
   'tasks.sshHeartbeatTimeout': '30s',
   'tasks.runTimeout': '6h',
   'tasks.cancelGrace': '30s',
+  'tasks.fenceGrace': '60s',
 } as const;
 
 export function durationMs(value: number | string): number {
@@ -313,5 +315,6 @@ export function taskDefaults(config: DroverConfig): TaskOptions & Record<string,
     runTimeoutMs: durationMs(config.tasks.runTimeout),
     maxHistoryEvents: 2_000,
     cancelGraceMs: durationMs(config.tasks.cancelGrace),
+    fenceGraceMs: durationMs(config.tasks.fenceGrace),
   };
 }

@@ -49,6 +49,12 @@ export interface TaskOptions {
   maxHistoryEvents: number;
   /** After a cancel, a pull agent's lease is kept at most this long: time to hear of it and stop. */
   cancelGraceMs: number;
+  /**
+   * An SSH run that no worker holds for this long stops itself on its host; a claimed attempt whose
+   * host's worker does not take it back within it is lost. So a task is dispatched again only once
+   * the run it replaces has stopped, and a worker restart within it re-attaches to the run.
+   */
+  fenceGraceMs: number;
 }
 
 export const DEFAULT_TASK_OPTIONS: TaskOptions = {
@@ -59,6 +65,7 @@ export const DEFAULT_TASK_OPTIONS: TaskOptions = {
   runTimeoutMs: 6 * 60 * 60_000,
   maxHistoryEvents: 2_000,
   cancelGraceMs: 30_000,
+  fenceGraceMs: 60_000,
 };
 
 export interface TaskInput {

@@ -16,6 +16,14 @@ export function hostQueue(hostId: string): string {
   return `drover.host.${hostId}`;
 }
 
+/**
+ * The runs of a host's claimed attempts. Unlike the queues above it is polled whatever the host's
+ * slots (a run holds the slot its claim took), so a worker that restarts takes its runs back at once.
+ */
+export function runQueue(hostId: string): string {
+  return `drover.run.${hostId}`;
+}
+
 export const TASK_WORKFLOW_TYPE = 'taskWorkflow';
 
 export const SA = {

@@ -5,6 +5,10 @@ import type { Client } from '@temporalio/client';
 import type { AttemptHeartbeat } from './activities/attempt';
 import type { AttemptRecord, TaskStatus } from './model';
 import type { TaskClient } from './task-client';
+import type { AttemptActivities } from './workflows/activity-types';
+
+/** The activity that follows a claimed SSH attempt's run, whose heartbeats carry the log. */
+const RUN_ACTIVITY: keyof AttemptActivities = 'runClaimed';
 
 export interface AttemptLog {
   attempt: number;
@@ -33,7 +37,7 @@ export interface TaskLogs {
 export async function liveAttemptHeartbeat(client: Client, taskId: string): Promise<AttemptHeartbeat | undefined> {
   const description = await client.workflow.getHandle(taskId).describe();
   const pending = description.raw.pendingActivities ?? [];
-  const attempt = pending.find((a) => a.activityType?.name === 'runAttempt' && a.heartbeatDetails?.payloads?.length);
+  const attempt = pending.find((a) => a.activityType?.name === RUN_ACTIVITY && a.heartbeatDetails?.payloads?.length);
   if (!attempt) return undefined;
   const converter = client.options.loadedDataConverter;
   let payloads = attempt.heartbeatDetails!.payloads!;

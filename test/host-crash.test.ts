@@ -1,5 +1,6 @@
-// A host's worker process killed mid-run: its attempt stops heartbeating, the heartbeat
-// timeout makes it a lost attempt, and the task is dispatched again and completed elsewhere.
+// A host's worker process killed mid-run and never back: its attempt stops heartbeating, no worker
+// of the host takes the run back within the fence grace, so the attempt is lost, and the task is
+// dispatched again and completed elsewhere.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,7 +16,7 @@ beforeAll(async () => {
 });
 afterAll(async () => t?.close());
 
-test('kill -9 of a host worker mid-run: heartbeat timeout, attempt lost, completed on another host', async () => {
+test('kill -9 of a host worker mid-run, never back: the fence grace passes, attempt lost, completed on another host', async () => {
   const type = uniqueType();
   const marker = join(mkdtempSync(join(tmpdir(), 'drover-crash-')), 'running');
   const child = spawn(
@@ -31,7 +32,7 @@ test('kill -9 of a host worker mid-run: heartbeat timeout, attempt lost, complet
       number: 1,
       title: 'crash',
       prompt: 'p',
-      options: { sshHeartbeatTimeoutMs: 2_000 },
+      options: { sshHeartbeatTimeoutMs: 2_000, fenceGraceMs: 3_000 },
     });
     await waitFor(() => (existsSync(marker) ? true : undefined), 'the doomed host to start the agent', 60_000);
     expect((await t.tasks.status(taskId)).assignee).toEqual({ kind: 'host', id: `h-doomed-${type}` });
@@ -42,7 +43,7 @@ test('kill -9 of a host worker mid-run: heartbeat timeout, attempt lost, complet
     const final = await t.tasks.result(taskId);
     expect(final.state).toBe('completed');
     expect(final.attempts[0]).toMatchObject({ attempt: 1, holder: { id: `h-doomed-${type}` }, end: 'lost' });
-    expect(final.attempts[0]?.reason).toMatch(/heartbeat/i);
+    expect(final.attempts[0]?.reason).toMatch(/did not take the run back within the fence grace/);
     expect(final.attempts.at(-1)).toMatchObject({ holder: { id: `h-survivor-${type}` }, end: 'completed' });
     expect(survivor.runs.map((r) => r.taskId)).toEqual([taskId]);
   } finally {

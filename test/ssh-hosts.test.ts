@@ -14,6 +14,7 @@ import { SshConnection } from '../src/ssh/connection';
 import { sshTarget, startSshHosts, type RunningSshHosts } from '../src/workers/ssh-hosts';
 import { adminAuth, agent, startHarness, taskUrl, type Harness } from './support/http';
 import { SshdFleet } from './support/sshd';
+import { runDirectory, runKey } from '../src/run/detached';
 import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
 
 const FAKE = join(import.meta.dirname, 'fixtures', 'fake-claude.mjs');
@@ -111,6 +112,16 @@ function releaseTask(taskId: string): void {
   for (const host of fleet.hosts) writeFileSync(join(host.workdir, `${taskId}.release`), '');
 }
 
+/** The test hosts are this machine: is the process alive here? */
+function aliveHere(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function aliveOnHost(sshd: string, pid: number): Promise<boolean> {
   const connection = await SshConnection.connect(sshTarget(hostConfig(sshd, 'probe', [T.cancel])));
   try {
@@ -152,23 +163,27 @@ describe('SSH hosts', () => {
     expect(max).toBeGreaterThanOrEqual(1);
   });
 
-  it('a host killed mid-run: the task is dispatched again and completed on another host', async () => {
+  it('a host unreachable mid-run: its run stops itself, and only then is the task dispatched again and completed on another host', async () => {
     await startHosts([
       hostConfig('sshd-2', 'fail-x', [T.failover], { args: ['--hold'] }),
       hostConfig('sshd-3', 'fail-y', [T.failover], { args: ['--hold'] }),
     ]);
-    const { taskId } = await h.tasks.start(input(T.failover));
+    const { taskId } = await h.tasks.start(input(T.failover, { fenceGraceMs: 8_000 }));
     const first = await waitFor(() => record(taskId, 1), 'the first attempt to start');
+    // Its sshd dies; the agent, detached, lives on, held by no one.
     await fleet.kill(first.sshd);
     try {
-      const second = await waitFor(() => record(taskId, 2), 'the second attempt to start');
+      const second = await waitFor(() => record(taskId, 2), 'the second attempt to start', 50_000);
       expect(second.sshd).not.toBe(first.sshd);
+      // The first run stopped itself before the second began: the two never overlapped.
+      expect(aliveHere(first.pid)).toBe(false);
+      expect(readFileSync(join(runDirectory(fleet.host(first.sshd).workdir, runKey(taskId, (await h.tasks.status(taskId)).runId, 1)), 'fenced'), 'utf8')).toMatch(/no worker held the run/);
       releaseTask(taskId);
       const status = await h.tasks.result(taskId);
       expect(status.state).toBe('completed');
       expect(status.attempts).toHaveLength(2);
       expect(status.attempts[0]).toMatchObject({ end: 'lost', holder: { id: first.env.DROVER_INSTANCE } });
-      expect(status.attempts[0]!.reason).toMatch(/lost while the agent was running/);
+      expect(status.attempts[0]!.reason).toMatch(/unreachable|stopped itself|not held/);
       expect(status.attempts[1]).toMatchObject({ end: 'completed', holder: { id: second.env.DROVER_INSTANCE } });
     } finally {
       await fleet.startHost(fleet.host(first.sshd));

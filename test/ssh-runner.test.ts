@@ -1,6 +1,6 @@
 // The SSH runner against real OpenSSH: hostile prompts, pinned host keys, cancel, dropped
 // connections and session resume. No Temporal here (see ssh-hosts.test.ts for the whole path).
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunContext } from '../src/activities/runner';
@@ -8,6 +8,7 @@ import type { TaskInput } from '../src/model';
 import { SshConnection } from '../src/ssh/connection';
 import { fingerprint, HostKeyError, parseHostKeyPins } from '../src/ssh/host-key';
 import { SshRunner } from '../src/ssh/runner';
+import { runKey } from '../src/run/detached';
 import { sshTarget } from '../src/workers/ssh-hosts';
 import { SshdFleet } from './support/sshd';
 import { HOSTILE_STRINGS } from './support/hostile';
@@ -48,6 +49,11 @@ function context(taskId: string, input: Partial<TaskInput> = {}, signal = new Ab
     hostId: 'runner-1',
     input: { agentType: 'dev', kind: 'implement', repo: 'acme/web', number: 1, title: 't', prompt: 'do it', ...input },
     signal,
+    runKey: runKey(taskId, 'run-1', 1),
+    detach: new AbortController().signal,
+    fenceGraceMs: 30_000,
+    mayHold: () => true,
+    held: () => {},
     progress: (m) => progress.push(m),
     output: (t) => output.push(t),
   };
@@ -68,6 +74,16 @@ const recordOf = (id: string, taskId: string, attempt = 1) => {
   const path = join(fleet.host(id).workdir, `${taskId}.${attempt}.json`);
   return existsSync(path) ? JSON.parse(readFileSync(path, 'utf8')) : undefined;
 };
+
+/** The test hosts are this machine: is the process alive here? */
+function aliveHere(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** Asks the host itself whether a process is alive. */
 async function aliveOnHost(id: string, pid: number): Promise<boolean> {
@@ -154,21 +170,50 @@ describe('SSH runner', () => {
     await waitFor(async () => ((await aliveOnHost('runner-1', record.pid)) ? undefined : true), 'the agent to be killed on the host');
   });
 
-  it('a connection dropped mid-run fails the run', async () => {
+  it('a connection dropped mid-run fails this try, not the run: the agent goes on, and the next try attaches to it', async () => {
     const { ctx } = context('drop:1');
     const failures: Error[] = [];
     const r = runner('runner-2', ['--hold'], { onConnectFailure: (e) => failures.push(e) }, { spareConnection: false });
-    // Handled from the start: the run fails while the host is still being killed.
+    // Handled from the start: the try fails while the host's sshd is still being killed.
     const run = r.run(ctx).then(
       () => new Error('the run finished'),
       (error: Error) => error,
     );
-    await waitFor(() => recordOf('runner-2', 'drop:1'), 'the agent to start');
-    await fleet.kill('runner-2');
-    expect((await run).message).toMatch(/lost while the agent was running/);
+    const started = await waitFor(() => recordOf('runner-2', 'drop:1'), 'the agent to start');
+    await fleet.kill('runner-2'); // sshd dies; the machine (and the detached agent) does not
+    expect((await run).message).toMatch(/connection to host runner-2/);
     await expect(r.prepare(ctx)).rejects.toThrow(/cannot connect/);
     expect(failures).toHaveLength(1);
+    expect(aliveHere(started.pid)).toBe(true);
     await fleet.startHost(fleet.host('runner-2'));
+    // The next try of the same attempt attaches to the same run: no second agent.
+    const again = context('drop:1');
+    const attached = r.run(again.ctx);
+    await waitFor(() => (again.progress.some((p) => p.startsWith('agent running')) ? true : undefined), 'the next try to attach');
+    expect(again.progress).toContain('attaching to the run started before');
+    writeFileSync(join(fleet.host('runner-2').workdir, 'drop:1.release'), '');
+    expect((await attached).outcome).toBe('success');
+    expect(recordOf('runner-2', 'drop:1').pid).toBe(started.pid);
+    expect(again.output.join('')).toContain('"type":"result"');
+  });
+
+  it('a run that no worker holds stops itself within the fence grace', async () => {
+    let holding = true;
+    const { ctx } = context('fence:1');
+    const fenced: RunContext = { ...ctx, fenceGraceMs: 8_000, mayHold: () => holding };
+    const r = runner('runner-1', ['--hold'], {}, { spareConnection: false, renewIntervalMs: 500 });
+    const run = r.run(fenced).then(
+      () => new Error('the run finished'),
+      (error: Error) => error,
+    );
+    const started = await waitFor(() => recordOf('runner-1', 'fence:1'), 'the agent to start');
+    const stoppedHolding = Date.now();
+    holding = false; // as a worker cut off from Temporal, or partitioned from the host, would
+    const error = await run;
+    expect(error.message).toMatch(/stopped itself|not held/);
+    expect((error as { type?: string }).type).toBe('run_lost');
+    expect(aliveHere(started.pid)).toBe(false);
+    expect(Date.now() - stoppedHolding).toBeLessThan(8_000 + 5_000);
   });
 
   it('a spare connection that died with its host is replaced by a fresh one', async () => {

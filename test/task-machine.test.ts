@@ -103,9 +103,47 @@ describe('SSH attempts that hold the task', () => {
     const m = machine();
     m.dueSshDispatch(T0);
     m.claim({ claimant: host(), dispatch: 1 }, T0 + 100);
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'claimed', attempt: 1 } }, T0 + 100, true);
+    expect(m.dueSshRun()).toEqual({ dispatch: 1, hostId: 'h1', attempt: 1, runDeadline: T0 + 100 + 6 * 3_600_000 });
+    expect(m.dueSshRun()).toBeUndefined();
     m.takeEffects();
     return m;
   }
+
+  test('the claim’s activity ends; the run follows on the host’s own queue, also when that activity failed after the claim', () => {
+    const m = machine();
+    m.dueSshDispatch(T0);
+    m.claim({ claimant: host(), dispatch: 1 }, T0 + 100);
+    expect(m.attemptInFlight).toBe(true);
+    m.attemptEnded({ dispatch: 1, error: { kind: 'silent', message: 'heartbeat timeout' } }, T0 + 40_000, false);
+    expect(m.status).toMatchObject({ state: 'running', lostAttempts: 0 });
+    expect(m.dueSshRun()).toMatchObject({ dispatch: 1, hostId: 'h1' });
+  });
+
+  test('the claim’s activity ended before it heard its claim won: released, not lost', () => {
+    const m = machine();
+    m.dueSshDispatch(T0);
+    m.claim({ claimant: host(), dispatch: 1 }, T0 + 100);
+    m.attemptEnded({ dispatch: 1, error: { kind: 'failed', message: 'gone' } }, T0 + 100, true);
+    expect(m.status).toMatchObject({ state: 'pending', lostAttempts: 0, attempts: [{ end: 'released' }] });
+    expect(m.dueSshRun()).toBeUndefined();
+  });
+
+  test('cancelled between the claim and its run: closed, and no run is scheduled', () => {
+    const m = machine();
+    m.dueSshDispatch(T0);
+    m.claim({ claimant: host(), dispatch: 1 }, T0 + 100);
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'claimed', attempt: 1 } }, T0 + 100, true);
+    m.cancel({ reason: 'no' }, T0 + 101);
+    expect(m.status).toMatchObject({ state: 'cancelled', attempts: [{ end: 'cancelled' }] });
+    expect(m.dueSshRun()).toBeUndefined();
+  });
+
+  test('no worker of the host takes the run back within the fence grace: lost, and dispatched again', () => {
+    const m = running();
+    m.attemptEnded({ dispatch: 1, error: { kind: 'not_started', message: 'schedule-to-start' } }, T0 + 90_000, false);
+    expect(m.status).toMatchObject({ state: 'pending', lostAttempts: 1, attempts: [{ end: 'lost', reason: 'host h1 did not take the run back within the fence grace' }] });
+  });
 
   test('finished: the result closes the task, with the log tail on the attempt', () => {
     const m = running();
@@ -129,12 +167,6 @@ describe('SSH attempts that hold the task', () => {
     const byServer = running();
     byServer.attemptEnded({ dispatch: 1, error: { kind: 'run_timeout', message: 'start-to-close' } }, T0 + 900, false);
     expect(byServer.status).toMatchObject({ state: 'failed', attempts: [{ end: 'timed_out' }] });
-  });
-
-  test('ended in the workflow task that answered its claim: released, not lost', () => {
-    const m = running();
-    m.attemptEnded({ dispatch: 1, error: { kind: 'failed', message: 'gone' } }, T0 + 100, true);
-    expect(m.status).toMatchObject({ state: 'pending', lostAttempts: 0, attempts: [{ end: 'released' }] });
   });
 
   test('cancel reaches the attempt, and the task closes once it has ended', () => {

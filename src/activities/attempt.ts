@@ -1,16 +1,22 @@
-// The SSH attempt activity. It runs on the host that picked it up from a typed (or the host's
-// own) task queue: it takes a slot, gets the runner ready (connects), asks the task workflow for
-// the claim, and runs the agent only if the claim won.
+// The SSH attempt activities, run by the host that picked the attempt up.
+// - runAttempt, from a typed (or the host's own) queue: takes a slot, gets the runner ready
+//   (connects), and asks the task workflow for the claim. A loser returns at once.
+// - runClaimed, from the host's own queue once the claim is won: starts the agent (a run that
+//   outlives this worker) or attaches to the one an earlier try started, holds it, and follows it
+//   to its end. Retried by Temporal, so that a worker that restarts (deploy, crash) picks the same
+//   attempt up again and attaches to the same run: no second agent, and the log goes on.
 import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
 import type { Client } from '@temporalio/client';
 import type { Claimant, ClaimGrant, TaskResult } from '../model';
+import { runKey } from '../run/detached';
 import { LogBuffer } from '../run/log-buffer';
-import type { HostSlots } from '../workers/host-slots';
-import type { AttemptActivities, AttemptOutcome, AttemptRequest } from '../workflows/activity-types';
-import { claimUpdate } from '../workflows/messages';
 import { updateIds } from '../task-client';
 import { asRejection } from '../task-errors';
-import type { PreparedRun, Runner } from './runner';
+import type { HostSlots } from '../workers/host-slots';
+import type { AttemptActivities, AttemptOutcome, AttemptRequest, RunRequest } from '../workflows/activity-types';
+import { claimUpdate } from '../workflows/messages';
+import { endsTryOnly, runLost, type PreparedRun, type RunContext, type Runner } from './runner';
 
 export interface AttemptDeps {
   client: Client;
@@ -18,11 +24,15 @@ export interface AttemptDeps {
   types: string[];
   slots: HostSlots;
   runner: Runner;
+  /** Aborts when the host's workers shut down: runs are left alone, to be attached again. */
+  shuttingDown?: AbortSignal;
   /** How often the attempt heartbeats while the agent runs (progress, live log and cancellation). */
   heartbeatIntervalMs?: number;
   /** Bounds of the kept log: its first and its latest characters. */
   logHeadChars?: number;
   logTailChars?: number;
+  /** How long a won claim keeps its slot and connection for the run that follows. */
+  handOffMs?: number;
 }
 
 /** What an attempt's heartbeats carry; the logs endpoint reads the latest from the pending activity. */
@@ -32,10 +42,43 @@ export interface AttemptHeartbeat {
   log?: string;
   /** Characters of output so far, kept or not. */
   logChars?: number;
+  /** When the worker last held the run (epoch ms): the next try knows how long it has been unheld. */
+  heldAt?: number;
+}
+
+const handOffKey = (taskId: string, attempt: number) => `${taskId}#${attempt}`;
+
+/**
+ * Whether this worker still reaches Temporal: a worker cut off from it for longer than the
+ * heartbeat timeout may have had its attempt given up, so it must stop holding the run.
+ */
+class TemporalContact {
+  private lastContactAt = Date.now();
+  private checking = false;
+  constructor(private readonly client: Client) {}
+
+  reachedWithin(ms: number): boolean {
+    this.refresh();
+    return Date.now() - this.lastContactAt < ms;
+  }
+
+  private refresh(): void {
+    if (this.checking) return;
+    this.checking = true;
+    this.client.connection
+      .withDeadline(Date.now() + 5_000, () => this.client.workflowService.getSystemInfo({}))
+      .then(
+        () => void (this.lastContactAt = Date.now()),
+        () => undefined,
+      )
+      .finally(() => void (this.checking = false));
+  }
 }
 
 export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
   const claimant: Claimant = { kind: 'host', id: deps.hostId, types: deps.types };
+  const temporal = new TemporalContact(deps.client);
+  const heartbeatEvery = deps.heartbeatIntervalMs ?? 1_000;
   return {
     async runAttempt(request: AttemptRequest): Promise<AttemptOutcome> {
       const ctx = Context.current();
@@ -43,15 +86,13 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
       if (!release) {
         return { kind: 'declined', busy: true, reason: deps.slots.online ? `host ${deps.hostId} has no free slot` : `host ${deps.hostId} is offline` };
       }
-      // The attempt heartbeats from the start, not only once it runs the agent: getting ready (the
-      // SSH connect) and waiting for the workflow's answer to the claim may outlast the heartbeat
-      // timeout, which must only ever mean a lost host; and cancellation reaches it here too.
-      // Before the claim the heartbeats carry no details (the logs endpoint reads only a running one's).
-      let details: (() => AttemptHeartbeat) | undefined;
-      const beat = () => (details ? ctx.heartbeat(details()) : ctx.heartbeat());
-      beat();
-      const beating = setInterval(beat, deps.heartbeatIntervalMs ?? 1_000);
+      // The attempt heartbeats from the start: getting ready (the SSH connect) and waiting for the
+      // workflow's answer to the claim may outlast the heartbeat timeout, which must only ever mean
+      // a lost host; and cancellation reaches it here too.
+      ctx.heartbeat();
+      const beating = setInterval(() => ctx.heartbeat(), heartbeatEvery);
       let prepared: PreparedRun | undefined;
+      let handedOff = false;
       try {
         if (deps.runner.prepare) {
           try {
@@ -75,49 +116,108 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
           if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
           throw error;
         }
-        const log = new LogBuffer(deps.logHeadChars, deps.logTailChars);
-        let lastProgress = 'started';
-        // Every heartbeat carries the whole (bounded) log: the server keeps only the latest details.
-        details = () => ({ progress: lastProgress, log: log.text(), logChars: log.totalChars });
-        beat();
-        // The attempt stops itself shortly before its start-to-close timeout, so the agent is killed.
-        const deadlineMs = ctx.info.startToCloseTimeoutMs;
-        const deadline = new AbortController();
-        const deadlineTimer =
-          deadlineMs > 0 && deadlineMs < 2 ** 31 - 1
-            ? setTimeout(() => deadline.abort(new Error(`run timeout of ${deadlineMs} ms reached`)), Math.max(0, deadlineMs - 1_000))
-            : undefined;
-        const signal = AbortSignal.any([ctx.cancellationSignal, deadline.signal]);
-        try {
-          const context = {
-            taskId: request.taskId,
-            attempt: grant.attempt,
-            input: grant.input,
-            hostId: deps.hostId,
-            signal,
-            progress: (message: string) => {
-              lastProgress = message;
-            },
-            output: (text: string) => log.append(text),
-          };
-          let result: TaskResult | undefined;
-          let runError: unknown;
-          try {
-            result = await (prepared ? prepared.run(context) : deps.runner.run(context));
-          } catch (error) {
-            runError = error;
-          }
-          // A runner stopped by cancellation (or one that returns after it) reports the cancellation,
-          // and one stopped by the run timeout the timeout, not its own error.
-          if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
-          if (deadline.signal.aborted) return { kind: 'timed_out', attempt: grant.attempt, log: log.text() };
-          if (!result) throw runError;
-          return { kind: 'finished', attempt: grant.attempt, result, log: log.text() };
-        } finally {
-          if (deadlineTimer) clearTimeout(deadlineTimer);
-        }
+        // Won: the slot and the connection wait for the run, which comes on the host's own queue.
+        deps.slots.handOff(handOffKey(request.taskId, grant.attempt), { release, prepared }, deps.handOffMs ?? 60_000, (item) => item.prepared?.close());
+        handedOff = true;
+        return { kind: 'claimed', attempt: grant.attempt };
       } finally {
         clearInterval(beating);
+        if (!handedOff) {
+          prepared?.close();
+          release();
+        }
+      }
+    },
+
+    async runClaimed(request: RunRequest): Promise<AttemptOutcome> {
+      const ctx = Context.current();
+      const earlier = ctx.info.heartbeatDetails as AttemptHeartbeat | undefined;
+      // The slot the claim kept, or (a worker that restarted, attaching again) one counted anyway.
+      const handedOff = deps.slots.takeHandOff<{ prepared?: PreparedRun }>(handOffKey(request.taskId, request.attempt));
+      const release = handedOff?.release ?? deps.slots.forceAcquire();
+      const log = new LogBuffer(deps.logHeadChars, deps.logTailChars);
+      let lastProgress = ctx.info.attempt > 1 ? 'attaching again' : 'starting';
+      // The fence counts from the last hold, or from the first try when none held the run yet;
+      // every heartbeat carries it, so that the next try knows it even after a quick failure.
+      let heldAt = earlier?.heldAt ?? Date.now();
+      // Every heartbeat carries the whole (bounded) log: the server keeps only the latest details.
+      const beat = () => ctx.heartbeat({ progress: lastProgress, log: log.text(), logChars: log.totalChars, heldAt } satisfies AttemptHeartbeat);
+      beat();
+      const beating = setInterval(beat, heartbeatEvery);
+
+      // Cancellation means two things: the workflow cancelled the task (stop the agent), or the
+      // worker is going away, or Temporal gave the attempt up (leave the run; it is attached again,
+      // or it stops itself once no one holds it).
+      const cancel = new AbortController();
+      const detach = new AbortController();
+      const onCancel = () => {
+        if (ctx.cancellationDetails?.cancelRequested) cancel.abort(ctx.cancellationSignal.reason);
+        else detach.abort(ctx.cancellationSignal.reason);
+      };
+      ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
+      if (ctx.cancellationSignal.aborted) onCancel();
+      const onShutdown = () => detach.abort(new Error('the worker is shutting down'));
+      deps.shuttingDown?.addEventListener('abort', onShutdown, { once: true });
+      if (deps.shuttingDown?.aborted) onShutdown();
+      // The run stops at the task's run timeout.
+      const deadline = new AbortController();
+      const deadlineTimer = setTimeout(
+        () => deadline.abort(new Error('run timeout reached')),
+        Math.min(Math.max(0, request.runDeadline - Date.now()), 2 ** 31 - 1),
+      );
+      const signal = AbortSignal.any([cancel.signal, deadline.signal]);
+
+      let prepared = handedOff?.prepared;
+      try {
+        try {
+          prepared ??= deps.runner.prepare ? await deps.runner.prepare({ taskId: request.taskId, hostId: deps.hostId, signal: detach.signal }) : undefined;
+        } catch (error) {
+          const unheldMs = Date.now() - heldAt;
+          if (unheldMs > request.fenceGraceMs) throw runLost(`host ${deps.hostId} unreachable, and the run unheld for ${Math.round(unheldMs / 1000)} s: it has stopped itself (${(error as Error).message})`);
+          throw error;
+        }
+        const context: RunContext = {
+          taskId: request.taskId,
+          attempt: request.attempt,
+          input: request.input,
+          hostId: deps.hostId,
+          signal,
+          runKey: runKey(request.taskId, request.runId, request.attempt),
+          detach: detach.signal,
+          fenceGraceMs: request.fenceGraceMs,
+          mayHold: () => !detach.signal.aborted && temporal.reachedWithin(ctx.info.heartbeatTimeoutMs ?? request.fenceGraceMs),
+          lastHeldAt: heldAt,
+          held: (at) => {
+            heldAt = at;
+            beat();
+          },
+          progress: (message) => void (lastProgress = message),
+          output: (text) => log.append(text),
+        };
+        let result: TaskResult | undefined;
+        let runError: unknown;
+        try {
+          result = await (prepared ? prepared.run(context) : deps.runner.run(context));
+        } catch (error) {
+          runError = error;
+        }
+        // A runner stopped by cancellation (or one that returns after it) reports the cancellation,
+        // and one stopped by the run timeout the timeout, not its own error.
+        if (cancel.signal.aborted) throw ctx.cancellationSignal.reason;
+        if (deadline.signal.aborted) return { kind: 'timed_out', attempt: request.attempt, log: log.text() };
+        if (!result) {
+          // Detached (the worker is going away) or cut off from the host: this try ends, and the
+          // next one attaches to the same run. Anything else loses the attempt.
+          if (detach.signal.aborted || endsTryOnly(runError)) throw runError ?? detach.signal.reason;
+          if (runError instanceof ApplicationFailure && runError.nonRetryable) throw runError;
+          throw ApplicationFailure.nonRetryable(runError instanceof Error ? runError.message : String(runError), 'run_failed');
+        }
+        return { kind: 'finished', attempt: request.attempt, result, log: log.text() };
+      } finally {
+        clearTimeout(deadlineTimer);
+        clearInterval(beating);
+        ctx.cancellationSignal.removeEventListener('abort', onCancel);
+        deps.shuttingDown?.removeEventListener('abort', onShutdown);
         prepared?.close();
         release();
       }

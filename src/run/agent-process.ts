@@ -18,7 +18,8 @@ export interface AgentProcess {
 
 export interface DriveOptions {
   process: AgentProcess;
-  prompt: Buffer;
+  /** Written to stdin first (the wrapper script reads it); none for a detached run's follower. */
+  prompt?: Buffer;
   parser: OutputParser;
   /** Aborting stops the run: stdin is closed (the wrapper kills the group), then `forceKill`. */
   signal: AbortSignal;
@@ -29,17 +30,37 @@ export interface DriveOptions {
   onStarted?(pid: number): void;
   /** Kills the process group `pid` another way, when closing stdin was not enough. */
   forceKill?(pid: number): Promise<void>;
+  /**
+   * Stops the run `pid` directly, instead of closing stdin first (a detached run, which closing
+   * the follower's stdin leaves running).
+   */
+  stopRun?(pid: number): Promise<void>;
+  /** Aborting stops following a detached run without stopping it: the drive ends with RunDetachedError. */
+  detach?: AbortSignal;
   /** How long the wrapper waits between SIGTERM and SIGKILL. */
   killGraceMs: number;
 }
 
 export class AgentStartError extends Error {
   override readonly name = 'AgentStartError';
+  constructor(
+    message: string,
+    /** The exit code of what was to start the agent. */
+    readonly exitCode: number | null = null,
+  ) {
+    super(message);
+  }
 }
 
 /** A stopped run: the reason is the abort signal's. */
 export class AgentStoppedError extends Error {
   override readonly name = 'AgentStoppedError';
+}
+
+/** Following a detached run ended (the worker is shutting down); the run itself goes on. */
+export class RunDetachedError extends Error {
+  override readonly name = 'RunDetachedError';
+  readonly retryable = true;
 }
 
 const MAX_LINE_CHARS = 1_048_576;
@@ -49,7 +70,7 @@ function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref?.());
 }
 
-export async function driveAgentProcess(options: DriveOptions): Promise<{ result: TaskResult; pid: number }> {
+export async function driveAgentProcess(options: DriveOptions): Promise<{ result: TaskResult; pid: number; exit: AgentExit }> {
   const { process: proc, parser } = options;
   let pid: number | undefined;
   let stderrTail = '';
@@ -111,6 +132,10 @@ export async function driveAgentProcess(options: DriveOptions): Promise<{ result
   const stop = async () => {
     if (stopping) return;
     stopping = true;
+    if (options.stopRun) {
+      if (pid !== undefined) await options.stopRun(pid).catch(() => undefined);
+      if (await exitedBy(5_000)) return;
+    }
     proc.stdin.end();
     if (await exitedBy(options.killGraceMs + 3_000)) return;
     if (pid !== undefined && options.forceKill) await options.forceKill(pid).catch(() => undefined);
@@ -120,17 +145,30 @@ export async function driveAgentProcess(options: DriveOptions): Promise<{ result
   const onAbort = () => void stop();
   if (options.signal.aborted) onAbort();
   else options.signal.addEventListener('abort', onAbort, { once: true });
+  let detached = false;
+  const onDetach = () => {
+    if (stopping) return;
+    detached = true;
+    proc.stdin.end();
+    void exitedBy(5_000).then((exited) => {
+      if (!exited) abandon(new RunDetachedError('stopped following the run (it goes on)'));
+    });
+  };
+  if (options.detach?.aborted) onDetach();
+  else options.detach?.addEventListener('abort', onDetach, { once: true });
 
   // The prompt, then stdin stays open: closing it is how the run is stopped.
   proc.stdin.on('error', () => {}); // a process that exits early closes its end; the exit tells the rest
-  if (!stopping) proc.stdin.write(options.prompt);
+  if (!stopping && !detached && options.prompt) proc.stdin.write(options.prompt);
 
   let exit: AgentExit;
   try {
     exit = await Promise.race([proc.exit, abandoned]);
   } finally {
     options.signal.removeEventListener('abort', onAbort);
+    options.detach?.removeEventListener('abort', onDetach);
   }
+  if (detached && !options.signal.aborted) throw new RunDetachedError('stopped following the run (it goes on)');
   onStdout(stdoutDecoder.end());
   if (partial) handleLine(partial);
   partial = '';
@@ -145,7 +183,7 @@ export async function driveAgentProcess(options: DriveOptions): Promise<{ result
   }
   if (pid === undefined) {
     const why = stderrTail.trim() || `exit code ${exit.code ?? exit.signal}`;
-    throw new AgentStartError(`the agent did not start: ${why}`);
+    throw new AgentStartError(`the agent did not start: ${why}`, exit.code);
   }
-  return { result: parser.finish(exit, stderrTail), pid };
+  return { result: parser.finish(exit, stderrTail), pid, exit };
 }

@@ -21,6 +21,8 @@ export interface SshTarget {
 
 export class SshConnectionError extends Error {
   override readonly name = 'SshConnectionError';
+  /** A run whose connection dropped goes on: the next try attaches to it (see endsTryOnly). */
+  readonly retryable = true;
 }
 
 export interface ExecResult {

@@ -3,12 +3,13 @@
 // prompt on stdin and the task in the environment, reads the output through the provider, and
 // stops the remote process group on cancel or timeout. A dropped connection fails the attempt.
 import { finished } from 'node:stream/promises';
-import type { PreparedRun, RunContext, Runner } from '../activities/runner';
+import { endsTryOnly, runLost, type PreparedRun, type RunContext, type Runner } from '../activities/runner';
 import type { TaskResult } from '../model';
 import { getProvider, type ProviderName } from '../providers';
-import { driveAgentProcess, type AgentProcess } from '../run/agent-process';
+import { AgentStartError, driveAgentProcess, type AgentProcess } from '../run/agent-process';
 import { taskEnvironment } from '../run/env';
-import { buildRunScript, shellCommandLine } from '../run/shell';
+import { ALREADY_STARTED, FENCED, buildAttachScript, buildKillScript, buildRenewScript, buildStartScript, RUN_GONE, runDirectory } from '../run/detached';
+import { shellCommandLine } from '../run/shell';
 import { isUsableSessionId, sessionToResume, type ResumePolicy, type SessionLookup } from '../sessions';
 import { SshConnection, SshConnectionError, type ExecChannel, type SshTarget } from './connection';
 
@@ -43,7 +44,7 @@ export class SshRunner implements Runner {
   constructor(
     readonly host: SshHostSettings,
     private readonly hooks: SshRunnerHooks = {},
-    private readonly options: { spareConnection?: boolean } = {},
+    private readonly options: { spareConnection?: boolean; renewIntervalMs?: number } = {},
   ) {}
 
   private refill(): void {
@@ -137,47 +138,87 @@ export class SshRunner implements Runner {
     const env = taskEnvironment({ taskId: context.taskId, attempt: context.attempt, input, instanceId: context.hostId, resumeSessionId });
     const argv = provider.argv(agent.command, { resumeSessionId });
     const prompt = Buffer.from(input.prompt, 'utf8');
-    const script = buildRunScript({ workdir: this.host.workdir, env, argv, promptBytes: prompt.length, killGraceSeconds: this.host.killGraceMs / 1000 });
-    let exec: ExecChannel;
+    const dir = runDirectory(this.host.workdir, context.runKey);
+    const killGraceSeconds = this.host.killGraceMs / 1000;
+    // The run stops itself once unheld for this long: well inside the fence grace the workflow
+    // waits out, leaving room for the kill grace and the watchdog's poll.
+    const unheldSeconds = Math.max(2, Math.floor((context.fenceGraceMs - this.host.killGraceMs) / 1000) - 5);
+    const startScript = buildStartScript({ dir, workdir: this.host.workdir, env, argv, promptBytes: prompt.length, unheldSeconds, killGraceSeconds });
+    let start: ExecChannel;
     try {
-      exec = await connection.exec(shellCommandLine(script));
+      start = await connection.exec(shellCommandLine(startScript));
     } catch (error) {
       if (!reconnect) throw error;
       connection = await reconnect();
-      exec = await connection.exec(shellCommandLine(script));
+      start = await connection.exec(shellCommandLine(startScript));
     }
-    context.progress('starting the agent');
-    const { result } = await driveAgentProcess({
-      process: channelProcess(exec, context.hostId),
-      prompt,
-      parser: provider.parser(),
-      signal: context.signal,
-      onOutput: context.output,
-      onProgress: context.progress,
-      onStarted: (pid) => {
-        context.progress(`agent running (pid ${pid} on ${context.hostId})`);
-        this.hooks.onStarted?.({ taskId: context.taskId, attempt: context.attempt, pid });
-      },
-      forceKill: (pid) => this.forceKill(connection, pid),
-      killGraceMs: this.host.killGraceMs,
-    });
-    return result;
+    start.channel.on('error', () => {});
+    start.channel.end(prompt);
+    let startErr = '';
+    start.channel.stderr.on('data', (chunk: Buffer) => void (startErr = (startErr + chunk.toString('utf8')).slice(-2_000)));
+    start.channel.resume();
+    const started = await start.exited;
+    if (started.code === ALREADY_STARTED) {
+      context.progress('attaching to the run started before');
+    } else if (started.code !== 0) {
+      throw runLost(`the agent did not start on ${context.hostId}: ${startErr.trim() || `exit code ${started.code ?? started.signal}`}`);
+    }
+
+    // Hold the run: renew its lease while this worker may (see RunContext.mayHold), and give it up
+    // as lost once no renewal has reached the host for the fence grace (it has stopped itself).
+    const held = new HeldRun(connection, dir, context, () => this.renewTimeoutMs);
+    await held.renew();
+    const lost = new AbortController();
+    held.onLost = (reason) => lost.abort(reason);
+    held.start(this.renewIntervalMs);
+    context.progress('following the agent');
+    try {
+      const attach = await connection.exec(shellCommandLine(buildAttachScript({ dir, outOffset: 0, errOffset: 0 })));
+      const { result, exit } = await driveAgentProcess({
+        process: channelProcess(attach, context.hostId),
+        parser: provider.parser(),
+        signal: context.signal,
+        detach: AbortSignal.any([context.detach, lost.signal]),
+        onOutput: context.output,
+        onProgress: context.progress,
+        onStarted: (pid) => {
+          context.progress(`agent running (pid ${pid} on ${context.hostId})`);
+          this.hooks.onStarted?.({ taskId: context.taskId, attempt: context.attempt, pid });
+        },
+        stopRun: () => this.runScript(connection, buildKillScript(dir, killGraceSeconds), this.host.killGraceMs + 10_000),
+        killGraceMs: this.host.killGraceMs,
+      }).catch(async (error: unknown) => {
+        if (lost.signal.aborted) throw lost.signal.reason;
+        if (error instanceof AgentStartError && error.exitCode === RUN_GONE) throw runLost(`the run on ${context.hostId} is gone: ${error.message}`);
+        // Anything but a dropped connection or a detach loses the attempt: the run must not outlive it.
+        if (!endsTryOnly(error)) await this.runScript(connection, buildKillScript(dir, killGraceSeconds), this.host.killGraceMs + 10_000).catch(() => undefined);
+        throw error;
+      });
+      // Stopped by the watchdog: no worker held it for the fence grace (the run's own exit says so).
+      if (exit.code === FENCED && (await held.fenced())) throw runLost(`the run on ${context.hostId} stopped itself: no worker held it for the fence grace`);
+      return result;
+    } finally {
+      held.stop();
+    }
   }
 
-  /** SIGKILL to the remote process group, over the run's connection or a fresh one. */
-  private async forceKill(connection: SshConnection, pid: number): Promise<void> {
-    const command = shellCommandLine(`kill -KILL -${pid} 2>/dev/null; exit 0`);
-    if (connection.open) {
-      await connection.run(command, 10_000);
-      return;
-    }
-    const fresh = await SshConnection.connect(this.host.target);
+  /** How often a held run's lease is renewed, and how long one renewal may take. */
+  private get renewIntervalMs(): number {
+    return this.options.renewIntervalMs ?? 5_000;
+  }
+  private get renewTimeoutMs(): number {
+    return 10_000;
+  }
+
+  private async runScript(connection: SshConnection, script: string, timeoutMs: number): Promise<void> {
+    const target = connection.open ? connection : await SshConnection.connect(this.host.target);
     try {
-      await fresh.run(command, 10_000);
+      await target.run(shellCommandLine(script), timeoutMs);
     } finally {
-      fresh.end();
+      if (target !== connection) target.end();
     }
   }
+
 }
 
 /** An SSH channel as an agent process: it exits with the channel, and fails with the connection. */
@@ -193,4 +234,70 @@ function channelProcess({ channel, exited }: ExecChannel, hostId: string): Agent
     },
   );
   return { stdin: channel, stdout: channel, stderr: channel.stderr, exit };
+}
+
+/**
+ * The worker's hold on a detached run: the lease renewed every few seconds over the run's
+ * connection. Renewals stop while the worker may not hold the run (it lost touch with Temporal,
+ * which may have given the attempt up); once none has reached the host for the fence grace, the
+ * run has stopped itself, and the hold reports it lost.
+ */
+class HeldRun {
+  onLost: (reason: Error) => void = () => {};
+  private timer: NodeJS.Timeout | undefined;
+  private lastHeldAt: number;
+  private renewing = false;
+
+  constructor(
+    private readonly connection: SshConnection,
+    private readonly dir: string,
+    private readonly context: RunContext,
+    private readonly timeoutMs: () => number,
+  ) {
+    this.lastHeldAt = context.lastHeldAt ?? Date.now();
+  }
+
+  /** One renewal; throws when the run is lost for good. */
+  async renew(): Promise<void> {
+    if (this.renewing) return;
+    this.renewing = true;
+    try {
+      if (this.context.mayHold()) {
+        const answer = await this.connection.run(shellCommandLine(buildRenewScript(this.dir)), this.timeoutMs()).catch(() => undefined);
+        const word = answer?.stdout.trim();
+        if (word === 'fenced') throw runLost(`the run on ${this.context.hostId} stopped itself: no worker held it for the fence grace`);
+        if (word === 'held' || word === 'ended') {
+          this.lastHeldAt = Date.now();
+          this.context.held(this.lastHeldAt);
+          return;
+        }
+      }
+      const unheldMs = Date.now() - this.lastHeldAt;
+      if (unheldMs > this.context.fenceGraceMs) {
+        throw runLost(`the run on ${this.context.hostId} was not held for ${Math.round(unheldMs / 1000)} s: it has stopped itself`);
+      }
+    } finally {
+      this.renewing = false;
+    }
+  }
+
+  /** Did the watchdog stop the run? */
+  async fenced(): Promise<boolean> {
+    const answer = await this.connection.run(shellCommandLine(buildRenewScript(this.dir)), this.timeoutMs()).catch(() => undefined);
+    return answer?.stdout.trim() === 'fenced';
+  }
+
+  start(intervalMs: number): void {
+    this.timer = setInterval(() => {
+      this.renew().catch((error: Error) => {
+        this.stop();
+        this.onLost(error);
+      });
+    }, intervalMs);
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
 }

@@ -12,6 +12,7 @@ export class HostSlots {
   private used = 0;
   private isOnline = true;
   private waiters = new Set<() => void>();
+  private handOffs = new Map<string, { item: { release: () => void }; timer: NodeJS.Timeout }>();
 
   constructor(readonly capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new Error(`slots must be a positive integer, got ${capacity}`);
@@ -45,6 +46,45 @@ export class HostSlots {
       this.used -= 1;
       this.wake();
     };
+  }
+
+  /**
+   * Takes a slot whatever the count: a run already under way on the host (re-attached after a
+   * restart) is counted, even if that puts the host over its slots for a while.
+   */
+  forceAcquire(): () => void {
+    this.used += 1;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.used -= 1;
+      this.wake();
+    };
+  }
+
+  /**
+   * Keeps a slot (and whatever goes with it) for the activity that runs a claimed attempt, which
+   * comes next on the host's own queue; released with `dispose` when it does not come in time.
+   */
+  handOff<T>(key: string, item: T & { release: () => void }, timeoutMs: number, dispose: (item: T) => void = () => {}): void {
+    this.takeHandOff(key)?.release();
+    const timer = setTimeout(() => {
+      if (this.handOffs.get(key)?.item !== item) return;
+      this.handOffs.delete(key);
+      item.release();
+      dispose(item);
+    }, timeoutMs);
+    timer.unref?.();
+    this.handOffs.set(key, { item, timer });
+  }
+
+  takeHandOff<T>(key: string): (T & { release: () => void }) | undefined {
+    const entry = this.handOffs.get(key);
+    if (!entry) return undefined;
+    clearTimeout(entry.timer);
+    this.handOffs.delete(key);
+    return entry.item as T & { release: () => void };
   }
 
   /** Resolves once the host could take work; rejects with the signal's reason when `signal` aborts (the SDK's contract for reserveSlot). */

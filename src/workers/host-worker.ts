@@ -2,9 +2,9 @@
 // one on its own queue (assigned tasks), all behind the host's single slot limit.
 import type { Client } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
-import { createAttemptActivities } from '../activities/attempt';
+import { createAttemptActivities, type AttemptDeps } from '../activities/attempt';
 import type { Runner } from '../activities/runner';
-import { hostQueue, typeQueue } from '../names';
+import { hostQueue, runQueue, typeQueue } from '../names';
 import { HostSlots } from './host-slots';
 
 export interface HostWorkerOptions {
@@ -20,6 +20,8 @@ export interface HostWorkerOptions {
   types: string[];
   slots: number;
   runner: Runner;
+  /** Tuning of the attempt activities (heartbeat interval, log bounds). */
+  activityOptions?: Pick<AttemptDeps, 'heartbeatIntervalMs' | 'logHeadChars' | 'logTailChars' | 'handOffMs'>;
 }
 
 export class HostWorkers {
@@ -31,21 +33,25 @@ export class HostWorkers {
     readonly slots: HostSlots,
     private readonly workers: Worker[],
     private readonly connection: NativeConnection,
+    private readonly shuttingDown: AbortController,
   ) {}
 
   static async create(options: HostWorkerOptions): Promise<HostWorkers> {
     const slots = new HostSlots(options.slots);
+    const shuttingDown = new AbortController();
     const activities = createAttemptActivities({
       client: options.client,
       hostId: options.hostId,
       types: options.types,
       slots,
       runner: options.runner,
+      shuttingDown: shuttingDown.signal,
+      ...options.activityOptions,
     });
     const queues = [...options.types.map(typeQueue), hostQueue(options.hostId)];
     const connection = await options.connect();
-    const workers = await Promise.all(
-      queues.map((taskQueue) =>
+    const workers = await Promise.all([
+      ...queues.map((taskQueue) =>
         Worker.create({
           connection,
           namespace: options.namespace,
@@ -66,8 +72,25 @@ export class HostWorkers {
           shutdownGraceTime: '5 seconds',
         }),
       ),
-    );
-    return new HostWorkers(options.hostId, options.types, slots, workers, connection);
+      // The runs of claimed attempts: never gated (each holds the slot its claim took).
+      Worker.create({
+        connection,
+        namespace: options.namespace,
+        taskQueue: runQueue(options.hostId),
+        activities,
+        identity: `drover-host:${options.hostId}@${runQueue(options.hostId)}`,
+        tuner: {
+          activityTaskSlotSupplier: { type: 'fixed-size', numSlots: Math.max(8, options.slots * 4) },
+          workflowTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+          localActivityTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+          nexusTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+        },
+        maxHeartbeatThrottleInterval: '1 second',
+        defaultHeartbeatThrottleInterval: '1 second',
+        shutdownGraceTime: '5 seconds',
+      }),
+    ]);
+    return new HostWorkers(options.hostId, options.types, slots, workers, connection, shuttingDown);
   }
 
   run(): Promise<void> {
@@ -75,7 +98,12 @@ export class HostWorkers {
     return this.running;
   }
 
+  /**
+   * Stops polling, and leaves running agents alone: the attempts following them end at once, and
+   * their next tries attach to the same runs (on this host's queue) once a worker is back.
+   */
   async shutdown(): Promise<void> {
+    this.shuttingDown.abort();
     for (const worker of this.workers) {
       if (worker.getState() === 'RUNNING') worker.shutdown();
     }

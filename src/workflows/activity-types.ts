@@ -1,5 +1,5 @@
 // The contract between the task workflow and the activities it schedules.
-import type { TaskResult, TaskStatus } from '../model';
+import type { TaskInput, TaskResult, TaskStatus } from '../model';
 import type { Rejection } from './claim-rules';
 
 export interface AttemptRequest {
@@ -9,7 +9,26 @@ export interface AttemptRequest {
   dispatch: number;
 }
 
+/** The failure type of an SSH run lost for good: the workflow does not retry such an activity. */
+export const RUN_LOST = 'run_lost';
+
+/** The run of a claimed SSH attempt, on the claiming host's own queue. */
+export interface RunRequest {
+  taskId: string;
+  /** The task's run id: with the attempt, it names the run on the host (its directory). */
+  runId: string;
+  dispatch: number;
+  attempt: number;
+  input: TaskInput;
+  /** A run that no worker holds for this long stops itself. */
+  fenceGraceMs: number;
+  /** The run is stopped at this time (epoch ms): the task's run timeout from its claim. */
+  runDeadline: number;
+}
+
 export type AttemptOutcome =
+  /** The host won the claim: the run follows on the host's own queue (runClaimed). */
+  | { kind: 'claimed'; attempt: number }
   /** The host ran the agent: the attempt's result, and the tail of its output log. */
   | { kind: 'finished'; attempt: number; result: TaskResult; log?: string }
   /** The run outlived the task's run timeout and was stopped. */
@@ -24,7 +43,13 @@ export type AttemptOutcome =
   | { kind: 'declined'; reason: string; busy?: boolean };
 
 export interface AttemptActivities {
+  /** Matches the task to a host (the queue it is polled from) and asks the workflow for the claim. */
   runAttempt(request: AttemptRequest): Promise<AttemptOutcome>;
+  /**
+   * Runs a claimed attempt, or attaches to its run when a try before (a worker since restarted)
+   * started it: retried on the host's own queue until the run ends or is lost.
+   */
+  runClaimed(request: RunRequest): Promise<AttemptOutcome>;
 }
 
 /** A task event that people should hear about (a Forgejo comment, the task's callback URL). */

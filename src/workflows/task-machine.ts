@@ -24,6 +24,21 @@ export interface TaskMachineState {
   unclaimedEnds?: number;
   /** While set, the next SSH attempt waits until then: a host that keeps failing is not a hot loop. */
   redispatchAt?: number;
+  /** The dispatch whose attempt holds the task while it runs on an SSH host. */
+  claimedDispatch?: number;
+  /** Where that attempt is: its claim activity running, its run due, or its run activity running. */
+  runPhase?: RunPhase;
+}
+
+export type RunPhase = 'claiming' | 'due' | 'running';
+
+/** The run of a claimed SSH attempt, which the shell must schedule on the host's own queue. */
+export interface SshRun {
+  dispatch: number;
+  hostId: string;
+  attempt: number;
+  /** When the run must stop (epoch ms): the run timeout from the claim. */
+  runDeadline: number;
 }
 
 /** An SSH attempt the shell must schedule. */
@@ -72,8 +87,8 @@ export class TaskMachine {
   private redispatchAt: number | undefined;
   /** The SSH attempt in flight, if any; only one at a time. */
   private outstanding: number | undefined;
-  /** The dispatch whose attempt holds the task while it runs on an SSH host. */
   private claimedDispatch: number | undefined;
+  private runPhase: RunPhase | undefined;
   private effects: TaskEffect[] = [];
 
   private constructor(state: TaskMachineState) {
@@ -82,6 +97,8 @@ export class TaskMachine {
     this.windowDeadline = state.windowDeadline;
     this.unclaimedEnds = state.unclaimedEnds ?? 0;
     this.redispatchAt = state.redispatchAt;
+    this.claimedDispatch = state.claimedDispatch;
+    this.runPhase = state.runPhase;
   }
 
   /** A new task; `runId` names this run of the task id (event ids are unique per run). */
@@ -117,6 +134,8 @@ export class TaskMachine {
       windowDeadline: this.windowDeadline,
       unclaimedEnds: this.unclaimedEnds,
       redispatchAt: this.redispatchAt,
+      claimedDispatch: this.claimedDispatch,
+      runPhase: this.runPhase,
     };
   }
 
@@ -168,8 +187,10 @@ export class TaskMachine {
     }
     this.resetBackoff();
     this.effects.push({ type: 'report', event: 'started' });
-    if (claimant.kind === 'host') this.claimedDispatch = request.dispatch;
-    else this.cancelOutstanding(); // a pull agent won: the SSH attempt still scheduled for this task lost
+    if (claimant.kind === 'host') {
+      this.claimedDispatch = request.dispatch;
+      this.runPhase = 'claiming';
+    } else this.cancelOutstanding(); // a pull agent won: the SSH attempt still scheduled for this task lost
     this.touch(now);
     return { taskId: s.taskId, attempt: s.attempt, leaseExpiresAt: s.leaseExpiresAt, input: s.input };
   }
@@ -247,6 +268,11 @@ export class TaskMachine {
       // Reaches the runner as activity cancellation: the remote process is killed, and the task
       // closes once the attempt has ended.
       this.effects.push({ type: 'cancelAttempt', dispatch: this.outstanding });
+    } else if (s.mode === 'ssh_cli' && this.runPhase === 'due') {
+      // Claimed, and its run not started yet: nothing to stop.
+      this.endClaimedRun();
+      this.endAttempt('cancelled', now);
+      this.close('cancelled', now);
     } else if (s.mode === 'http_pull' && s.leaseExpiresAt) {
       // The pull agent learns of it from its next heartbeat answer; its lease lasts the grace at most.
       s.leaseExpiresAt = iso(Math.min(Date.parse(s.leaseExpiresAt), now + s.options.cancelGraceMs));
@@ -279,6 +305,20 @@ export class TaskMachine {
     return { dispatch: this.dispatch, scheduleToStartMs: Math.max(1, this.windowDeadline - now) };
   }
 
+  /** The run of the claimed SSH attempt, when it is due: to be scheduled on the claiming host's own queue. */
+  dueSshRun(): SshRun | undefined {
+    const s = this.status;
+    if (this.runPhase !== 'due' || s.state !== 'running' || this.claimedDispatch === undefined || !s.assignee) return undefined;
+    this.runPhase = 'running';
+    this.outstanding = this.claimedDispatch;
+    return {
+      dispatch: this.claimedDispatch,
+      hostId: s.assignee.id,
+      attempt: s.attempt,
+      runDeadline: Date.parse(s.claimedAt!) + s.options.runTimeoutMs,
+    };
+  }
+
   /**
    * An SSH attempt ended. `claimAnsweredWithEnd` is true when its claim was granted in the same
    * workflow task that brought its end (Updates are applied first): the attempt had ended before
@@ -287,8 +327,27 @@ export class TaskMachine {
   attemptEnded(end: AttemptEndReport, now: number, claimAnsweredWithEnd: boolean): void {
     if (this.outstanding === end.dispatch) this.outstanding = undefined;
     const s = this.status;
+    if (s.state === 'running' && s.mode === 'ssh_cli' && this.claimedDispatch === end.dispatch && this.runPhase === 'claiming') {
+      // The claim's activity ended: the run follows on the host's own queue.
+      if (s.cancelRequested) {
+        this.endClaimedRun();
+        this.endAttempt('cancelled', now);
+        this.close('cancelled', now);
+      } else if (end.outcome?.kind !== 'claimed' && claimAnsweredWithEnd) {
+        // The activity ended before it heard that its claim won: it never took the run on. Not a
+        // lost attempt: dispatched again, as a released one would be.
+        this.endClaimedRun();
+        this.endAttempt('released', now, `the SSH attempt ended before its claim was answered: ${end.error?.message ?? 'no result'}`);
+        this.requeue(now);
+      } else {
+        // Claimed (or the activity failed after the claim was won): the host runs it.
+        this.runPhase = 'due';
+      }
+      return;
+    }
     if (s.state === 'running' && s.mode === 'ssh_cli' && this.claimedDispatch === end.dispatch) {
-      this.claimedDispatch = undefined;
+      // The run's activity ended.
+      this.endClaimedRun();
       const outcome = end.outcome;
       if (outcome?.kind === 'finished') {
         const record = this.currentAttempt();
@@ -302,12 +361,11 @@ export class TaskMachine {
         // However the runner stopped (cancellation, or the killed process's error), it was the cancel.
         this.endAttempt('cancelled', now, end.error && end.error.kind !== 'cancelled' ? end.error.message : undefined);
         this.close('cancelled', now);
-      } else if (claimAnsweredWithEnd) {
-        // Not a lost attempt: dispatched again, as a released one would be.
-        this.endAttempt('released', now, `the SSH attempt ended before its claim was answered: ${end.error?.message ?? 'no result'}`);
-        this.requeue(now);
       } else {
-        this.loseAttempt('lost', end.error?.message ?? 'SSH attempt ended without a result', now);
+        // The run's activity gave up: the run was lost, or no worker of the host took it back within
+        // the fence grace. Either way the run has stopped itself by now, so the task may go again.
+        const why = end.error?.kind === 'not_started' ? `host ${s.assignee?.id} did not take the run back within the fence grace` : end.error?.message;
+        this.loseAttempt('lost', why ?? 'SSH attempt ended without a result', now);
       }
       return;
     }
@@ -432,6 +490,11 @@ export class TaskMachine {
     else this.close('failed', now, { outcome: 'fail', summary: `${limit} (${describeInstance(this.status.assignee!)})` });
   }
 
+  private endClaimedRun(): void {
+    this.claimedDispatch = undefined;
+    this.runPhase = undefined;
+  }
+
   private resetBackoff(): void {
     this.unclaimedEnds = 0;
     this.redispatchAt = undefined;
@@ -446,7 +509,7 @@ export class TaskMachine {
     s.reservedFor = undefined;
     s.leaseExpiresAt = undefined;
     s.runDeadlineAt = undefined;
-    this.claimedDispatch = undefined;
+    this.endClaimedRun();
     this.windowDeadline = undefined;
     this.resetBackoff();
     this.touch(now);

@@ -6,8 +6,8 @@ import * as wf from '@temporalio/workflow';
 import { ActivityCancellationType, ActivityFailure, isCancellation, TimeoutFailure } from '@temporalio/workflow';
 import { TimeoutType } from '@temporalio/common';
 import type { TaskInput, TaskStatus } from '../model';
-import { hostQueue, SA, taskSummary, typeQueue } from '../names';
-import type { AttemptActivities, AttemptOutcome, ReportActivities, TaskEvent } from './activity-types';
+import { hostQueue, runQueue, SA, taskSummary, typeQueue } from '../names';
+import { RUN_LOST, type AttemptActivities, type AttemptOutcome, type ReportActivities, type TaskEvent } from './activity-types';
 import type { Rejection } from './claim-rules';
 import { describeInstance } from './claim-rules';
 import {
@@ -20,7 +20,7 @@ import {
   releaseUpdate,
   statusQuery,
 } from './messages';
-import type { AttemptError, SshDispatch, TaskMachineState } from './task-machine';
+import type { AttemptError, SshDispatch, SshRun, TaskMachineState } from './task-machine';
 import { TaskMachine } from './task-machine';
 
 export interface TaskWorkflowArgs {
@@ -92,18 +92,47 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       retry: { maximumAttempts: 1 },
       cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     });
+    trackAttempt(next.dispatch, () => activities.runAttempt({ taskId: status.taskId, agentType: status.input.agentType, dispatch: next.dispatch }));
+  }
+
+  function trackAttempt(dispatch: number, run: () => Promise<AttemptOutcome>): void {
     const scope = new wf.CancellationScope();
-    attemptScopes.set(next.dispatch, scope);
+    attemptScopes.set(dispatch, scope);
     scope
-      .run(() => activities.runAttempt({ taskId: status.taskId, agentType: status.input.agentType, dispatch: next.dispatch }))
+      .run(run)
       .then(
-        (outcome) => attemptEnds.push({ dispatch: next.dispatch, outcome }),
-        (error: unknown) => attemptEnds.push({ dispatch: next.dispatch, error }),
+        (outcome) => attemptEnds.push({ dispatch, outcome }),
+        (error: unknown) => attemptEnds.push({ dispatch, error }),
       )
       .finally(() => {
-        attemptScopes.delete(next.dispatch);
+        attemptScopes.delete(dispatch);
         dirty = true;
       });
+  }
+
+  /** The run of a claimed SSH attempt, on the host's own queue: retried there, so that a restarted worker attaches to it again. */
+  function scheduleSshRun(next: SshRun): void {
+    const activities = wf.proxyActivities<AttemptActivities>({
+      taskQueue: runQueue(next.hostId),
+      // A try that no worker of the host takes within the fence grace finds the run stopped: lost.
+      scheduleToStartTimeout: options.fenceGraceMs,
+      // Backstops only: the activity stops the run at its deadline itself.
+      startToCloseTimeout: options.runTimeoutMs + options.fenceGraceMs,
+      scheduleToCloseTimeout: options.runTimeoutMs + 2 * options.fenceGraceMs,
+      heartbeatTimeout: options.sshHeartbeatTimeoutMs,
+      retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '10 seconds', maximumAttempts: 20, nonRetryableErrorTypes: [RUN_LOST] },
+      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    });
+    const request = {
+      taskId: status.taskId,
+      runId: status.runId,
+      dispatch: next.dispatch,
+      attempt: next.attempt,
+      input: status.input,
+      fenceGraceMs: options.fenceGraceMs,
+      runDeadline: next.runDeadline,
+    };
+    trackAttempt(next.dispatch, () => activities.runClaimed(request));
   }
 
   /** Carries out what the machine asked for since the last call. */
@@ -216,6 +245,8 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     while (!machine.closed) {
       const next = machine.dueSshDispatch(Date.now());
       if (next) scheduleSshAttempt(next);
+      const run = machine.dueSshRun();
+      if (run) scheduleSshRun(run);
       publish();
       dirty = false;
       const wakeAt = machine.wakeAt();

@@ -6,13 +6,13 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { temporal } from '@temporalio/proto';
-import type { TestTemporal } from './temporal';
+import type { Client } from '@temporalio/client';
 
 export const GOLDEN_DIR = fileURLToPath(new URL('../golden-histories', import.meta.url));
 
 export const recordedHistories: Array<{ name: string; workflowId: string; history: temporal.api.history.v1.IHistory }> = [];
 
-export async function recordHistory(t: TestTemporal, name: string, workflowId: string): Promise<void> {
+export async function recordHistory(t: { client: Client }, name: string, workflowId: string): Promise<void> {
   const history = await t.client.workflow.getHandle(workflowId).fetchHistory();
   recordedHistories.push({ name, workflowId, history });
   if (process.env.DROVER_RECORD_GOLDEN === '1') {
