@@ -150,6 +150,12 @@ export interface ClaimGrant {
 
 export interface HeartbeatAnswer {
   leaseExpiresAt: string;
+  /**
+   * What is left of the lease when the workflow answered. The holder adds it to the time it sent
+   * the heartbeat, and so knows by its own clock, whatever the clocks' skew, a time by which the
+   * lease has not yet run out (see `drover agent`'s fence).
+   */
+  leaseMsLeft: number;
   cancelRequested: boolean;
 }
 

@@ -11,12 +11,13 @@ import { agent, startHarness, type Harness } from './support/http';
 import { HOSTILE_STRINGS } from './support/hostile';
 import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
 import { alive } from './support/process';
+import { TcpProxy } from './support/tcp-proxy';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const FAKE = join(import.meta.dirname, 'fixtures', 'fake-claude.mjs');
 const TYPE = uniqueType('pull');
-const agents = ['pa-1', 'pa-2', 'pa-3', 'pa-4', 'pa-5', 'pa-6'].map((id) => agent(id, [TYPE]));
-const [A, B, C, D, E, F] = agents;
+const agents = ['pa-1', 'pa-2', 'pa-3', 'pa-4', 'pa-5', 'pa-6', 'pa-7'].map((id) => agent(id, [TYPE]));
+const [A, B, C, D, E, F, G] = agents;
 
 let h: Harness;
 let app: FastifyInstance;
@@ -44,10 +45,10 @@ interface AgentProcess {
   exited: Promise<number | null>;
 }
 
-function startAgent(who: ReturnType<typeof agent>, agentArgs: string[] = [], fakeArgs: string[] = []): AgentProcess {
+function startAgent(who: ReturnType<typeof agent>, agentArgs: string[] = [], fakeArgs: string[] = [], server = base): AgentProcess {
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', 'src/cli.ts', 'agent', '--server', base, '--agent-id', who.id, '--wait', '2', '--kill-grace', '1s', '--workdir', dir, '--provider', 'claude-code', ...agentArgs, '--', process.execPath, FAKE, '--record', dir, ...fakeArgs],
+    ['--import', 'tsx', 'src/cli.ts', 'agent', '--server', server, '--agent-id', who.id, '--wait', '2', '--kill-grace', '1s', '--workdir', dir, '--provider', 'claude-code', ...agentArgs, '--', process.execPath, FAKE, '--record', dir, ...fakeArgs],
     { cwd: ROOT, env: { ...process.env, DROVER_AGENT_TOKEN: who.token, DROVER_LOG_LEVEL: 'debug' }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const output: string[] = [];
@@ -171,6 +172,26 @@ describe('drover agent', () => {
     const status = await h.tasks.result(taskId);
     expect(status.state).toBe('completed');
     expect(status.attempts.map((a) => a.holder.id)).toEqual([E!.id]);
+  });
+
+  it('cut off from the API: stops its command by its own clock before the lease lapses, so that no other run overlaps', async () => {
+    const proxy = await TcpProxy.start({ host: '127.0.0.1', port });
+    const agentG = startAgent(G!, [], ['--hold'], `http://127.0.0.1:${proxy.port}`);
+    try {
+      const { taskId } = await h.tasks.start(input({ leaseMs: 8_000 }));
+      const started = await waitFor(() => record(taskId, 1), 'the command to start', 45_000);
+      proxy.pause(); // a partition: heartbeats go unanswered, nothing says 409
+      const deadAt = await waitFor(() => (alive(started.pid) ? undefined : Date.now()), 'the command to stop', 30_000);
+      const lapsed = await statusWhen(taskId, (s) => s.attempts[0]?.end === 'lease_lapsed', 'the lease to lapse');
+      // The command was gone before the workflow could give the task to anyone else.
+      expect(deadAt).toBeLessThan(Date.parse(lapsed.attempts[0]!.endedAt!));
+      expect(agentG.output.join('')).toContain('stopping the command before the lease runs out');
+      await h.tasks.cancel(taskId);
+    } finally {
+      proxy.resume();
+      await stopAgent(agentG);
+      await proxy.close();
+    }
   });
 
   it('rides out a server restart: reports and polls are retried until the server is back', async () => {

@@ -14,6 +14,7 @@ import { SshConnection } from '../src/ssh/connection';
 import { sshTarget, startSshHosts, type RunningSshHosts } from '../src/workers/ssh-hosts';
 import { adminAuth, agent, startHarness, taskUrl, type Harness } from './support/http';
 import { SshdFleet } from './support/sshd';
+import { TcpProxy } from './support/tcp-proxy';
 import { runDirectory, runKey } from '../src/run/detached';
 import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
 
@@ -24,6 +25,7 @@ const T = {
   loadA: uniqueType('loada'),
   loadB: uniqueType('loadb'),
   failover: uniqueType('failover'),
+  partition: uniqueType('partition'),
   offline: uniqueType('offline'),
   assign: uniqueType('assign'),
   cancel: uniqueType('cancel'),
@@ -100,7 +102,7 @@ async function statusWhen(taskId: string, ok: (s: TaskStatus) => boolean, what: 
 }
 
 /** The fake agent's record of a run, from whichever host ran it. */
-function record(taskId: string, attempt: number): { pid: number; env: Record<string, string>; argv: string[]; startedNs: string; sshd: string } | undefined {
+function record(taskId: string, attempt: number): { pid: number; env: Record<string, string>; argv: string[]; startedNs: string; startedAt: number; sshd: string } | undefined {
   for (const host of fleet.hosts) {
     const path = join(host.workdir, `${taskId}.${attempt}.json`);
     if (existsSync(path)) return { ...JSON.parse(readFileSync(path, 'utf8')), sshd: host.id };
@@ -187,6 +189,34 @@ describe('SSH hosts', () => {
       expect(status.attempts[1]).toMatchObject({ end: 'completed', holder: { id: second.env.DROVER_INSTANCE } });
     } finally {
       await fleet.startHost(fleet.host(first.sshd));
+    }
+  });
+
+  it('a worker partitioned from its host (a proxy that goes silent): the run stops itself before the task runs elsewhere', async () => {
+    const sshd = fleet.host('sshd-2');
+    const proxy = await TcpProxy.start({ host: sshd.address, port: sshd.port });
+    try {
+      await startHosts([{ ...hostConfig('sshd-2', 'part-x', [T.partition], { args: ['--hold'] }), address: '127.0.0.1', port: proxy.port }]);
+      const { taskId } = await h.tasks.start(input(T.partition, { fenceGraceMs: 8_000 }));
+      const first = await waitFor(() => record(taskId, 1), 'the first attempt to start');
+      proxy.pause(); // no reset, no close: silence both ways
+      await startHosts([hostConfig('sshd-3', 'part-y', [T.partition], { args: ['--hold'] })]);
+      const second = await waitFor(() => record(taskId, 2), 'the second attempt to start', 50_000);
+      expect(second.sshd).toBe('sshd-3');
+      expect(aliveHere(first.pid)).toBe(false); // stopped by its watchdog before the second began
+      expect(Number(second.startedAt)).toBeGreaterThan(Number(first.startedAt));
+      const { runId } = await h.tasks.status(taskId);
+      expect(readFileSync(join(runDirectory(sshd.workdir, runKey(taskId, runId, 1)), 'fenced'), 'utf8')).toMatch(/no worker held the run/);
+      releaseTask(taskId);
+      const status = await h.tasks.result(taskId);
+      expect(status).toMatchObject({ state: 'completed', lostAttempts: 1 });
+      expect(status.attempts.map((a) => [a.holder.id, a.end])).toEqual([
+        ['part-x', 'lost'],
+        ['part-y', 'completed'],
+      ]);
+    } finally {
+      proxy.resume();
+      await proxy.close();
     }
   });
 

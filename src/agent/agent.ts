@@ -41,7 +41,7 @@ interface CurrentTask {
   grant: Grant;
   abort: AbortController;
   /** Why the run is being stopped, when it is. */
-  stopReason?: 'cancel' | 'lease_lost' | 'shutdown';
+  stopReason?: 'cancel' | 'lease_lost' | 'lease_expired' | 'shutdown';
 }
 
 /**
@@ -140,14 +140,26 @@ export class PullAgent {
     taskLog.info('task dequeued');
 
     // Heartbeats until the result is reported: they keep the lease and bring cancel requests.
+    // The first goes at once: it confirms the grant, and starts the lease's reckoning by this
+    // agent's own clock (the fence below).
     const beating = new AbortController();
     const everyMs = Math.max(250, Math.min(10_000, Math.floor(grant.lease_ms / 3)));
+    const fence = new LeaseFence(grant.lease_ms, this.options.killGraceMs, () => {
+      if (current.stopReason) return;
+      taskLog.warn({ unansweredMs: fence.unansweredMs }, 'no heartbeat answered for the whole lease: stopping the command before the lease runs out');
+      current.stopReason = 'lease_expired';
+      current.abort.abort(new Error('lease expired by the agent’s clock'));
+    });
     const heartbeats = (async () => {
+      let first = true;
       while (!beating.signal.aborted) {
-        await sleep(everyMs, beating.signal);
+        if (!first) await sleep(everyMs, beating.signal);
+        first = false;
         if (beating.signal.aborted) break;
+        const sentAt = Date.now();
         try {
           const answer = await client.heartbeat(grant.task_id, grant.attempt);
+          fence.extend(sentAt, answer.lease_ms_left);
           if (answer.cancel_requested && !current.stopReason) {
             current.stopReason = 'cancel';
             taskLog.info('cancel requested: stopping the command');
@@ -167,8 +179,10 @@ export class PullAgent {
 
     try {
       const outcome = await this.execute(grant, current, taskLog);
+      fence.stop();
       await this.report(grant, current, outcome, taskLog);
     } finally {
+      fence.stop();
       beating.abort();
       await heartbeats;
       this.current = undefined;
@@ -240,6 +254,10 @@ export class PullAgent {
       taskLog.warn('the lease was lost: the task is someone else’s now; nothing reported');
       return;
     }
+    if (current.stopReason === 'lease_expired') {
+      taskLog.warn('the command was stopped when the lease ran out unanswered: the task goes to another agent; nothing reported');
+      return;
+    }
     let send: () => Promise<void>;
     let what: string;
     if (current.stopReason === 'shutdown') {
@@ -279,5 +297,60 @@ export class PullAgent {
         delay = Math.min(delay * 2, this.options.backoff?.maxMs ?? 30_000);
       }
     }
+  }
+}
+
+/**
+ * The pull agent's own fence: by its own clock, the lease is surely still its own until the time
+ * it sent its last answered heartbeat plus the lease the answer said was left (the workflow
+ * answered later than that). Without an answered heartbeat for that long (a partition, an API
+ * outage), the command is stopped (with the kill grace to spare) before the lease can lapse and
+ * the task go to another agent: two runs of one task never overlap. Before the first answer, the
+ * grant's lease counts from when it arrived, less a third for the time the answer travelled.
+ */
+class LeaseFence {
+  private until: number;
+  private lastAnswerAt = Date.now();
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  /** How long before the lease runs out the command is stopped: time for SIGTERM, then SIGKILL. */
+  private readonly marginMs: number;
+
+  constructor(
+    leaseMs: number,
+    killGraceMs: number,
+    private readonly onExpired: () => void,
+  ) {
+    this.until = Date.now() + Math.floor((leaseMs * 2) / 3);
+    this.marginMs = Math.min(killGraceMs + 1_000, Math.floor(leaseMs / 4));
+    this.arm();
+  }
+
+  get unansweredMs(): number {
+    return Date.now() - this.lastAnswerAt;
+  }
+
+  extend(sentAt: number, leaseMsLeft: number): void {
+    this.lastAnswerAt = Date.now();
+    this.until = Math.max(this.until, sentAt + leaseMsLeft);
+    this.arm();
+  }
+
+  /** The command has ended: nothing left to fence. */
+  stop(): void {
+    this.stopped = true;
+    this.disarm();
+  }
+
+  private disarm(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private arm(): void {
+    this.disarm();
+    if (this.stopped) return;
+    this.timer = setTimeout(() => this.onExpired(), Math.max(0, this.until - this.marginMs - Date.now()));
+    this.timer.unref?.();
   }
 }

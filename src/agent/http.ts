@@ -18,6 +18,7 @@ export interface Grant {
 
 export interface HeartbeatAnswer {
   lease_expires_at: string;
+  lease_ms_left: number;
   cancel_requested: boolean;
 }
 

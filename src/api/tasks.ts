@@ -268,7 +268,15 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
         params: TaskIdParam,
         body: holderBody,
         response: {
-          200: T.Object({ task_id: T.String(), attempt: T.Integer(), lease_expires_at: T.String(), cancel_requested: T.Boolean() }),
+          200: T.Object({
+            task_id: T.String(),
+            attempt: T.Integer(),
+            lease_expires_at: T.String(),
+            lease_ms_left: T.Integer({
+              description: 'the lease left when the task answered: added to the time the agent sent this heartbeat, a time by which the lease has surely not run out (by the agent’s own clock)',
+            }),
+            cancel_requested: T.Boolean(),
+          }),
           ...errorResponses(400, 401, 404, 409, 503),
         },
       },
@@ -276,7 +284,13 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
     async (request) => {
       const agent = await asAgent(request.body.agent_id, bearerToken(request));
       const answer = await tasks.heartbeat(request.params.id, holder(agent.id), request.body.attempt);
-      return { task_id: request.params.id, attempt: request.body.attempt, lease_expires_at: answer.leaseExpiresAt, cancel_requested: answer.cancelRequested };
+      return {
+        task_id: request.params.id,
+        attempt: request.body.attempt,
+        lease_expires_at: answer.leaseExpiresAt,
+        lease_ms_left: answer.leaseMsLeft,
+        cancel_requested: answer.cancelRequested,
+      };
     },
   );
 

@@ -208,8 +208,9 @@ export class TaskMachine {
     // this answer, and a holder that keeps heartbeating without stopping cannot hold the task open.
     if (s.cancelRequestedAt) expires = Math.min(expires, Date.parse(s.cancelRequestedAt) + s.options.cancelGraceMs);
     if (s.runDeadlineAt) expires = Math.min(expires, Date.parse(s.runDeadlineAt));
-    s.leaseExpiresAt = iso(Math.max(expires, now));
-    return { leaseExpiresAt: s.leaseExpiresAt, cancelRequested: s.cancelRequested };
+    expires = Math.max(expires, now);
+    s.leaseExpiresAt = iso(expires);
+    return { leaseExpiresAt: s.leaseExpiresAt, leaseMsLeft: expires - now, cancelRequested: s.cancelRequested };
   }
 
   complete(request: CompleteRequest, now: number): TaskStatus {
