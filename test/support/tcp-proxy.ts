@@ -15,13 +15,17 @@ export class TcpProxy {
 
   static async start(target: { host: string; port: number }, host = '127.0.0.1'): Promise<TcpProxy> {
     const accepted: Socket[] = [];
-    let accept = (client: Socket) => void accepted.push(client);
+    let accept = (client: Socket): void => {
+      accepted.push(client);
+    };
     const server = createServer((client) => accept(client));
     await new Promise<void>((resolve) => server.listen(0, host, resolve));
     const address = server.address();
     if (!address || typeof address === 'string') throw new Error('no proxy address');
     const proxy = new TcpProxy(server, address.port, target);
-    accept = (client) => proxy.accept(client);
+    accept = (client) => {
+      proxy.accept(client);
+    };
     for (const client of accepted) proxy.accept(client);
     return proxy;
   }
