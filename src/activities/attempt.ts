@@ -26,7 +26,10 @@ export interface AttemptDeps {
   runner: Runner;
   /** Aborts when the host's workers shut down: runs are left alone, to be attached again. */
   shuttingDown?: AbortSignal;
-  /** How often the attempt heartbeats while the agent runs (progress, live log and cancellation). */
+  /**
+   * How often the attempts heartbeat (default 10 s, and a third of the heartbeat timeout at most).
+   * Each heartbeat is a write on the server: on Temporal Cloud, a billed action.
+   */
   heartbeatIntervalMs?: number;
   /** Bounds of the kept log: its first and its latest characters. */
   logHeadChars?: number;
@@ -35,10 +38,13 @@ export interface AttemptDeps {
   handOffMs?: number;
 }
 
+/** The live log an attempt's heartbeat carries: the latest output only, to keep heartbeats small. */
+export const LIVE_LOG_CHARS = 8 * 1024;
+
 /** What an attempt's heartbeats carry; the logs endpoint reads the latest from the pending activity. */
 export interface AttemptHeartbeat {
   progress: string;
-  /** The log so far (bounded like the final one). */
+  /** The latest output (LIVE_LOG_CHARS at most); the whole bounded log comes with the attempt's end. */
   log?: string;
   /** Characters of output so far, kept or not. */
   logChars?: number;
@@ -78,7 +84,7 @@ class TemporalContact {
 export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
   const claimant: Claimant = { kind: 'host', id: deps.hostId, types: deps.types };
   const temporal = new TemporalContact(deps.client);
-  const heartbeatEvery = deps.heartbeatIntervalMs ?? 1_000;
+  const heartbeatEvery = (ctx: Context) => Math.max(100, Math.min(deps.heartbeatIntervalMs ?? 10_000, Math.floor((ctx.info.heartbeatTimeoutMs ?? 30_000) / 3)));
   return {
     async runAttempt(request: AttemptRequest): Promise<AttemptOutcome> {
       const ctx = Context.current();
@@ -90,7 +96,7 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
       // workflow's answer to the claim may outlast the heartbeat timeout, which must only ever mean
       // a lost host; and cancellation reaches it here too.
       ctx.heartbeat();
-      const beating = setInterval(() => ctx.heartbeat(), heartbeatEvery);
+      const beating = setInterval(() => ctx.heartbeat(), heartbeatEvery(ctx));
       let prepared: PreparedRun | undefined;
       let handedOff = false;
       try {
@@ -140,10 +146,10 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
       // The fence counts from the last hold, or from the first try when none held the run yet;
       // every heartbeat carries it, so that the next try knows it even after a quick failure.
       let heldAt = earlier?.heldAt ?? Date.now();
-      // Every heartbeat carries the whole (bounded) log: the server keeps only the latest details.
-      const beat = () => ctx.heartbeat({ progress: lastProgress, log: log.text(), logChars: log.totalChars, heldAt } satisfies AttemptHeartbeat);
+      // A heartbeat carries the latest output only (the server keeps the latest details alone).
+      const beat = () => ctx.heartbeat({ progress: lastProgress, log: log.latest(LIVE_LOG_CHARS), logChars: log.totalChars, heldAt } satisfies AttemptHeartbeat);
       beat();
-      const beating = setInterval(beat, heartbeatEvery);
+      const beating = setInterval(beat, heartbeatEvery(ctx));
 
       // Cancellation means two things: the workflow cancelled the task (stop the agent), or the
       // worker is going away, or Temporal gave the attempt up (leave the run; it is attached again,

@@ -39,6 +39,12 @@ export class LogBuffer {
     return this.version;
   }
 
+  /** The latest `chars` characters of output (what a live view needs between two heartbeats). */
+  latest(chars: number): string {
+    const all = this.head.length + this.tail.length === this.total ? this.head + this.tail : this.tail;
+    return all.length > chars ? all.slice(-chars) : all;
+  }
+
   text(): string {
     const tail = this.tail.length > this.tailLimit ? this.tail.slice(-this.tailLimit) : this.tail;
     const dropped = this.total - this.head.length - tail.length;

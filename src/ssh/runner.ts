@@ -33,6 +33,9 @@ export interface SshRunnerHooks {
   warn?(message: string, error?: unknown): void;
 }
 
+/** How long a spare connection may take to answer before it is taken for dead. */
+const SPARE_PROBE_MS = 3_000;
+
 export class SshRunner implements Runner {
   /**
    * One connection made ahead of need, so that an attempt does not wait for the SSH handshake.
@@ -61,11 +64,21 @@ export class SshRunner implements Runner {
     );
   }
 
+  /**
+   * The spare connection, if it still answers: one made a while ago may have gone silent (a
+   * partition leaves it open but dead), and an attempt must not claim over a dead connection.
+   */
   private async takeSpare(): Promise<SshConnection | undefined> {
     const spare = this.spare;
     this.spare = undefined;
     const connection = await spare?.catch(() => undefined);
-    if (connection?.open) return connection;
+    if (connection?.open) {
+      const answered = await connection.run('true', SPARE_PROBE_MS).then(
+        (result) => result.code === 0,
+        () => false,
+      );
+      if (answered) return connection;
+    }
     connection?.end();
     return undefined;
   }

@@ -66,9 +66,10 @@ export class HostWorkers {
           },
           // One poll per queue: each open poll can bring a task, and the host has few slots.
           activityTaskPollerBehavior: { type: 'simple-maximum', maximum: 1 },
-          // Heartbeats carry cancellation back to the runner: send them promptly.
-          maxHeartbeatThrottleInterval: '1 second',
-          defaultHeartbeatThrottleInterval: '1 second',
+          // At most one heartbeat write per 10 s (each is billed on Temporal Cloud); cancellation
+          // comes back in their answers, so it reaches a runner within that.
+          maxHeartbeatThrottleInterval: '10 seconds',
+          defaultHeartbeatThrottleInterval: '10 seconds',
           shutdownGraceTime: '5 seconds',
         }),
       ),
@@ -85,8 +86,8 @@ export class HostWorkers {
           localActivityTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
           nexusTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
         },
-        maxHeartbeatThrottleInterval: '1 second',
-        defaultHeartbeatThrottleInterval: '1 second',
+        maxHeartbeatThrottleInterval: '10 seconds',
+        defaultHeartbeatThrottleInterval: '10 seconds',
         shutdownGraceTime: '5 seconds',
       }),
     ]);
