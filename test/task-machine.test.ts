@@ -214,7 +214,7 @@ describe('pull agents', () => {
     m.cancel({ reason: 'stop', by: 'api' }, T0 + 1_000);
     expect(m.status).toMatchObject({ state: 'running', cancelRequested: true, leaseExpiresAt: new Date(T0 + 6_000).toISOString() });
     const answer = m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 4_000);
-    expect(answer).toEqual({ cancelRequested: true, leaseExpiresAt: new Date(T0 + 6_000).toISOString() });
+    expect(answer).toEqual({ cancelRequested: true, leaseExpiresAt: new Date(T0 + 6_000).toISOString(), leaseMsLeft: 2_000 });
     expect(m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 7_000).leaseExpiresAt).toBe(new Date(T0 + 7_000).toISOString());
     m.expire(T0 + 7_000);
     expect(m.status).toMatchObject({ state: 'cancelled', lostAttempts: 0, cancelReason: 'stop' });
