@@ -9,6 +9,8 @@ export interface BenchContext {
   tasks: TaskClient;
   nativeConnection: NativeConnection;
   workflowBundle: { code: string };
+  /** The dev server's Prometheus metrics (persistence requests). */
+  metricsUrl: string;
   /** Trivial workflows started and completed per second on this server, measured first. */
   trivialPerSecond: number;
   log(line: string): void;

@@ -3,6 +3,7 @@
 //   BENCH_TASKS (default 200), BENCH_CLAIMANTS (default 8), BENCH_BASELINE_CONCURRENCY (default 32),
 //   BENCH_ONLY=core,http,ssh
 import { existsSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Runtime, Worker, bundleWorkflowCode } from '@temporalio/worker';
 import { startDevServer } from '../src/dev-server';
@@ -85,12 +86,24 @@ async function coreThroughput(ctx: BenchContext): Promise<Record<string, unknown
   };
 }
 
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (address && typeof address === 'object' ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
 async function main(): Promise<void> {
   Runtime.install({ logger: { log: () => {}, trace: () => {}, debug: () => {}, info: () => {}, warn: () => {}, error: (m) => console.error(m) } });
   const log = (line: string) => console.log(line);
   log(`bench: starting an in-memory Temporal dev server and bundling workflows…`);
+  const metricsPort = await freePort();
   const [env, workflowBundle] = await Promise.all([
-    startDevServer(),
+    startDevServer({ metricsPort }),
     bundleWorkflowCode({ workflowsPath: fileURLToPath(new URL('./workflows.ts', import.meta.url)), logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error: console.error } }),
   ]);
   const worker = await Worker.create({
@@ -102,7 +115,7 @@ async function main(): Promise<void> {
   });
   const running = worker.run();
   try {
-    const base = { address: env.address, client: env.client, tasks: new TaskClient(env.client), nativeConnection: env.nativeConnection, workflowBundle, log };
+    const base = { address: env.address, metricsUrl: `http://127.0.0.1:${metricsPort}/metrics`, client: env.client, tasks: new TaskClient(env.client), nativeConnection: env.nativeConnection, workflowBundle, log };
     // Warm up the worker's workflow cache and the server's queues before measuring anything.
     await pool(Array.from({ length: 20 }, (_, i) => i), 4, async (i) => {
       await env.client.workflow.execute('trivialWorkflow', { taskQueue: TASKS_QUEUE, workflowId: `bench-warmup-${Date.now()}-${i}` });

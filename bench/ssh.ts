@@ -16,6 +16,22 @@ import { pool, round, summarize } from './stats';
 const HOSTS = Number(process.env.BENCH_SSH_HOSTS ?? 3);
 const SLOTS = Number(process.env.BENCH_SSH_SLOTS ?? 2);
 const TASKS = Number(process.env.BENCH_SSH_TASKS ?? 60);
+/** Agents held running to count the server's writes per running agent-hour, and for how long. */
+const HELD_AGENTS = Number(process.env.BENCH_SSH_HELD_AGENTS ?? 2);
+const HOLD_S = Number(process.env.BENCH_SSH_HOLD_S ?? 60);
+
+/** The server's persistence writes of workflow state so far (history service, namespace default). */
+async function stateWrites(metricsUrl: string): Promise<number> {
+  const text = await (await fetch(metricsUrl)).text();
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('persistence_requests{')) continue;
+    if (!line.includes('namespace="default"') || !line.includes('service_name="history"')) continue;
+    if (!/operation="(UpdateWorkflowExecution|AppendHistoryNodes|CreateWorkflowExecution|ConflictResolveWorkflowExecution)"/.test(line)) continue;
+    total += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return total;
+}
 
 async function until(probe: () => boolean, what: string, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -31,8 +47,16 @@ export async function benchSsh(ctx: BenchContext): Promise<Record<string, unknow
   const fleet = await SshdFleet.start(HOSTS, 'bench');
   // The agent: records the wall clock (same machine, same clock) the moment it runs, and exits.
   const command = ['/bin/sh', '-c', 'date +%s%N > "$0/$DROVER_TASK_ID.t"', marks];
+  // A second type whose agent only sleeps: the held runs whose cost is counted.
+  const heldType = `benchhold-${Date.now()}`;
+  const hold = ['/bin/sh', '-c', 'sleep "$0"', String(HOLD_S)];
   const hosts: HostConfig[] = fleet.hosts.map((h) =>
-    fleet.hostConfig(h.id, { types: [type], slots: SLOTS, agents: { [type]: { provider: 'command', command } }, healthCheckInterval: '5s' }),
+    fleet.hostConfig(h.id, {
+      types: [type, heldType],
+      slots: SLOTS,
+      agents: { [type]: { provider: 'command', command }, [heldType]: { provider: 'command', command: hold } },
+      healthCheckInterval: '5s',
+    }),
   );
   const runnerStarted = new Map<string, number>();
   const ssh = await startSshHosts({
@@ -89,11 +113,36 @@ export async function benchSsh(ctx: BenchContext): Promise<Record<string, unknow
     // Always a free slot: the match itself. Then a burst with 4× as many tasks in flight as slots.
     const unloaded = await run('free', slots);
     const burst = await run('burst', slots * 4);
+
+    // What running agents cost the server: its writes of workflow state while HELD_AGENTS agents
+    // run (their attempts heartbeating, their leases renewed on the hosts) and nothing else does.
+    const held = await Promise.all(
+      Array.from({ length: HELD_AGENTS }, (_, i) =>
+        ctx.tasks.start({ agentType: heldType, kind: 'implement', repo: `bench/held-${Date.now()}`, number: i + 1, title: 'held', prompt: 'p', options: { matchWindowMs: 120_000 } }),
+      ),
+    );
+    await until(() => held.every(({ taskId }) => runnerStarted.has(taskId)), 'the held agents to run');
+    await new Promise((r) => setTimeout(r, 5_000)); // past the start's own writes
+    const w0 = await stateWrites(ctx.metricsUrl);
+    const t0 = performance.now();
+    const windowS = Math.max(10, HOLD_S - 15);
+    await new Promise((r) => setTimeout(r, windowS * 1000));
+    const writes = (await stateWrites(ctx.metricsUrl)) - w0;
+    const hours = (performance.now() - t0) / 3_600_000;
+    await Promise.all(held.map(({ taskId }) => ctx.tasks.result(taskId)));
+    const heartbeatRun = {
+      'running agents': HELD_AGENTS,
+      'window s': round(hours * 3600),
+      'server writes of workflow state in the window': writes,
+      'persistence writes per running agent-hour': round(writes / HELD_AGENTS / hours),
+      'before (1 s heartbeats, whole log each): about': 3_600,
+    };
     return {
       hosts: HOSTS,
       slotsPerHost: SLOTS,
       'free slot (concurrency = total slots)': unloaded,
       'burst (concurrency = 4 × total slots, queueing included)': burst,
+      'running agents: server writes': heartbeatRun,
       'trivial workflow round trip ms (same server, one at a time)': summarize(trivial),
       'trivial workflows/s (same server)': round(ctx.trivialPerSecond),
     };

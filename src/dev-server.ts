@@ -11,6 +11,8 @@ export interface DevServerOptions {
   /** Web UI port; no UI when omitted. */
   uiPort?: number;
   namespace?: string;
+  /** Port of the server's Prometheus `/metrics` (persistence requests and the like); none when omitted. */
+  metricsPort?: number;
 }
 
 export async function startDevServer(options: DevServerOptions = {}): Promise<TestWorkflowEnvironment> {
@@ -24,7 +26,7 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<Te
       ui: options.uiPort !== undefined,
       uiPort: options.uiPort,
       namespace: options.namespace,
-      extraArgs: ['--log-level', 'error'],
+      extraArgs: ['--log-level', 'error', ...(options.metricsPort ? ['--metrics-port', String(options.metricsPort)] : [])],
     },
   });
 }

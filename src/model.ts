@@ -95,8 +95,13 @@ export interface AttemptRecord {
   endedAt?: string;
   end: AttemptEnd;
   reason?: string;
-  /** The last part of the agent's output (SSH attempts), kept for `GET /tasks/{id}/logs`. */
+  /**
+   * The last part of the agent's output, kept for `GET /tasks/{id}/logs`: an SSH attempt's when it
+   * ends, a pull agent's as it uploads it (its latest PULL_LOG_CHARS).
+   */
   logTail?: string;
+  /** Characters of output a pull agent has uploaded so far. */
+  logChars?: number;
 }
 
 export interface TaskStatus {

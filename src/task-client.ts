@@ -202,21 +202,23 @@ export class TaskClient {
     return this.update(taskId, updateIds.claim(claimant, requestId), (h, id) => h.executeUpdate(claimUpdate, { args: [{ claimant }], updateId: id }));
   }
 
-  heartbeat(taskId: string, holder: InstanceRef, attempt: number, requestId: string = randomUUID()): Promise<HeartbeatAnswer> {
+  /** `output`: the agent's output since its last report, for the task's live log. */
+  heartbeat(taskId: string, holder: InstanceRef, attempt: number, options: { output?: string; requestId?: string } = {}): Promise<HeartbeatAnswer> {
+    const { output, requestId = randomUUID() } = options;
     return this.update(taskId, updateIds.heartbeat(holder, attempt, requestId), (h, id) =>
-      h.executeUpdate(heartbeatUpdate, { args: [{ holder, attempt }], updateId: id }),
+      h.executeUpdate(heartbeatUpdate, { args: [{ holder, attempt, ...(output ? { output } : {}) }], updateId: id }),
     );
   }
 
-  complete(taskId: string, holder: InstanceRef, attempt: number, result: TaskResult): Promise<TaskStatus> {
+  complete(taskId: string, holder: InstanceRef, attempt: number, result: TaskResult, output?: string): Promise<TaskStatus> {
     return this.update(taskId, updateIds.report('complete', holder, attempt), (h, id) =>
-      h.executeUpdate(completeUpdate, { args: [{ holder, attempt, result }], updateId: id }),
+      h.executeUpdate(completeUpdate, { args: [{ holder, attempt, result, ...(output ? { output } : {}) }], updateId: id }),
     );
   }
 
-  fail(taskId: string, holder: InstanceRef, attempt: number, summary: string, details?: Record<string, unknown>): Promise<TaskStatus> {
+  fail(taskId: string, holder: InstanceRef, attempt: number, summary: string, details?: Record<string, unknown>, output?: string): Promise<TaskStatus> {
     return this.update(taskId, updateIds.report('fail', holder, attempt), (h, id) =>
-      h.executeUpdate(failUpdate, { args: [{ holder, attempt, summary, details }], updateId: id }),
+      h.executeUpdate(failUpdate, { args: [{ holder, attempt, summary, details, ...(output ? { output } : {}) }], updateId: id }),
     );
   }
 

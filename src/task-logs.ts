@@ -51,13 +51,36 @@ export async function getTaskLogs(client: Client, tasks: TaskClient, taskId: str
   const attempts: AttemptLog[] = status.attempts.map((a) => ({ attempt: a.attempt, holder: a.holder, mode: a.mode, end: a.end, log: a.logTail ?? null }));
   const base = { taskId, state: status.state, attempt: status.attempt, attempts };
   const current = status.attempts[status.attempts.length - 1];
-  if (status.state === 'running' && status.mode === 'ssh_cli' && current?.end === 'running') {
-    const live = await liveAttemptHeartbeat(client, taskId).catch(() => undefined);
-    if (live) {
-      return { ...base, source: 'live', log: live.log ?? '', ...(live.logChars !== undefined ? { logChars: live.logChars } : {}), progress: live.progress };
+  if (status.state === 'running' && current?.end === 'running') {
+    if (status.mode === 'ssh_cli') {
+      // An SSH run's latest output comes with its attempt's heartbeats.
+      const live = await liveAttemptHeartbeat(client, taskId).catch(() => undefined);
+      if (live) {
+        return { ...base, source: 'live', log: live.log ?? '', ...(live.logChars !== undefined ? { logChars: live.logChars } : {}), progress: live.progress };
+      }
+    } else if (current.logTail !== undefined) {
+      // A pull agent's, as it uploads it with its heartbeats.
+      return { ...base, source: 'live', log: current.logTail, ...(current.logChars !== undefined ? { logChars: current.logChars } : {}) };
     }
   }
   const last = [...status.attempts].reverse().find((a) => a.logTail);
-  if (last?.logTail) return { ...base, source: 'final', log: last.logTail };
+  if (last?.logTail) return { ...base, source: 'final', log: last.logTail, ...(last.logChars !== undefined ? { logChars: last.logChars } : {}) };
   return { ...base, source: 'none', log: '' };
+}
+
+/**
+ * Follows a task's log: what is new since the caller's last look. `seen` is the attempt and the
+ * characters of its output already given; what came since is `text`, or its latest part with a
+ * note of the gap when more came than the live view keeps.
+ */
+export function newOutput(logs: TaskLogs, seen: { attempt: number; chars: number }): { text: string; seen: { attempt: number; chars: number } } {
+  if (logs.source === 'none') return { text: '', seen };
+  const attempt = logs.attempt;
+  const from = attempt === seen.attempt ? seen.chars : 0;
+  const total = logs.logChars ?? logs.log.length;
+  const fresh = total - from;
+  if (fresh <= 0) return { text: '', seen: { attempt, chars: from } };
+  const text = fresh <= logs.log.length ? logs.log.slice(-fresh) : `[… ${fresh - logs.log.length} characters not shown …]\n${logs.log}`;
+  const header = attempt !== seen.attempt && seen.attempt > 0 ? `[drover] attempt ${attempt}\n` : '';
+  return { text: header + text, seen: { attempt, chars: total } };
 }

@@ -7,7 +7,8 @@ import { join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TaskInput, TaskOptions, TaskStatus } from '../src/model';
-import { agent, startHarness, type Harness } from './support/http';
+import { adminAuth, agent, startHarness, type Harness } from './support/http';
+import { loggedText, readEvents } from './support/sse';
 import { HOSTILE_STRINGS } from './support/hostile';
 import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
 import { alive } from './support/process';
@@ -172,6 +173,34 @@ describe('drover agent', () => {
     const status = await h.tasks.result(taskId);
     expect(status.state).toBe('completed');
     expect(status.attempts.map((a) => a.holder.id)).toEqual([E!.id]);
+  });
+
+  it('uploads its command’s output: the task’s live log, followed as it comes (SSE) to the end', async () => {
+    const agentA = startAgent(A!, [], ['--lines', '3', '--hold']);
+    try {
+      const { taskId } = await h.tasks.start(input({ leaseMs: 6_000 }));
+      await waitFor(() => record(taskId, 1), 'the command to start', 45_000);
+      const live = await waitFor(async () => {
+        const res = await fetch(`${base}/api/v1/tasks/${encodeURIComponent(taskId)}/logs`, { headers: adminAuth });
+        const body = (await res.json()) as { source: string; log: string; log_chars: number | null };
+        return body.source === 'live' && body.log.includes('"line 2 of') ? body : undefined;
+      }, 'the uploaded output in the live log');
+      expect(live.log_chars).toBeGreaterThanOrEqual(live.log.length);
+      const following = fetch(`${base}/api/v1/tasks/${encodeURIComponent(taskId)}/logs/follow`, { headers: adminAuth }).then((res) => {
+        expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+        return readEvents(res);
+      });
+      await new Promise((r) => setTimeout(r, 1_500));
+      writeFileSync(join(dir, `${taskId}.release`), '');
+      const events = await following;
+      const text = loggedText(events);
+      expect(text.match(/"line 0 of/g)).toHaveLength(1);
+      expect(text.match(/"type":"result"/g)).toHaveLength(1); // the rest came with the complete
+      expect(events[0]).toEqual({ event: 'state', data: { state: 'running', attempt: 1 } });
+      expect(events.at(-1)).toEqual({ event: 'end', data: { state: 'completed' } });
+    } finally {
+      await stopAgent(agentA);
+    }
   });
 
   it('cut off from the API: stops its command by its own clock before the lease lapses, so that no other run overlaps', async () => {

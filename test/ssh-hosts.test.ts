@@ -15,6 +15,7 @@ import { sshTarget, startSshHosts, type RunningSshHosts } from '../src/workers/s
 import { adminAuth, agent, startHarness, taskUrl, type Harness } from './support/http';
 import { SshdFleet } from './support/sshd';
 import { TcpProxy } from './support/tcp-proxy';
+import { loggedText, readEvents } from './support/sse';
 import { runDirectory, runKey } from '../src/run/detached';
 import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
 
@@ -298,8 +299,16 @@ describe('SSH hosts', () => {
     expect(live.log).toContain('line 19 of');
     expect(live.log_chars).toBeGreaterThan(0);
     expect(typeof live.progress).toBe('string');
+    // A follower (SSE) gets the output as heartbeats bring it, then the rest with the attempt's end.
+    const following = fetch(`${await listening()}${taskUrl(taskId, 'logs')}/follow`, { headers: adminAuth }).then((res) => readEvents(res));
+    await new Promise((r) => setTimeout(r, 1_500));
     releaseTask(taskId);
     await h.tasks.result(taskId);
+    const events = await following;
+    const followed = loggedText(events);
+    expect(followed.match(/"line 19 of/g)).toHaveLength(1);
+    expect(followed.match(/"type":"result"/g)).toHaveLength(1);
+    expect(events.at(-1)).toEqual({ event: 'end', data: { state: 'completed' } });
     const final = await app.inject({ method: 'GET', url: taskUrl(taskId, 'logs'), headers: adminAuth });
     expect(final.json()).toMatchObject({ source: 'final', state: 'completed' });
     expect(final.json().log).toContain('"type":"result"');

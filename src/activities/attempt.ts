@@ -210,7 +210,7 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
         // A runner stopped by cancellation (or one that returns after it) reports the cancellation,
         // and one stopped by the run timeout the timeout, not its own error.
         if (cancel.signal.aborted) throw ctx.cancellationSignal.reason;
-        if (deadline.signal.aborted) return { kind: 'timed_out', attempt: request.attempt, log: log.text() };
+        if (deadline.signal.aborted) return { kind: 'timed_out', attempt: request.attempt, log: log.text(), logChars: log.totalChars };
         if (!result) {
           // Detached (the worker is going away) or cut off from the host: this try ends, and the
           // next one attaches to the same run. Anything else loses the attempt.
@@ -218,7 +218,7 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
           if (runError instanceof ApplicationFailure && runError.nonRetryable) throw runError;
           throw ApplicationFailure.nonRetryable(runError instanceof Error ? runError.message : String(runError), 'run_failed');
         }
-        return { kind: 'finished', attempt: request.attempt, result, log: log.text() };
+        return { kind: 'finished', attempt: request.attempt, result, log: log.text(), logChars: log.totalChars };
       } finally {
         clearTimeout(deadlineTimer);
         clearInterval(beating);

@@ -40,6 +40,8 @@ export interface PullAgentOptions {
 interface CurrentTask {
   grant: Grant;
   abort: AbortController;
+  /** The command's output not yet uploaded: heartbeats carry it, the final report the rest. */
+  output: PendingOutput;
   /** Why the run is being stopped, when it is. */
   stopReason?: 'cancel' | 'lease_lost' | 'lease_expired' | 'shutdown';
 }
@@ -135,7 +137,7 @@ export class PullAgent {
   private async runTask(grant: Grant): Promise<void> {
     const { client, log } = this.options;
     const taskLog = log.child({ taskId: grant.task_id, attempt: grant.attempt });
-    const current: CurrentTask = { grant, abort: new AbortController() };
+    const current: CurrentTask = { grant, abort: new AbortController(), output: new PendingOutput() };
     this.current = current;
     taskLog.info('task dequeued');
 
@@ -157,8 +159,10 @@ export class PullAgent {
         first = false;
         if (beating.signal.aborted) break;
         const sentAt = Date.now();
+        const upload = current.output.peek();
         try {
-          const answer = await client.heartbeat(grant.task_id, grant.attempt);
+          const answer = await client.heartbeat(grant.task_id, grant.attempt, upload.output);
+          current.output.ack(upload.upTo);
           fence.extend(sentAt, answer.lease_ms_left);
           if (answer.cancel_requested && !current.stopReason) {
             current.stopReason = 'cancel';
@@ -234,7 +238,10 @@ export class PullAgent {
         prompt,
         parser: provider.parser(),
         signal: current.abort.signal,
-        onOutput: (text) => this.options.onOutput?.(text),
+        onOutput: (text) => {
+          current.output.add(text);
+          this.options.onOutput?.(text);
+        },
         onProgress: (message) => taskLog.debug({ progress: message }, 'progress'),
         onStarted: (pid) => taskLog.info({ pid }, 'command started'),
         forceKill: (pid) => killLocalGroup(pid),
@@ -265,16 +272,16 @@ export class PullAgent {
       send = () => client.release(grant.task_id, grant.attempt);
     } else if (current.stopReason === 'cancel') {
       what = 'fail (cancelled)';
-      send = () => client.fail(grant.task_id, grant.attempt, 'stopped: the task was cancelled');
+      send = () => client.fail(grant.task_id, grant.attempt, 'stopped: the task was cancelled', undefined, current.output.peek().output);
     } else if (outcome.result && outcome.result.outcome !== 'fail') {
       const { outcome: kind, summary, branch, rev, details } = outcome.result;
       const report: ResultReport = { outcome: kind, summary: clip(summary || kind, 100_000), ...(branch ? { branch } : {}), ...(rev ? { rev } : {}), ...(details ? { details } : {}) };
       what = `complete (${kind})`;
-      send = () => client.complete(grant.task_id, grant.attempt, report);
+      send = () => client.complete(grant.task_id, grant.attempt, report, current.output.peek().output);
     } else {
       const summary = outcome.result ? outcome.result.summary : `the command could not run: ${outcome.error?.message ?? 'unknown error'}`;
       what = 'fail';
-      send = () => client.fail(grant.task_id, grant.attempt, clip(summary || 'failed', 100_000), outcome.result?.details);
+      send = () => client.fail(grant.task_id, grant.attempt, clip(summary || 'failed', 100_000), outcome.result?.details, current.output.peek().output);
     }
     const deadline = Date.now() + (this.options.reportRetryMs ?? 10 * 60_000);
     let delay = this.options.backoff?.initialMs ?? 500;
@@ -352,5 +359,44 @@ class LeaseFence {
     if (this.stopped) return;
     this.timer = setTimeout(() => this.onExpired(), Math.max(0, this.until - this.marginMs - Date.now()));
     this.timer.unref?.();
+  }
+}
+
+/**
+ * The command's output not yet uploaded. Each heartbeat carries what came since the last answered
+ * one (the task keeps the latest part as its live log); a burst larger than the buffer is cut to
+ * its latest part, with a note of how much was left out.
+ */
+export class PendingOutput {
+  private text = '';
+  /** Offsets in the whole output: where `text` begins, and how far uploads were answered. */
+  private start = 0;
+  private acked = 0;
+
+  constructor(private readonly limit = 32 * 1024) {}
+
+  add(chunk: string): void {
+    this.text += chunk;
+    if (this.text.length > this.limit) {
+      this.start += this.text.length - this.limit;
+      this.text = this.text.slice(-this.limit);
+    }
+  }
+
+  /** What to upload now, and the offset to acknowledge once it was taken. */
+  peek(): { output: string | undefined; upTo: number } {
+    const upTo = this.start + this.text.length;
+    if (!this.text) return { output: undefined, upTo };
+    const skipped = this.start - this.acked;
+    return { output: skipped > 0 ? `[… ${skipped} characters of output not uploaded …]\n${this.text}` : this.text, upTo };
+  }
+
+  ack(upTo: number): void {
+    this.acked = Math.max(this.acked, upTo);
+    const taken = upTo - this.start;
+    if (taken <= 0) return;
+    this.text = this.text.slice(taken);
+    this.start = upTo;
+    this.acked = upTo;
   }
 }

@@ -125,17 +125,17 @@ export class DroverHttpClient {
     return status === 200 && body ? body : undefined;
   }
 
-  async heartbeat(taskId: string, attempt: number): Promise<HeartbeatAnswer> {
-    const { body } = await this.request<HeartbeatAnswer>('POST', this.taskPath(taskId, 'heartbeat'), { body: { agent_id: this.agentId, attempt } });
+  async heartbeat(taskId: string, attempt: number, output?: string): Promise<HeartbeatAnswer> {
+    const { body } = await this.request<HeartbeatAnswer>('POST', this.taskPath(taskId, 'heartbeat'), { body: { agent_id: this.agentId, attempt, ...(output ? { output } : {}) } });
     return body!;
   }
 
-  async complete(taskId: string, attempt: number, result: ResultReport): Promise<void> {
-    await this.request('POST', this.taskPath(taskId, 'complete'), { body: { agent_id: this.agentId, attempt, ...result } });
+  async complete(taskId: string, attempt: number, result: ResultReport, output?: string): Promise<void> {
+    await this.request('POST', this.taskPath(taskId, 'complete'), { body: { agent_id: this.agentId, attempt, ...result, ...(output ? { output } : {}) } });
   }
 
-  async fail(taskId: string, attempt: number, summary: string, details?: Record<string, unknown>): Promise<void> {
-    await this.request('POST', this.taskPath(taskId, 'fail'), { body: { agent_id: this.agentId, attempt, summary, ...(details ? { details } : {}) } });
+  async fail(taskId: string, attempt: number, summary: string, details?: Record<string, unknown>, output?: string): Promise<void> {
+    await this.request('POST', this.taskPath(taskId, 'fail'), { body: { agent_id: this.agentId, attempt, summary, ...(details ? { details } : {}), ...(output ? { output } : {}) } });
   }
 
   async release(taskId: string, attempt: number): Promise<void> {

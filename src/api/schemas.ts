@@ -184,6 +184,11 @@ export const IdempotencyHeaders = T.Object({
   'idempotency-key': T.Optional(T.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9_.:-]+$' })),
 });
 
+/** A pull agent's output since its last report: the task's live log (GET …/logs, …/logs/follow). */
+export const OutputField = {
+  output: T.Optional(T.String({ maxLength: 65_536, description: 'the command’s output since the last heartbeat (the task keeps its latest 16 KiB)' })),
+};
+
 /** The holder's part of heartbeat, complete, fail and release bodies. */
 export const HolderFields = {
   agent_id: AgentId,

@@ -20,6 +20,7 @@ import {
   grantView,
   HolderFields,
   IdempotencyHeaders,
+  OutputField,
   KindSchema,
   ModeSchema,
   StateSchema,
@@ -257,16 +258,18 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
   );
 
   const holderBody = T.Object(HolderFields, { additionalProperties: false });
+  const heartbeatBody = T.Object({ ...HolderFields, ...OutputField }, { additionalProperties: false });
 
   app.post(
     '/api/v1/tasks/:id/heartbeat',
     {
       schema: {
         summary: 'Keep the lease; the answer says when cancel was requested',
+        description: 'With `output`, the command’s output since the last heartbeat: the task’s live log.',
         tags: ['pull agents'],
         security: agentAuth,
         params: TaskIdParam,
-        body: holderBody,
+        body: heartbeatBody,
         response: {
           200: T.Object({
             task_id: T.String(),
@@ -283,7 +286,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
     },
     async (request) => {
       const agent = await asAgent(request.body.agent_id, bearerToken(request));
-      const answer = await tasks.heartbeat(request.params.id, holder(agent.id), request.body.attempt);
+      const answer = await tasks.heartbeat(request.params.id, holder(agent.id), request.body.attempt, { output: request.body.output });
       return {
         task_id: request.params.id,
         attempt: request.body.attempt,
@@ -310,6 +313,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
             branch: T.Optional(T.String({ minLength: 1, maxLength: 250 })),
             rev: T.Optional(T.String({ minLength: 1, maxLength: 100 })),
             details: T.Optional(T.Record(T.String(), T.Unknown())),
+            ...OutputField,
           },
           { additionalProperties: false },
         ),
@@ -319,13 +323,14 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
     async (request) => {
       const { body } = request;
       const agent = await asAgent(body.agent_id, bearerToken(request));
-      const status = await tasks.complete(request.params.id, holder(agent.id), body.attempt, {
+      const result = {
         outcome: body.outcome ?? 'success',
         summary: body.summary,
         ...(body.branch ? { branch: body.branch } : {}),
         ...(body.rev ? { rev: body.rev } : {}),
         ...(body.details ? { details: body.details } : {}),
-      });
+      };
+      const status = await tasks.complete(request.params.id, holder(agent.id), body.attempt, result, body.output);
       return taskView(status);
     },
   );
@@ -339,7 +344,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
         security: agentAuth,
         params: TaskIdParam,
         body: T.Object(
-          { ...HolderFields, summary: T.String({ maxLength: 100_000 }), details: T.Optional(T.Record(T.String(), T.Unknown())) },
+          { ...HolderFields, summary: T.String({ maxLength: 100_000 }), details: T.Optional(T.Record(T.String(), T.Unknown())), ...OutputField },
           { additionalProperties: false },
         ),
         response: { 200: TaskViewSchema, ...errorResponses(400, 401, 404, 409, 503) },
@@ -348,7 +353,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
     async (request) => {
       const { body } = request;
       const agent = await asAgent(body.agent_id, bearerToken(request));
-      return taskView(await tasks.fail(request.params.id, holder(agent.id), body.attempt, body.summary, body.details));
+      return taskView(await tasks.fail(request.params.id, holder(agent.id), body.attempt, body.summary, body.details, body.output));
     },
   );
 

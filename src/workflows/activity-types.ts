@@ -30,9 +30,9 @@ export type AttemptOutcome =
   /** The host won the claim: the run follows on the host's own queue (runClaimed). */
   | { kind: 'claimed'; attempt: number }
   /** The host ran the agent: the attempt's result, and the tail of its output log. */
-  | { kind: 'finished'; attempt: number; result: TaskResult; log?: string }
+  | { kind: 'finished'; attempt: number; result: TaskResult; log?: string; logChars?: number }
   /** The run outlived the task's run timeout and was stopped. */
-  | { kind: 'timed_out'; attempt: number; log?: string }
+  | { kind: 'timed_out'; attempt: number; log?: string; logChars?: number }
   /** The claim was rejected (another claimant won, or the task moved on). */
   | { kind: 'lost'; rejection: Rejection }
   /**

@@ -10,6 +10,8 @@ export interface ClaimRequest {
 export interface HolderRequest {
   holder: InstanceRef;
   attempt: number;
+  /** A pull agent's output since its last report (heartbeat, complete or fail): the task's live log. */
+  output?: string;
 }
 export interface CompleteRequest extends HolderRequest {
   result: TaskResult;

@@ -10,6 +10,9 @@ import type { Rejection } from './claim-rules';
 import { attemptsExhausted, checkAssign, checkCancel, checkClaim, checkHolder, describeInstance } from './claim-rules';
 import type { AssignRequest, CancelRequest, ClaimRequest, CompleteRequest, FailRequest, HolderRequest } from './messages';
 
+/** The latest output of a pull agent the task keeps (its status, and so every query, carries it). */
+export const PULL_LOG_CHARS = 16 * 1024;
+
 /** SSH attempts that end unclaimed again and again are dispatched again after this backoff. */
 export const REDISPATCH_BACKOFF_MS = { initial: 1_000, max: 60_000 } as const;
 
@@ -202,6 +205,7 @@ export class TaskMachine {
   /** Keeps a pull agent's lease. No wake-up of the workflow is needed: the lease timer re-arms itself. */
   heartbeat(request: HolderRequest, now: number): HeartbeatAnswer {
     this.mustPass(this.validateHolder(request));
+    this.recordOutput(request.output);
     const s = this.status;
     let expires = now + s.options.leaseMs;
     // After a cancel the lease is kept only for a short grace: the agent hears of the cancel in
@@ -215,12 +219,14 @@ export class TaskMachine {
 
   complete(request: CompleteRequest, now: number): TaskStatus {
     this.mustPass(this.validateHolder(request));
+    this.recordOutput(request.output);
     this.finish(request.result, now);
     return this.status;
   }
 
   fail(request: FailRequest, now: number): TaskStatus {
     this.mustPass(this.validateHolder(request));
+    this.recordOutput(request.output);
     this.finish({ outcome: 'fail', summary: request.summary, details: request.details }, now);
     return this.status;
   }
@@ -350,13 +356,10 @@ export class TaskMachine {
       // The run's activity ended.
       this.endClaimedRun();
       const outcome = end.outcome;
+      if (outcome?.kind === 'finished' || outcome?.kind === 'timed_out') this.keepLog(outcome);
       if (outcome?.kind === 'finished') {
-        const record = this.currentAttempt();
-        if (record && outcome.log) record.logTail = outcome.log;
         this.finish(outcome.result, now);
       } else if (outcome?.kind === 'timed_out' || end.error?.kind === 'run_timeout') {
-        const record = this.currentAttempt();
-        if (record && outcome?.kind === 'timed_out' && outcome.log) record.logTail = outcome.log;
         this.runTimedOut(now);
       } else if (s.cancelRequested) {
         // However the runner stopped (cancellation, or the killed process's error), it was the cancel.
@@ -447,6 +450,23 @@ export class TaskMachine {
     if (s.state !== 'pending' || s.cancelRequested || this.outstanding !== undefined) return false;
     if (s.reservedFor) return s.reservedFor.kind === 'host';
     return s.mode === 'undecided';
+  }
+
+  /** An SSH attempt's log, which its end brings. */
+  private keepLog(outcome: { log?: string; logChars?: number }): void {
+    const record = this.currentAttempt();
+    if (!record || !outcome.log) return;
+    record.logTail = outcome.log;
+    if (outcome.logChars !== undefined) record.logChars = outcome.logChars;
+  }
+
+  /** A pull agent's uploaded output: the attempt keeps its latest part, and counts it all. */
+  private recordOutput(output: string | undefined): void {
+    const record = this.currentAttempt();
+    if (!output || !record) return;
+    const kept = (record.logTail ?? '') + output;
+    record.logTail = kept.length > PULL_LOG_CHARS ? kept.slice(-PULL_LOG_CHARS) : kept;
+    record.logChars = (record.logChars ?? 0) + output.length;
   }
 
   private currentAttempt() {
