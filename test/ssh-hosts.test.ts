@@ -14,6 +14,7 @@ import { SshConnection } from '../src/ssh/connection';
 import { sshTarget, startSshHosts, type RunningSshHosts } from '../src/workers/ssh-hosts';
 import { adminAuth, agent, startHarness, taskUrl, type Harness } from './support/http';
 import { SshdFleet } from './support/sshd';
+import { alive } from './support/process';
 import { TcpProxy } from './support/tcp-proxy';
 import { loggedText, readEvents } from './support/sse';
 import { runDirectory, runKey } from '../src/run/detached';
@@ -115,15 +116,6 @@ function releaseTask(taskId: string): void {
   for (const host of fleet.hosts) writeFileSync(join(host.workdir, `${taskId}.release`), '');
 }
 
-/** The test hosts are this machine: is the process alive here? */
-function aliveHere(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function aliveOnHost(sshd: string, pid: number): Promise<boolean> {
   const connection = await SshConnection.connect(sshTarget(hostConfig(sshd, 'probe', [T.cancel])));
@@ -179,7 +171,7 @@ describe('SSH hosts', () => {
       const second = await waitFor(() => record(taskId, 2), 'the second attempt to start', 50_000);
       expect(second.sshd).not.toBe(first.sshd);
       // The first run stopped itself before the second began: the two never overlapped.
-      expect(aliveHere(first.pid)).toBe(false);
+      expect(alive(first.pid)).toBe(false);
       expect(readFileSync(join(runDirectory(fleet.host(first.sshd).workdir, runKey(taskId, (await h.tasks.status(taskId)).runId, 1)), 'fenced'), 'utf8')).toMatch(/no worker held the run/);
       releaseTask(taskId);
       const status = await h.tasks.result(taskId);
@@ -204,7 +196,7 @@ describe('SSH hosts', () => {
       await startHosts([hostConfig('sshd-3', 'part-y', [T.partition], { args: ['--hold'] })]);
       const second = await waitFor(() => record(taskId, 2), 'the second attempt to start', 50_000);
       expect(second.sshd).toBe('sshd-3');
-      expect(aliveHere(first.pid)).toBe(false); // stopped by its watchdog before the second began
+      expect(alive(first.pid)).toBe(false); // stopped by its watchdog before the second began
       expect(Number(second.startedAt)).toBeGreaterThan(Number(first.startedAt));
       const { runId } = await h.tasks.status(taskId);
       expect(readFileSync(join(runDirectory(sshd.workdir, runKey(taskId, runId, 1)), 'fenced'), 'utf8')).toMatch(/no worker held the run/);

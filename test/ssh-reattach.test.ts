@@ -10,6 +10,7 @@ import { afterAll, afterEach, beforeAll, expect, inject, test } from 'vitest';
 import type { TaskStatus } from '../src/model';
 import { startHarness, type Harness } from './support/http';
 import { SshdFleet } from './support/sshd';
+import { alive } from './support/process';
 import { recordHistory } from './support/histories';
 import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
 
@@ -62,14 +63,6 @@ function record(taskId: string, attempt: number): { pid: number } | undefined {
   return existsSync(path) ? JSON.parse(readFileSync(path, 'utf8')) : undefined;
 }
 
-function aliveHere(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 let numbers = 0;
 async function deployMidRun(stop: (worker: ChildProcess) => void, golden?: string): Promise<{ final: TaskStatus; pid: number }> {
@@ -88,7 +81,7 @@ async function deployMidRun(stop: (worker: ChildProcess) => void, golden?: strin
   stop(first);
   await exited(first);
   // The worker is gone; the agent is not.
-  expect(aliveHere(started.pid)).toBe(true);
+  expect(alive(started.pid)).toBe(true);
   startWorker();
   // The next try of the same attempt attaches (on the host's own queue) to the same run.
   await waitFor(async () => {
@@ -112,7 +105,7 @@ test('kill -9 of the worker mid-run, then started again: the same run completes,
   expect(log.match(/"line 0 of /g)).toHaveLength(1);
   expect(log.match(/"line 2 of /g)).toHaveLength(1);
   expect(log).toContain('"type":"result"');
-  expect(aliveHere(pid)).toBe(false);
+  expect(alive(pid)).toBe(false);
 }, 240_000);
 
 test('SIGTERM (a deploy): the worker stops without waiting for the run and leaves the agent alone; the next worker attaches', async () => {

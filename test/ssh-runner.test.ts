@@ -11,6 +11,7 @@ import { SshRunner } from '../src/ssh/runner';
 import { runKey } from '../src/run/detached';
 import { sshTarget } from '../src/workers/ssh-hosts';
 import { SshdFleet } from './support/sshd';
+import { alive } from './support/process';
 import { HOSTILE_STRINGS } from './support/hostile';
 
 const FAKE = join(import.meta.dirname, 'fixtures', 'fake-claude.mjs');
@@ -75,15 +76,6 @@ const recordOf = (id: string, taskId: string, attempt = 1) => {
   return existsSync(path) ? JSON.parse(readFileSync(path, 'utf8')) : undefined;
 };
 
-/** The test hosts are this machine: is the process alive here? */
-function aliveHere(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Asks the host itself whether a process is alive. */
 async function aliveOnHost(id: string, pid: number): Promise<boolean> {
@@ -184,7 +176,7 @@ describe('SSH runner', () => {
     expect((await run).message).toMatch(/connection to host runner-2/);
     await expect(r.prepare(ctx)).rejects.toThrow(/cannot connect/);
     expect(failures).toHaveLength(1);
-    expect(aliveHere(started.pid)).toBe(true);
+    expect(alive(started.pid)).toBe(true);
     await fleet.startHost(fleet.host('runner-2'));
     // The next try of the same attempt attaches to the same run: no second agent.
     const again = context('drop:1');
@@ -212,7 +204,7 @@ describe('SSH runner', () => {
     const error = await run;
     expect(error.message).toMatch(/stopped itself|not held/);
     expect((error as { type?: string }).type).toBe('run_lost');
-    expect(aliveHere(started.pid)).toBe(false);
+    expect(alive(started.pid)).toBe(false);
     expect(Date.now() - stoppedHolding).toBeLessThan(8_000 + 5_000);
   });
 

@@ -37,15 +37,7 @@ export class HostSlots {
 
   /** Takes a slot; returns its release function, or undefined when the host is full or offline. */
   tryAcquire(): (() => void) | undefined {
-    if (!this.canTakeWork) return undefined;
-    this.used += 1;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      this.used -= 1;
-      this.wake();
-    };
+    return this.canTakeWork ? this.take() : undefined;
   }
 
   /**
@@ -53,6 +45,10 @@ export class HostSlots {
    * restart) is counted, even if that puts the host over its slots for a while.
    */
   forceAcquire(): () => void {
+    return this.take();
+  }
+
+  private take(): () => void {
     this.used += 1;
     let released = false;
     return () => {

@@ -1,7 +1,7 @@
 // The Temporal workers of one SSH host: one on the typed queue of each agent type it serves and
 // one on its own queue (assigned tasks), all behind the host's single slot limit.
 import type { Client } from '@temporalio/client';
-import { NativeConnection, Worker } from '@temporalio/worker';
+import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { createAttemptActivities, type AttemptDeps } from '../activities/attempt';
 import type { Runner } from '../activities/runner';
 import { hostQueue, runQueue, typeQueue } from '../names';
@@ -23,6 +23,8 @@ export interface HostWorkerOptions {
   /** Tuning of the attempt activities (heartbeat interval, log bounds). */
   activityOptions?: Pick<AttemptDeps, 'heartbeatIntervalMs' | 'logHeadChars' | 'logTailChars' | 'handOffMs'>;
 }
+
+type ActivitySlotSupplier = NonNullable<Extract<NonNullable<WorkerOptions['tuner']>, { activityTaskSlotSupplier?: unknown }>['activityTaskSlotSupplier']>;
 
 export class HostWorkers {
   private running: Promise<void> | undefined;
@@ -50,46 +52,32 @@ export class HostWorkers {
     });
     const queues = [...options.types.map(typeQueue), hostQueue(options.hostId)];
     const connection = await options.connect();
-    const workers = await Promise.all([
-      ...queues.map((taskQueue) =>
-        Worker.create({
-          connection,
-          namespace: options.namespace,
-          taskQueue,
-          activities,
-          identity: `drover-host:${options.hostId}@${taskQueue}`,
-          tuner: {
-            activityTaskSlotSupplier: slots.pollGate(),
-            workflowTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
-            localActivityTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
-            nexusTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
-          },
-          // One poll per queue: each open poll can bring a task, and the host has few slots.
-          activityTaskPollerBehavior: { type: 'simple-maximum', maximum: 1 },
-          // At most one heartbeat write per 10 s (each is billed on Temporal Cloud); cancellation
-          // comes back in their answers, so it reaches a runner within that.
-          maxHeartbeatThrottleInterval: '10 seconds',
-          defaultHeartbeatThrottleInterval: '10 seconds',
-          shutdownGraceTime: '5 seconds',
-        }),
-      ),
-      // The runs of claimed attempts: never gated (each holds the slot its claim took).
+    const worker = (taskQueue: string, activityTaskSlotSupplier: ActivitySlotSupplier, extra: Partial<WorkerOptions> = {}) =>
       Worker.create({
         connection,
         namespace: options.namespace,
-        taskQueue: runQueue(options.hostId),
+        taskQueue,
         activities,
-        identity: `drover-host:${options.hostId}@${runQueue(options.hostId)}`,
+        identity: `drover-host:${options.hostId}@${taskQueue}`,
         tuner: {
-          activityTaskSlotSupplier: { type: 'fixed-size', numSlots: Math.max(8, options.slots * 4) },
+          activityTaskSlotSupplier,
           workflowTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
           localActivityTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
           nexusTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
         },
+        // At most one heartbeat write per 10 s (each is billed on Temporal Cloud); cancellation
+        // comes back in their answers, so it reaches a runner within that.
         maxHeartbeatThrottleInterval: '10 seconds',
         defaultHeartbeatThrottleInterval: '10 seconds',
         shutdownGraceTime: '5 seconds',
-      }),
+        ...extra,
+      });
+    const workers = await Promise.all([
+      // Claims: polled only while the host can take work. One poll per queue: each open poll can
+      // bring a task, and the host has few slots.
+      ...queues.map((taskQueue) => worker(taskQueue, slots.pollGate(), { activityTaskPollerBehavior: { type: 'simple-maximum', maximum: 1 } })),
+      // The runs of claimed attempts: never gated (each holds the slot its claim took).
+      worker(runQueue(options.hostId), { type: 'fixed-size', numSlots: Math.max(8, options.slots * 4) }),
     ]);
     return new HostWorkers(options.hostId, options.types, slots, workers, connection, shuttingDown);
   }
