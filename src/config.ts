@@ -45,6 +45,8 @@ const ApiSection = T.Object(
     bodyLimitBytes: T.Integer({ minimum: 1024, default: 1_048_576 }),
     /** Longest `wait` a dequeue long-poll may ask for. */
     maxDequeueWait: Duration,
+    /** Dequeue long-polls one agent may hold open at once on one API process; more get 429. */
+    maxPollsPerAgent: T.Integer({ minimum: 1, maximum: 100, default: 2 }),
     /** How often the API's one shared watcher looks for claimable tasks while agents wait. */
     dequeuePollInterval: Duration,
     /** Temporal Web UI base URL; when set, comments and task views link to the task's history. */
@@ -55,15 +57,19 @@ const ApiSection = T.Object(
 
 const WebhookSection = T.Object(
   {
-    /** HMAC-SHA256 secret Forgejo signs deliveries with; without it deliveries are not verified. */
+    /**
+     * HMAC-SHA256 secret Forgejo signs deliveries with. Required unless the API listens on loopback
+     * only, or `insecure: true` says deliveries are to be taken unverified.
+     */
     secret: T.Optional(T.String({ minLength: 1 })),
+    insecure: T.Boolean({ default: false }),
     /** The agent type that merges approved pull requests. */
     mergeType: T.String({ default: 'boss', pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' }),
     /**
      * A delivery naming a Forgejo user that is no agent type: `reject` answers 422 naming it,
      * `ignore` answers 200 with the reason (quieter when humans share the repositories).
      */
-    unknownLogins: T.Union([T.Literal('reject'), T.Literal('ignore')], { default: 'reject' }),
+    unknownLogins: T.Union([T.Literal('reject'), T.Literal('ignore')], { default: 'ignore' }),
   },
   { additionalProperties: false, default: {} },
 );
@@ -243,7 +249,8 @@ export function parseConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env):
     const seen = new Map<string, string>();
     for (const error of errors) {
       const key = pointerToKey(error.path);
-      if (!seen.has(key)) seen.set(key, error.message);
+      const message = error.schema === Duration ? `must be a duration: milliseconds, or like 250ms, 30s, 5m, 6h (got ${JSON.stringify(error.value)})` : error.message;
+      if (!seen.has(key)) seen.set(key, message);
     }
     throw new ConfigError(`invalid config:\n${[...seen].map(([key, message]) => `  ${key}: ${message}`).join('\n')}`);
   }
@@ -283,9 +290,64 @@ function checkConsistency(config: DroverConfig): void {
   });
   if (!known.has(config.webhook.mergeType)) problems.push(`webhook.mergeType: unknown agent type ${config.webhook.mergeType} (not in types)`);
   problems.push(...checkPromptTemplates(config.prompts));
-  if (durationMs(config.api.dequeuePollInterval) < 10) problems.push('api.dequeuePollInterval: must be at least 10ms');
+  problems.push(...checkDurations(config));
+  if (!config.webhook.secret && !config.webhook.insecure && !isLoopback(config.api.host)) {
+    problems.push(
+      `webhook.secret: required when the API listens on ${config.api.host} (anyone who reaches it could post deliveries); ` +
+        'set it (and the same secret in Forgejo), listen on loopback only, or set webhook.insecure: true',
+    );
+  }
   if (!TASK_ID_PATTERN.test(config.temporal.namespace)) problems.push(`temporal.namespace: invalid namespace`);
   if (problems.length > 0) throw new ConfigError(`invalid config:\n${problems.map((p) => `  ${p}`).join('\n')}`);
+}
+
+/** The longest duration timers and Temporal take: 2³¹−1 ms, about 24.8 days. */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
+
+/** The least each duration may be, in ms; every one is at most MAX_DURATION_MS. */
+const DURATION_MINIMUMS: Record<keyof typeof DURATION_DEFAULTS, number> = {
+  'api.maxDequeueWait': 0,
+  'api.dequeuePollInterval': 10,
+  'forgejo.timeout': 100,
+  'tasks.matchWindow': 1,
+  'tasks.lease': 1_000,
+  'tasks.sshHeartbeatTimeout': 1_000,
+  'tasks.runTimeout': 1_000,
+  'tasks.cancelGrace': 0,
+  'tasks.fenceGrace': 10_000,
+};
+const HOST_DURATION_MINIMUMS = { healthCheckInterval: 100, connectTimeout: 100, killGrace: 0 } as const;
+
+/** Durations within what timers and Temporal take, each error naming its key. */
+function checkDurations(config: DroverConfig): string[] {
+  const problems: string[] = [];
+  const check = (key: string, value: number | string | undefined, minimum: number): number | undefined => {
+    if (value === undefined) return undefined;
+    const ms = durationMs(value);
+    if (ms < minimum) problems.push(`${key}: must be at least ${minimum} ms (got ${value})`);
+    else if (ms > MAX_DURATION_MS) problems.push(`${key}: must be at most ${MAX_DURATION_MS} ms, about 24 days (got ${value})`);
+    return ms;
+  };
+  const sections = config as unknown as Record<string, Record<string, number | string>>;
+  for (const [key, minimum] of Object.entries(DURATION_MINIMUMS)) {
+    const [section, field] = key.split('.') as [string, string];
+    check(key, sections[section]?.[field], minimum);
+  }
+  const fenceGraceMs = durationMs(config.tasks.fenceGrace);
+  config.hosts.forEach((host, i) => {
+    for (const [field, minimum] of Object.entries(HOST_DURATION_MINIMUMS)) {
+      const ms = check(`hosts[${i}].${field}`, host[field as keyof typeof HOST_DURATION_MINIMUMS], minimum);
+      // An unheld run must be stopped (its kill grace included) well inside the fence grace.
+      if (field === 'killGrace' && ms !== undefined && ms + 8_000 > fenceGraceMs) {
+        problems.push(`hosts[${i}].killGrace: must be at least 8 s less than tasks.fenceGrace (${config.tasks.fenceGrace})`);
+      }
+    }
+  });
+  return problems;
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
 export function loadConfig(path: string | undefined, env: NodeJS.ProcessEnv = process.env): DroverConfig {

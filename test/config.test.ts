@@ -63,4 +63,26 @@ describe('parseConfig', () => {
     expect(durationMs('6h')).toBe(21_600_000);
     expect(taskDefaults(parseConfig({ tasks: { matchWindow: '2s', lease: 1500 } }, {}))).toMatchObject({ matchWindowMs: 2_000, leaseMs: 1_500 });
   });
+
+  test('durations are bounded, each error naming its key', () => {
+    expect(errorOf({ tasks: { lease: '30d' } })).toContain('tasks.lease: must be a duration: milliseconds, or like 250ms, 30s, 5m, 6h (got "30d")');
+    const message = errorOf({ tasks: { runTimeout: '0s', matchWindow: 2 ** 31 }, forgejo: { timeout: '1ms' }, hosts: [{ ...host, killGrace: '1h' }], types: ['dev'] });
+    expect(message).toContain('tasks.runTimeout: must be at least 1000 ms (got 0s)');
+    expect(message).toContain('tasks.matchWindow: must be at most 2147483647 ms');
+    expect(message).toContain('forgejo.timeout: must be at least 100 ms');
+    expect(message).toContain('hosts[0].killGrace: must be at least 8 s less than tasks.fenceGrace');
+    expect(() => parseConfig({ tasks: { runTimeout: '24h', fenceGrace: '2m' } }, {})).not.toThrow();
+  });
+
+  test('a webhook secret is required unless the API listens on loopback only, or webhook.insecure says so', () => {
+    expect(() => parseConfig({}, {})).not.toThrow(); // 127.0.0.1 by default
+    expect(() => parseConfig({ api: { host: '::1' } }, {})).not.toThrow();
+    expect(errorOf({ api: { host: '0.0.0.0' } })).toContain('webhook.secret: required when the API listens on 0.0.0.0');
+    expect(() => parseConfig({ api: { host: '0.0.0.0' }, webhook: { secret: 's3cret' } }, {})).not.toThrow();
+    expect(() => parseConfig({ api: { host: '0.0.0.0' }, webhook: { insecure: true } }, {})).not.toThrow();
+  });
+
+  test('users who are no agent type are ignored by default (human activity)', () => {
+    expect(parseConfig({}, {}).webhook.unknownLogins).toBe('ignore');
+  });
 });

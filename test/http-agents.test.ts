@@ -160,6 +160,19 @@ describe('a long-polling agent', () => {
     const longer = await dequeue(app, A1, 0.3);
     expect(longer.statusCode).toBe(204);
   });
+
+  test('one agent holds at most api.maxPollsPerAgent long-polls on a process: more get 429', async () => {
+    const POLLER = agent('poller-1', ['nothing-here']);
+    const capped = await h.app({ config: { ...h.config, agents: [...h.config.agents, { ...POLLER.config, labels: {} }], types: [...h.config.types, 'nothing-here'] } });
+    const open = [dequeue(capped, POLLER, 2), dequeue(capped, POLLER, 2)];
+    await new Promise((r) => setTimeout(r, 300));
+    const third = await dequeue(capped, POLLER, 2);
+    expect(third.statusCode).toBe(429);
+    expect(third.json().code).toBe('too_many_polls');
+    expect(third.headers['retry-after']).toBe('1');
+    expect((await Promise.all(open)).map((r) => r.statusCode)).toEqual([204, 204]);
+    expect((await dequeue(capped, POLLER, 0)).statusCode).toBe(204); // the count went down again
+  });
 });
 
 describe('results on Forgejo', () => {

@@ -66,6 +66,12 @@ describe('enqueue, list, inspect', () => {
     expect(unknownType.json()).toMatchObject({ code: 'unknown_agent_type', type: 'ghost' });
     const half = await post('/api/v1/tasks', { agent_type: 'dev', repo: 'acme/web', title: 't' });
     expect(half.statusCode).toBe(400);
+    // Fastify's own JSON parser (secure-json-parse) refuses prototype poisoning.
+    for (const payload of ['{"agent_type":"dev","title":"t","prompt":"p","__proto__":{"polluted":1}}', '{"agent_type":"dev","title":"t","constructor":{"prototype":{"polluted":1}}}']) {
+      const poisoned = await app.inject({ method: 'POST', url: '/api/v1/tasks', headers: { ...adminAuth, 'content-type': 'application/json' }, payload });
+      expect(poisoned.statusCode, payload).toBe(400);
+      expect(poisoned.json().code).toBe('bad_json');
+    }
     // GET /tasks/dequeue is the pull agents' long-poll: no task may be called that.
     const shadowed = await post('/api/v1/tasks', { agent_type: 'dev', title: 't', task_id: 'dequeue' });
     expect(shadowed.statusCode).toBe(400);

@@ -67,16 +67,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.setValidatorCompiler(TypeBoxValidatorCompiler);
   installErrorHandlers(app);
 
-  // JSON bodies: malformed → 400 bad_json; an empty body reads as {} so body-less POSTs validate.
+  // JSON bodies through Fastify's own parser (secure-json-parse: a body that tries to poison
+  // prototypes with __proto__ or constructor.prototype is refused); malformed → 400 bad_json.
+  // An empty body reads as {}, so that body-less POSTs validate.
+  const parseJson = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser(['application/json']);
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
     const text = typeof body === 'string' ? body : body.toString('utf8');
     if (text.trim() === '') return done(null, {});
-    try {
-      done(null, JSON.parse(text, (key, value: unknown) => (key === '__proto__' ? undefined : value)));
-    } catch {
-      done(new ApiError(400, 'bad_json', 'the body is not valid JSON'), undefined);
-    }
+    parseJson(request, text, (error, parsed) => {
+      if (error) done(new ApiError(400, 'bad_json', `the body is not valid JSON: ${error.message}`), undefined);
+      else done(null, parsed);
+    });
   });
   app.addHook('preValidation', async (request) => {
     if (request.body === undefined && (request.method === 'POST' || request.method === 'PUT' || request.method === 'DELETE')) request.body = {};

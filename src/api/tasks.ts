@@ -196,6 +196,9 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
   );
 
   // ---- the pull-agent protocol -----------------------------------------------------------------
+  /** Dequeue long-polls open per agent on this process. */
+  const openPolls = new Map<string, number>();
+
   // Registered before /tasks/:id so that `dequeue` is never read as a task id.
 
   app.get(
@@ -216,11 +219,23 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
           },
           { additionalProperties: false },
         ),
-        response: { 200: GrantSchema, 204: T.Null(), ...errorResponses(400, 401, 503) },
+        response: { 200: GrantSchema, 204: T.Null(), ...errorResponses(400, 401, 429, 503) },
       },
     },
     async (request, reply) => {
       const agent = await asAgent(request.query.agent_id, bearerToken(request));
+      // One token holds a bounded number of long-polls: it cannot tie up the process's connections.
+      const open = openPolls.get(agent.id) ?? 0;
+      if (open >= ctx.config.api.maxPollsPerAgent) {
+        reply.header('retry-after', '1');
+        throw new ApiError(429, 'too_many_polls', `agent ${agent.id} already has ${open} dequeue long-polls open here (api.maxPollsPerAgent)`);
+      }
+      openPolls.set(agent.id, open + 1);
+      reply.raw.once('close', () => {
+        const left = (openPolls.get(agent.id) ?? 1) - 1;
+        if (left > 0) openPolls.set(agent.id, left);
+        else openPolls.delete(agent.id);
+      });
       const waitMs = Math.min(Math.round((request.query.wait ?? 30) * 1000), ctx.maxWaitMs);
       // 'close' before 'finish': the connection went away before the answer was written out.
       let finished = false;
