@@ -148,6 +148,8 @@ export const MAX_KEPT_ATTEMPTS = 50;
 /** What a claimant receives when its claim wins. */
 export interface ClaimGrant {
   taskId: string;
+  /** The task's run id: with the attempt, it names an SSH attempt's run on its host. */
+  runId: string;
   attempt: number;
   leaseExpiresAt?: string;
   input: TaskInput;

@@ -114,3 +114,39 @@ test('SIGTERM (a deploy): the worker stops without waiting for the run and leave
   expect(final).toMatchObject({ state: 'completed', lostAttempts: 0 });
   expect(final.attempts).toHaveLength(1);
 }, 240_000);
+
+test('a restarted worker counts the runs under way against its slots before it takes new work', async () => {
+  const first = startWorker();
+  const task = (title: string, number: number) =>
+    h.tasks.start({
+      agentType: TYPE,
+      kind: 'implement',
+      repo: uniqueRepo(),
+      number,
+      title,
+      prompt: 'p',
+      // A late re-attach (the heartbeat timeout passes first): a worker that did not count the run
+      // would have the slot free, and take the next task, well before then.
+      options: { matchWindowMs: 120_000, sshHeartbeatTimeoutMs: 20_000, fenceGraceMs: 60_000 },
+    });
+  const running = await task('under way', 901);
+  const started = await waitFor(() => record(running.taskId, 1), 'the first agent to start', 90_000);
+  first.kill('SIGKILL');
+  await exited(first);
+  const waiting = await task('waits for the slot', 902);
+  startWorker();
+  await waitFor(async () => {
+    const described = await h.client.workflow.getHandle(running.taskId).describe();
+    const run = (described.raw.pendingActivities ?? []).find((a) => a.activityType?.name === 'runClaimed');
+    return run && (run.attempt ?? 1) > 1 && run.lastStartedTime ? true : undefined;
+  }, 'the new worker to attach', 120_000);
+  // The host (one slot) was full all along: the waiting task did not start beside the run.
+  expect(record(waiting.taskId, 1)).toBeUndefined();
+  expect((await h.tasks.status(waiting.taskId)).state).toBe('pending');
+  writeFileSync(join(fleet.host('deploy-1').workdir, `${running.taskId}.release`), '');
+  expect((await h.tasks.result(running.taskId)).state).toBe('completed');
+  expect(alive(started.pid)).toBe(false);
+  await waitFor(() => record(waiting.taskId, 1), 'the waiting task to start once the slot is free', 60_000);
+  writeFileSync(join(fleet.host('deploy-1').workdir, `${waiting.taskId}.release`), '');
+  expect((await h.tasks.result(waiting.taskId)).state).toBe('completed');
+}, 300_000);

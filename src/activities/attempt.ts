@@ -52,7 +52,6 @@ export interface AttemptHeartbeat {
   heldAt?: number;
 }
 
-const handOffKey = (taskId: string, attempt: number) => `${taskId}#${attempt}`;
 
 /**
  * Whether this worker still reaches Temporal: a worker cut off from it for longer than the
@@ -123,7 +122,7 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
           throw error;
         }
         // Won: the slot and the connection wait for the run, which comes on the host's own queue.
-        deps.slots.handOff(handOffKey(request.taskId, grant.attempt), { release, prepared }, deps.handOffMs ?? 60_000, (item) => item.prepared?.close());
+        deps.slots.handOff(runKey(request.taskId, grant.runId, grant.attempt), { release, prepared }, deps.handOffMs ?? 60_000, (item) => item.prepared?.close());
         handedOff = true;
         return { kind: 'claimed', attempt: grant.attempt };
       } finally {
@@ -139,7 +138,9 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
       const ctx = Context.current();
       const earlier = ctx.info.heartbeatDetails as AttemptHeartbeat | undefined;
       // The slot the claim kept, or (a worker that restarted, attaching again) one counted anyway.
-      const handedOff = deps.slots.takeHandOff<{ prepared?: PreparedRun }>(handOffKey(request.taskId, request.attempt));
+      // The slot the claim kept, or the one a restarted worker kept for a run it found under way.
+      const key = runKey(request.taskId, request.runId, request.attempt);
+      const handedOff = deps.slots.takeHandOff<{ prepared?: PreparedRun }>(key);
       const release = handedOff?.release ?? deps.slots.forceAcquire();
       const log = new LogBuffer(deps.logHeadChars, deps.logTailChars);
       let lastProgress = ctx.info.attempt > 1 ? 'attaching again' : 'starting';
@@ -188,7 +189,7 @@ export function createAttemptActivities(deps: AttemptDeps): AttemptActivities {
           input: request.input,
           hostId: deps.hostId,
           signal,
-          runKey: runKey(request.taskId, request.runId, request.attempt),
+          runKey: key,
           detach: detach.signal,
           fenceGraceMs: request.fenceGraceMs,
           mayHold: () => !detach.signal.aborted && temporal.reachedWithin(ctx.info.heartbeatTimeoutMs ?? request.fenceGraceMs),

@@ -160,6 +160,25 @@ export function buildKillScript(dir: string, killGraceSeconds: number): string {
   ].join('\n');
 }
 
+/**
+ * Lists the runs under way in `workdir` (one key a line): started on this boot of the host, not
+ * ended, not stopped by their watchdog. A worker that starts counts them against the host's slots
+ * until their attempts attach again.
+ */
+export function buildListRunsScript(workdir: string): string {
+  return [
+    `d=${shellQuote(`${workdir.replace(/\/+$/, '')}/.drover/runs`)}`,
+    '[ -d "$d" ] || exit 0',
+    'b=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)',
+    'for r in "$d"/*; do',
+    '  [ -d "$r" ] && [ -s "$r/pid" ] && [ ! -e "$r/exit" ] && [ ! -e "$r/fenced" ] || continue',
+    '  [ "$(cat "$r/boot_id" 2>/dev/null)" = "$b" ] || continue',
+    '  basename -- "$r"',
+    'done',
+    'exit 0',
+  ].join('\n');
+}
+
 /** Removes a finished run's directory (its output has been read). */
 export function buildCleanupScript(dir: string): string {
   return `d=${shellQuote(dir)}\n[ -e "$d/exit" ] && rm -rf -- "$d"\nexit 0`;

@@ -8,7 +8,7 @@ import type { TaskResult } from '../model';
 import { getProvider, type ProviderName } from '../providers';
 import { AgentStartError, driveAgentProcess, type AgentProcess } from '../run/agent-process';
 import { taskEnvironment } from '../run/env';
-import { ALREADY_STARTED, FENCED, buildAttachScript, buildKillScript, buildRenewScript, buildStartScript, RUN_GONE, runDirectory } from '../run/detached';
+import { ALREADY_STARTED, FENCED, buildAttachScript, buildKillScript, buildListRunsScript, buildRenewScript, buildStartScript, RUN_GONE, runDirectory } from '../run/detached';
 import { shellCommandLine } from '../run/shell';
 import { isUsableSessionId, sessionToResume, type ResumePolicy, type SessionLookup } from '../sessions';
 import { SshConnection, SshConnectionError, type ExecChannel, type SshTarget } from './connection';
@@ -212,6 +212,17 @@ export class SshRunner implements Runner {
       return result;
     } finally {
       held.stop();
+    }
+  }
+
+  /** The runs under way on the host (their run keys): see buildListRunsScript. */
+  async runsUnderWay(): Promise<string[]> {
+    const connection = await SshConnection.connect(this.host.target);
+    try {
+      const result = await connection.run(shellCommandLine(buildListRunsScript(this.host.workdir)), this.renewTimeoutMs);
+      return result.stdout.split('\n').map((line) => line.trim()).filter((line) => /^[A-Za-z0-9_.-]+$/.test(line));
+    } finally {
+      connection.end();
     }
   }
 

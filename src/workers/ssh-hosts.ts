@@ -71,6 +71,8 @@ export async function startSshHosts(deps: {
   /** Extra runner hooks (the benchmark listens for remote starts). */
   hooks?: Pick<SshRunnerHooks, 'onStarted'>;
   presence?: { keepaliveMs?: number; sampleIntervalMs?: number };
+  /** How long a run found under way at start keeps its slot for its attempt to attach (tasks.fenceGrace). */
+  fenceGraceMs?: number;
 }): Promise<RunningSshHosts> {
   const { client, log } = deps;
   const sessions = deps.sessions ?? ((input) => findEarlierSession(client, input));
@@ -141,6 +143,18 @@ export async function startSshHosts(deps: {
     onError: (error) => log.warn({ err: error }, 'could not publish host presence'),
   });
 
+  // Runs left under way by the worker before this one (a deploy, a crash) hold their slots until
+  // their attempts attach again: counted before the host takes any new work.
+  await Promise.all(
+    hosts.map(async ({ config, workers, runner }) => {
+      const keys = await runner.runsUnderWay().catch((error: unknown) => {
+        log.warn({ host: config.id, err: (error as Error).message }, 'could not list the runs under way; their slots count once they attach');
+        return [];
+      });
+      for (const key of keys) workers.slots.handOff(key, { release: workers.slots.forceAcquire() }, deps.fenceGraceMs ?? 60_000);
+      if (keys.length > 0) log.info({ host: config.id, runs: keys.length }, 'runs under way on the host: their slots are kept for their attempts');
+    }),
+  );
   const done = Promise.all(hosts.map((h) => h.workers.run())).then(() => undefined);
   for (const host of hosts) host.health.start();
   if (hosts.length > 0) presence.start();

@@ -195,7 +195,7 @@ export class TaskMachine {
       this.runPhase = 'claiming';
     } else this.cancelOutstanding(); // a pull agent won: the SSH attempt still scheduled for this task lost
     this.touch(now);
-    return { taskId: s.taskId, attempt: s.attempt, leaseExpiresAt: s.leaseExpiresAt, input: s.input };
+    return { taskId: s.taskId, runId: s.runId, attempt: s.attempt, leaseExpiresAt: s.leaseExpiresAt, input: s.input };
   }
 
   validateHolder(request: HolderRequest): Rejection | null {
