@@ -41,7 +41,7 @@ describe('dispatch to SSH hosts', () => {
   test('no host within the window: http_pull, and no further attempts', () => {
     const m = machine();
     m.dueSshDispatch(T0);
-    m.attemptEnded({ dispatch: 1, error: { kind: 'not_started', message: 'timeout' } }, T0 + 30_000, false);
+    m.attemptEnded({ dispatch: 1, error: { kind: 'not_started', message: 'timeout' } }, T0 + 30_000);
     expect(m.status.mode).toBe('http_pull');
     expect(m.dueSshDispatch(T0 + 30_001)).toBeUndefined();
   });
@@ -49,7 +49,7 @@ describe('dispatch to SSH hosts', () => {
   test('a host that went silent before claiming gives the task a fresh window, even after the old one passed', () => {
     const m = machine({ matchWindowMs: 2_000 });
     m.dueSshDispatch(T0);
-    m.attemptEnded({ dispatch: 1, error: { kind: 'silent', message: 'heartbeat timeout' } }, T0 + 3_000, false);
+    m.attemptEnded({ dispatch: 1, error: { kind: 'silent', message: 'heartbeat timeout' } }, T0 + 3_000);
     expect(m.status).toMatchObject({ state: 'pending', mode: 'undecided', lostAttempts: 0 });
     expect(m.dueSshDispatch(T0 + 3_000)).toEqual({ dispatch: 2, scheduleToStartMs: 2_000 });
   });
@@ -57,7 +57,7 @@ describe('dispatch to SSH hosts', () => {
   test('a host that failed before claiming, after the window: http_pull rather than another try', () => {
     const m = machine({ matchWindowMs: 2_000 });
     m.dueSshDispatch(T0);
-    m.attemptEnded({ dispatch: 1, outcome: { kind: 'declined', reason: 'cannot connect' } }, T0 + 2_500, false);
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'declined', reason: 'cannot connect' } }, T0 + 2_500);
     expect(m.dueSshDispatch(T0 + 2_500)).toBeUndefined();
     expect(m.status.mode).toBe('http_pull');
   });
@@ -65,15 +65,15 @@ describe('dispatch to SSH hosts', () => {
   test('failures before the claim back off; a full host does not', () => {
     const m = machine({ matchWindowMs: 600_000 });
     m.dueSshDispatch(T0);
-    m.attemptEnded({ dispatch: 1, outcome: { kind: 'declined', reason: 'full', busy: true } }, T0 + 10, false);
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'declined', reason: 'full', busy: true } }, T0 + 10);
     expect(m.dueSshDispatch(T0 + 10)?.dispatch).toBe(2);
-    m.attemptEnded({ dispatch: 2, outcome: { kind: 'declined', reason: 'broken' } }, T0 + 20, false);
+    m.attemptEnded({ dispatch: 2, outcome: { kind: 'declined', reason: 'broken' } }, T0 + 20);
     expect(m.dueSshDispatch(T0 + 20)?.dispatch).toBe(3); // the first failure: at once
-    m.attemptEnded({ dispatch: 3, outcome: { kind: 'declined', reason: 'broken' } }, T0 + 30, false);
+    m.attemptEnded({ dispatch: 3, outcome: { kind: 'declined', reason: 'broken' } }, T0 + 30);
     expect(m.dueSshDispatch(T0 + 30)).toBeUndefined();
     expect(m.wakeAt()).toBe(T0 + 1_030);
     expect(m.dueSshDispatch(T0 + 1_030)?.dispatch).toBe(4);
-    m.attemptEnded({ dispatch: 4, outcome: { kind: 'declined', reason: 'broken' } }, T0 + 1_040, false);
+    m.attemptEnded({ dispatch: 4, outcome: { kind: 'declined', reason: 'broken' } }, T0 + 1_040);
     expect(m.wakeAt()).toBe(T0 + 3_040);
   });
 
@@ -103,37 +103,34 @@ describe('SSH attempts that hold the task', () => {
     const m = machine();
     m.dueSshDispatch(T0);
     m.claim({ claimant: host(), dispatch: 1 }, T0 + 100);
-    m.attemptEnded({ dispatch: 1, outcome: { kind: 'claimed', attempt: 1 } }, T0 + 100, true);
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'claimed', attempt: 1 } }, T0 + 100);
     expect(m.dueSshRun()).toEqual({ dispatch: 1, hostId: 'h1', attempt: 1, runDeadline: T0 + 100 + 6 * 3_600_000 });
     expect(m.dueSshRun()).toBeUndefined();
     m.takeEffects();
     return m;
   }
 
-  test('the claim’s activity ends; the run follows on the host’s own queue, also when that activity failed after the claim', () => {
-    const m = machine();
-    m.dueSshDispatch(T0);
-    m.claim({ claimant: host(), dispatch: 1 }, T0 + 100);
-    expect(m.attemptInFlight).toBe(true);
-    m.attemptEnded({ dispatch: 1, error: { kind: 'silent', message: 'heartbeat timeout' } }, T0 + 40_000, false);
-    expect(m.status).toMatchObject({ state: 'running', lostAttempts: 0 });
-    expect(m.dueSshRun()).toMatchObject({ dispatch: 1, hostId: 'h1' });
-  });
-
-  test('the claim’s activity ended before it heard its claim won: released, not lost', () => {
-    const m = machine();
-    m.dueSshDispatch(T0);
-    m.claim({ claimant: host(), dispatch: 1 }, T0 + 100);
-    m.attemptEnded({ dispatch: 1, error: { kind: 'failed', message: 'gone' } }, T0 + 100, true);
-    expect(m.status).toMatchObject({ state: 'pending', lostAttempts: 0, attempts: [{ end: 'released' }] });
-    expect(m.dueSshRun()).toBeUndefined();
+  test('the claim’s activity ended without taking the run on (before it heard its claim won, or its host gone): released, not lost, dispatched again at once', () => {
+    for (const error of [
+      { kind: 'failed' as const, message: 'gone' },
+      { kind: 'silent' as const, message: 'heartbeat timeout' },
+    ]) {
+      const m = machine();
+      m.dueSshDispatch(T0);
+      m.claim({ claimant: host(), dispatch: 1 }, T0 + 100);
+      expect(m.attemptInFlight).toBe(true);
+      m.attemptEnded({ dispatch: 1, error }, T0 + 40_000);
+      expect(m.status).toMatchObject({ state: 'pending', lostAttempts: 0, attempts: [{ end: 'released' }] });
+      expect(m.dueSshRun()).toBeUndefined();
+      expect(m.dueSshDispatch(T0 + 40_000)?.dispatch).toBe(2);
+    }
   });
 
   test('cancelled between the claim and its run: closed, and no run is scheduled', () => {
     const m = machine();
     m.dueSshDispatch(T0);
     m.claim({ claimant: host(), dispatch: 1 }, T0 + 100);
-    m.attemptEnded({ dispatch: 1, outcome: { kind: 'claimed', attempt: 1 } }, T0 + 100, true);
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'claimed', attempt: 1 } }, T0 + 100);
     m.cancel({ reason: 'no' }, T0 + 101);
     expect(m.status).toMatchObject({ state: 'cancelled', attempts: [{ end: 'cancelled' }] });
     expect(m.dueSshRun()).toBeUndefined();
@@ -141,31 +138,31 @@ describe('SSH attempts that hold the task', () => {
 
   test('no worker of the host takes the run back within the fence grace: lost, and dispatched again', () => {
     const m = running();
-    m.attemptEnded({ dispatch: 1, error: { kind: 'not_started', message: 'schedule-to-start' } }, T0 + 90_000, false);
+    m.attemptEnded({ dispatch: 1, error: { kind: 'not_started', message: 'schedule-to-start' } }, T0 + 90_000);
     expect(m.status).toMatchObject({ state: 'pending', lostAttempts: 1, attempts: [{ end: 'lost', reason: 'host h1 did not take the run back within the fence grace' }] });
   });
 
   test('finished: the result closes the task, with the log tail on the attempt', () => {
     const m = running();
-    m.attemptEnded({ dispatch: 1, outcome: { kind: 'finished', attempt: 1, result: { outcome: 'success', summary: 'ok' }, log: 'tail' } }, T0 + 900, false);
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'finished', attempt: 1, result: { outcome: 'success', summary: 'ok' }, log: 'tail' } }, T0 + 900);
     expect(m.status).toMatchObject({ state: 'completed', result: { outcome: 'success' }, attempts: [{ end: 'completed', logTail: 'tail' }] });
     expect(m.closingEvent()).toBe('succeeded');
   });
 
   test('the host lost mid-run: a lost attempt, dispatched again with a fresh window', () => {
     const m = running();
-    m.attemptEnded({ dispatch: 1, error: { kind: 'silent', message: 'heartbeat timeout' } }, T0 + 900, false);
+    m.attemptEnded({ dispatch: 1, error: { kind: 'silent', message: 'heartbeat timeout' } }, T0 + 900);
     expect(m.status).toMatchObject({ state: 'pending', mode: 'undecided', lostAttempts: 1, attempts: [{ end: 'lost', reason: 'heartbeat timeout' }] });
     expect(m.dueSshDispatch(T0 + 900)).toEqual({ dispatch: 2, scheduleToStartMs: 30_000 });
   });
 
   test('a run timeout fails the task: not retried, not counted as lost', () => {
     const m = running();
-    m.attemptEnded({ dispatch: 1, outcome: { kind: 'timed_out', attempt: 1, log: 'so far' } }, T0 + 900, false);
+    m.attemptEnded({ dispatch: 1, outcome: { kind: 'timed_out', attempt: 1, log: 'so far' } }, T0 + 900);
     expect(m.status).toMatchObject({ state: 'failed', lostAttempts: 0, attempts: [{ end: 'timed_out', logTail: 'so far' }] });
     expect(m.status.result?.summary).toContain('run timeout of 6 h reached');
     const byServer = running();
-    byServer.attemptEnded({ dispatch: 1, error: { kind: 'run_timeout', message: 'start-to-close' } }, T0 + 900, false);
+    byServer.attemptEnded({ dispatch: 1, error: { kind: 'run_timeout', message: 'start-to-close' } }, T0 + 900);
     expect(byServer.status).toMatchObject({ state: 'failed', attempts: [{ end: 'timed_out' }] });
   });
 
@@ -174,7 +171,7 @@ describe('SSH attempts that hold the task', () => {
     m.cancel({ reason: 'not needed', by: 'api' }, T0 + 200);
     expect(m.takeEffects()).toEqual([{ type: 'cancelAttempt', dispatch: 1 }]);
     expect(m.status.state).toBe('running');
-    m.attemptEnded({ dispatch: 1, error: { kind: 'cancelled', message: 'cancelled' } }, T0 + 300, false);
+    m.attemptEnded({ dispatch: 1, error: { kind: 'cancelled', message: 'cancelled' } }, T0 + 300);
     expect(m.status).toMatchObject({ state: 'cancelled', cancelReason: 'not needed', cancelledBy: 'api', attempts: [{ end: 'cancelled' }] });
   });
 });
@@ -249,7 +246,7 @@ describe('pull agents', () => {
 test('a snapshot resumes the same task (continue-as-new)', () => {
   const m = machine();
   m.dueSshDispatch(T0);
-  m.attemptEnded({ dispatch: 1, outcome: { kind: 'declined', reason: 'x' } }, T0 + 10, false);
+  m.attemptEnded({ dispatch: 1, outcome: { kind: 'declined', reason: 'x' } }, T0 + 10);
   const resumed = TaskMachine.resume(structuredClone(m.snapshot()));
   expect(resumed.status).toEqual(m.status);
   expect(resumed.dueSshDispatch(T0 + 20)).toEqual(m.dueSshDispatch(T0 + 20));

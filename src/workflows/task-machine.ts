@@ -326,12 +326,8 @@ export class TaskMachine {
     };
   }
 
-  /**
-   * An SSH attempt ended. `claimAnsweredWithEnd` is true when its claim was granted in the same
-   * workflow task that brought its end (Updates are applied first): the attempt had ended before
-   * it heard the answer, so it never ran the agent.
-   */
-  attemptEnded(end: AttemptEndReport, now: number, claimAnsweredWithEnd: boolean): void {
+  /** An SSH attempt's activity ended: its claim's, or its run's. */
+  attemptEnded(end: AttemptEndReport, now: number): void {
     if (this.outstanding === end.dispatch) this.outstanding = undefined;
     const s = this.status;
     if (s.state === 'running' && s.mode === 'ssh_cli' && this.claimedDispatch === end.dispatch && this.runPhase === 'claiming') {
@@ -340,14 +336,14 @@ export class TaskMachine {
         this.endClaimedRun();
         this.endAttempt('cancelled', now);
         this.close('cancelled', now);
-      } else if (end.outcome?.kind !== 'claimed' && claimAnsweredWithEnd) {
-        // The activity ended before it heard that its claim won: it never took the run on. Not a
-        // lost attempt: dispatched again, as a released one would be.
+      } else if (end.outcome?.kind !== 'claimed') {
+        // The activity ended without taking the run on (it ended before it heard its claim won,
+        // or its host went away): only the run's own activity starts an agent, so nothing ran.
+        // Not a lost attempt: dispatched again at once, as a released one would be.
         this.endClaimedRun();
-        this.endAttempt('released', now, `the SSH attempt ended before its claim was answered: ${end.error?.message ?? 'no result'}`);
+        this.endAttempt('released', now, `the SSH attempt ended before it took the run on: ${end.error?.message ?? 'no result'}`);
         this.requeue(now);
       } else {
-        // Claimed (or the activity failed after the claim was won): the host runs it.
         this.runPhase = 'due';
       }
       return;

@@ -57,8 +57,6 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
   let dirty = false;
   const attemptScopes = new Map<number, wf.CancellationScope>();
   const attemptEnds: Array<{ dispatch: number; outcome?: AttemptOutcome; error?: unknown }> = [];
-  /** The SSH claim granted last, and the workflow task (by history length) it was granted in. */
-  let hostClaim: { dispatch: number; inTask: number } | undefined;
 
   // Reports go out in the background and are retried without limit: a Forgejo outage delays a
   // comment but never loses it and never fails the task. The workflow waits for them before closing.
@@ -170,11 +168,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     claimUpdate,
     (request) =>
       onMessage((now) => {
-        const grant = machine.claim(request, now);
-        if (request.claimant.kind === 'host' && request.dispatch !== undefined) {
-          hostClaim = { dispatch: request.dispatch, inTask: wf.workflowInfo().historyLength };
-        }
-        return grant;
+        return machine.claim(request, now);
       }),
     { validator: (request) => rejectWith(machine.validateClaim(request)) },
   );
@@ -255,10 +249,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
 
       while (attemptEnds.length > 0) {
         const end = attemptEnds.shift()!;
-        const claimAnsweredWithEnd = hostClaim?.dispatch === end.dispatch && hostClaim.inTask === wf.workflowInfo().historyLength;
-        transition((now) =>
-          machine.attemptEnded({ dispatch: end.dispatch, outcome: end.outcome, error: end.error === undefined ? undefined : attemptError(end.error) }, now, claimAnsweredWithEnd),
-        );
+        transition((now) => machine.attemptEnded({ dispatch: end.dispatch, outcome: end.outcome, error: end.error === undefined ? undefined : attemptError(end.error) }, now));
       }
       transition((now) => machine.expire(now));
 
