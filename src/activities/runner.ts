@@ -66,3 +66,13 @@ export function runLost(message: string): ApplicationFailure {
 export function endsTryOnly(error: unknown): boolean {
   return (error as { retryable?: unknown } | undefined)?.retryable === true;
 }
+
+/**
+ * A run failed, and could not be stopped: it may still be going. This try ends, not the attempt:
+ * the next try attaches to the run, or it stops itself once no worker holds it, and only then is
+ * the task dispatched again.
+ */
+export class RunUnsettledError extends Error {
+  override readonly name = 'RunUnsettledError';
+  readonly retryable = true;
+}

@@ -132,7 +132,8 @@ export class SshConnection {
     return new Promise((resolve, reject) => {
       if (this.isClosed) return reject(this.closedError ?? new SshConnectionError(`connection to host ${this.target.hostId} is closed`));
       this.client.exec(command, (error, channel) => {
-        if (error) return reject(error);
+        // A command that cannot even start is the connection failing (a run it concerns goes on).
+        if (error) return reject(new SshConnectionError(`cannot start a command on host ${this.target.hostId}: ${error.message}`));
         const exited = new Promise<{ code: number | null; signal: string | null }>((resolveExit, rejectExit) => {
           let status: { code: number | null; signal: string | null } | undefined;
           channel.on('exit', (code: number | null, signal?: string) => {

@@ -3,7 +3,7 @@
 // prompt on stdin and the task in the environment, reads the output through the provider, and
 // stops the remote process group on cancel or timeout. A dropped connection fails the attempt.
 import { finished } from 'node:stream/promises';
-import { endsTryOnly, runLost, type PreparedRun, type RunContext, type Runner } from '../activities/runner';
+import { endsTryOnly, runLost, RunUnsettledError, type PreparedRun, type RunContext, type Runner } from '../activities/runner';
 import type { TaskResult } from '../model';
 import { getProvider, type ProviderName } from '../providers';
 import { AgentStartError, driveAgentProcess, type AgentProcess } from '../run/agent-process';
@@ -203,8 +203,13 @@ export class SshRunner implements Runner {
       }).catch(async (error: unknown) => {
         if (lost.signal.aborted) throw lost.signal.reason;
         if (error instanceof AgentStartError && error.exitCode === RUN_GONE) throw runLost(`the run on ${context.hostId} is gone: ${error.message}`);
-        // Anything but a dropped connection or a detach loses the attempt: the run must not outlive it.
-        if (!endsTryOnly(error)) await this.runScript(connection, buildKillScript(dir, killGraceSeconds), this.host.killGraceMs + 10_000).catch(() => undefined);
+        if (endsTryOnly(error)) throw error;
+        // Anything else loses the attempt, once the run is stopped: it must not outlive the attempt.
+        const stopped = await this.runScript(connection, buildKillScript(dir, killGraceSeconds), this.host.killGraceMs + 10_000).then(
+          () => true,
+          () => false,
+        );
+        if (!stopped) throw new RunUnsettledError(`${(error as Error).message}; the run could not be stopped, so it is followed again or fenced`);
         throw error;
       });
       // Stopped by the watchdog: no worker held it for the fence grace (the run's own exit says so).
