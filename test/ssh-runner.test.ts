@@ -173,11 +173,16 @@ describe('SSH runner', () => {
     );
     const started = await waitFor(() => recordOf('runner-2', 'drop:1'), 'the agent to start');
     await fleet.kill('runner-2'); // sshd dies; the machine (and the detached agent) does not
-    expect((await run).message).toMatch(/connection to host runner-2/);
-    await expect(r.prepare(ctx)).rejects.toThrow(/cannot connect/);
-    expect(failures).toHaveLength(1);
-    expect(alive(started.pid)).toBe(true);
-    await fleet.startHost(fleet.host('runner-2'));
+    try {
+      const error = await run;
+      expect(error.message).toMatch(/connection to host runner-2/);
+      expect((error as { retryable?: boolean }).retryable).toBe(true); // the next try attaches
+      await expect(r.prepare(ctx)).rejects.toThrow(/cannot connect/);
+      expect(failures).toHaveLength(1);
+      expect(alive(started.pid)).toBe(true);
+    } finally {
+      await fleet.startHost(fleet.host('runner-2'));
+    }
     // The next try of the same attempt attaches to the same run: no second agent.
     const again = context('drop:1');
     const attached = r.run(again.ctx);

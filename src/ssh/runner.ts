@@ -111,7 +111,15 @@ export class SshRunner implements Runner {
               return held.connection;
             }
           : undefined;
-        return this.runOn(held.connection, context, reconnect);
+        return this.runOn(held.connection, context, reconnect).catch(async (error: unknown) => {
+          // Whatever failed as the connection went down (a socket error surfacing raw from ssh2,
+          // say) is the connection failing: this try ends, and the next attaches again.
+          if (endsTryOnly(error) || (error as { nonRetryable?: boolean }).nonRetryable) throw error;
+          const connection = held.connection;
+          const closed = await Promise.race([connection.closed.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(!connection.open), 200))]);
+          if (!closed) throw error;
+          throw new SshConnectionError(`connection to host ${context.hostId} lost while following the run: ${(error as Error).message}`);
+        });
       },
       close: () => held.connection.end(),
     };
