@@ -178,8 +178,3 @@ export function buildListRunsScript(workdir: string): string {
     'exit 0',
   ].join('\n');
 }
-
-/** Removes a finished run's directory (its output has been read). */
-export function buildCleanupScript(dir: string): string {
-  return `d=${shellQuote(dir)}\n[ -e "$d/exit" ] && rm -rf -- "$d"\nexit 0`;
-}
