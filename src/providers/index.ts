@@ -4,7 +4,7 @@ import { command } from './command';
 import { openCode } from './opencode';
 import type { Provider, ProviderName } from './types';
 
-export type { AgentExit, OutputParser, Provider, ProviderName } from './types';
+export type { AgentExit, OutputParser, ParserOptions, Provider, ProviderName, ResultDetails } from './types';
 
 export const PROVIDERS: Record<ProviderName, Provider> = {
   'claude-code': claudeCode,

@@ -19,9 +19,40 @@ export interface OutputParser {
   finish(exit: AgentExit, stderrTail: string): TaskResult;
 }
 
+/**
+ * What a run's result says in `details`, whatever the provider (each sets what its CLI reports):
+ * - `provider`, `model`, `sessionId`;
+ * - `costUsd`: this run's own cost (a resumed session's earlier runs excluded); `sessionCostUsd`:
+ *   the whole session's, when the CLI reports that too;
+ * - `tokens`: this run's `{ input, output, cacheRead, cacheWrite }`;
+ * - `sessionLost: true`: the run failed because the session it was to resume does not exist
+ *   (the runner then starts a fresh session, once, in the same attempt);
+ * - `permissionDenials`: tool uses the CLI refused; `errors`: the CLI's own error messages.
+ */
+export interface ResultDetails {
+  provider: ProviderName;
+  model?: string;
+  sessionId?: string;
+  costUsd?: number;
+  sessionCostUsd?: number;
+  tokens?: { input: number; output: number; cacheRead?: number; cacheWrite?: number };
+  sessionLost?: boolean;
+  permissionDenials?: Array<{ tool: string; input?: unknown }>;
+  errors?: string[];
+  [extra: string]: unknown;
+}
+
+export interface ParserOptions {
+  /**
+   * Tool uses the agent CLI refused (its permission mode did not allow them): `fail` the task
+   * (default), or `flag` them in the result's details and keep the agent's outcome.
+   */
+  permissionDenials?: 'fail' | 'flag';
+}
+
 export interface Provider {
   readonly name: ProviderName;
   /** The argv to run: the configured command plus what this provider adds (session resume). */
   argv(command: readonly string[], options: { resumeSessionId?: string }): string[];
-  parser(): OutputParser;
+  parser(options?: ParserOptions): OutputParser;
 }
