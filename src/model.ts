@@ -82,7 +82,27 @@ export interface TaskInput {
   callbackUrl?: string;
   /** Tasks that share a session key resume the same agent session. */
   sessionKey?: string;
+  /** What to check out for the agent; none runs it in the machine's working directory. */
+  checkout?: TaskCheckout;
   options?: Partial<TaskOptions>;
+}
+
+/**
+ * The repository state a task's agent works in (see src/workspace): a git worktree of `remote`
+ * per attempt. Which ref depends on the task's kind: `implement` works on a task branch started
+ * from `base`; pull-request kinds on the PR's head `branch` at `sha`; `custom` on `ref`.
+ */
+export interface TaskCheckout {
+  /** Clone URL of the repository, from the config (never from a webhook payload). */
+  remote: string;
+  /** The repository's default branch, or a pull request's base branch. */
+  base?: string;
+  /** A pull request's head branch. */
+  branch?: string;
+  /** A pull request's head commit when the event was sent. */
+  sha?: string;
+  /** `custom`: a branch, tag or commit to check out (detached). */
+  ref?: string;
 }
 
 export type AttemptEnd = 'running' | 'completed' | 'failed' | 'lease_lapsed' | 'lost' | 'released' | 'cancelled' | 'timed_out';

@@ -26,3 +26,22 @@ export async function killLocalGroup(pid: number, signal: NodeJS.Signals = 'SIGK
     // gone already
   }
 }
+
+/** Runs a short script under /bin/sh to its end, with `stdin`, collecting its output (bounded). */
+export function runLocalScript(script: string, stdin: Buffer, timeoutMs: number, env: NodeJS.ProcessEnv = process.env): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('/bin/sh', ['-c', script], { stdio: ['pipe', 'pipe', 'pipe'], env, timeout: timeoutMs, killSignal: 'SIGKILL' });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      if (stdout.length < 65_536) stdout += chunk.toString('utf8');
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      if (stderr.length < 65_536) stderr += chunk.toString('utf8');
+    });
+    child.stdin.on('error', () => {});
+    child.stdin.end(stdin);
+    child.once('error', reject);
+    child.once('close', (code, signal) => resolve({ code: code ?? (signal ? null : 0), stdout, stderr }));
+  });
+}

@@ -1,0 +1,181 @@
+// An attempt's workspace, wherever the agent runs: the SSH runner and `drover agent` both make it
+// with ./scripts.ts through a ScriptExec (an SSH channel, a local shell), before the agent
+// starts, and finish it after: push, check against the remote, remove or keep.
+import type { TaskResult } from '../model';
+import { clip } from '../providers/result-line';
+import type { PushMode, WorkspacePlan } from './plan';
+import { buildFinishScript, buildPrepareScript, parseKeyValues, type GitCredentials } from './scripts';
+
+/** Runs a script under /bin/sh with `stdin`, to its end. */
+export type ScriptExec = (script: string, stdin: Buffer, timeoutMs: number) => Promise<{ code: number | null; stdout: string; stderr: string }>;
+
+export interface WorkspaceSettings {
+  /** The machine's working directory: workspaces live under its `.drover`. */
+  workdir: string;
+  push: PushMode;
+  /** How long a failed attempt's worktree is kept before it is swept. */
+  keepFailedMs: number;
+  credentials?: GitCredentials;
+  /** Give the agent Drover's git credentials too (GIT_ASKPASS, GIT_SSH in its environment). */
+  agentCredentials?: boolean;
+  /** Longest a prepare (a first clone of a large repository included) may take. */
+  prepareTimeoutMs?: number;
+}
+
+export interface PreparedWorkspace {
+  /** The worktree, absolute: the agent's working directory. */
+  dir: string;
+  /** The commit it started at. */
+  head: string;
+  /** The local branch checked out; none when detached. */
+  branch?: string;
+  base?: string;
+  /** The task branch was on the remote already (a retry or a resumed session continues it). */
+  remoteBranchExisted: boolean;
+  credentialsDir?: string;
+}
+
+/** A workspace that could not be made. `transient`: trying again may work (a fetch failed). */
+export class WorkspaceError extends Error {
+  override readonly name = 'WorkspaceError';
+  constructor(
+    message: string,
+    readonly transient: boolean,
+  ) {
+    super(message);
+  }
+}
+
+/** What the finish script found. */
+export interface FinishOutcome {
+  push?: 'pushed' | 'rejected' | 'nothing' | 'off';
+  pushError?: string;
+  dirtyFiles?: number;
+  headAfter?: string;
+  /** The branch's tip on the remote; empty when the remote has no such branch. */
+  remoteRev?: string;
+  claimedRemoteRev?: string;
+  claimedRevOnRemote?: boolean;
+  kept: boolean;
+}
+
+export class Workspaces {
+  constructor(
+    private readonly exec: ScriptExec,
+    readonly settings: WorkspaceSettings,
+  ) {}
+
+  async prepare(plan: WorkspacePlan, runKey: string): Promise<PreparedWorkspace> {
+    const { script, stdin } = buildPrepareScript({
+      workdir: this.settings.workdir,
+      plan,
+      runKey,
+      credentials: this.settings.credentials,
+      keepFailedMinutes: this.settings.keepFailedMs / 60_000,
+    });
+    const answer = await this.exec(script, stdin, this.settings.prepareTimeoutMs ?? 15 * 60_000);
+    const values = parseKeyValues(answer.stdout);
+    if (answer.code !== 0 || !values.workspace || !values.head) {
+      const why = values.error ?? (answer.stderr.trim() || `exit code ${answer.code}`);
+      throw new WorkspaceError(clip(why, 1_000), /^(fetching|the mirror stayed locked)/.test(why));
+    }
+    return {
+      dir: values.workspace,
+      head: values.head,
+      ...(values.branch && values.detached === '0' ? { branch: values.branch } : {}),
+      ...(values.base ? { base: values.base } : {}),
+      remoteBranchExisted: values.remote_branch === '1',
+      ...(values.credentials ? { credentialsDir: values.credentials } : {}),
+    };
+  }
+
+  /** What the agent learns of its workspace, in its environment. */
+  environment(plan: WorkspacePlan, prepared: PreparedWorkspace): Record<string, string> {
+    const env: Record<string, string> = {
+      DROVER_WORKSPACE: prepared.dir,
+      DROVER_BRANCH: plan.branch ?? '',
+      DROVER_BASE: prepared.base ?? '',
+      DROVER_HEAD: prepared.head,
+      DROVER_PUSH: plan.pushes ? this.settings.push : 'never',
+    };
+    if (this.settings.agentCredentials && prepared.credentialsDir) {
+      if (this.settings.credentials?.token) env.GIT_ASKPASS = `${prepared.credentialsDir}/askpass`;
+      if (this.settings.credentials?.sshKey) env.GIT_SSH = `${prepared.credentialsDir}/ssh`;
+      env.GIT_TERMINAL_PROMPT = '0';
+    }
+    return env;
+  }
+
+  /** Pushes, checks the result against the remote, and removes the worktree (or keeps a failed one). */
+  async finish(plan: WorkspacePlan, runKey: string, result: TaskResult): Promise<TaskResult> {
+    const claimedBranch = result.branch ?? (result.rev ? plan.branch : undefined);
+    const { script, stdin } = buildFinishScript({
+      workdir: this.settings.workdir,
+      plan,
+      runKey,
+      credentials: this.settings.credentials,
+      push: plan.pushes ? this.settings.push : 'never',
+      keep: result.outcome === 'fail',
+      ...(claimedBranch ? { claimedBranch } : {}),
+      ...(result.rev ? { claimedRev: result.rev } : {}),
+    });
+    const answer = await this.exec(script, stdin, 5 * 60_000);
+    const values = parseKeyValues(answer.stdout);
+    if (answer.code !== 0) {
+      const why = values.error ?? (answer.stderr.trim() || `exit code ${answer.code}`);
+      return { ...result, details: { ...result.details, workspace: { error: clip(why, 1_000) } } };
+    }
+    return verifiedResult(result, plan, {
+      ...(values.push ? { push: values.push as FinishOutcome['push'] } : {}),
+      ...(values.push_error ? { pushError: values.push_error.trim() } : {}),
+      ...(values.dirty !== undefined ? { dirtyFiles: Number(values.dirty) || 0 } : {}),
+      ...(values.head_after ? { headAfter: values.head_after } : {}),
+      ...(values.remote_rev !== undefined ? { remoteRev: values.remote_rev } : {}),
+      ...(values.claimed_remote_rev !== undefined ? { claimedRemoteRev: values.claimed_remote_rev } : {}),
+      ...(values.claimed_rev_on_remote !== undefined ? { claimedRevOnRemote: values.claimed_rev_on_remote === '1' } : {}),
+      kept: values.kept === '1',
+    });
+  }
+}
+
+/**
+ * The result as the remote has it: `branch` and `rev` are what the remote holds, never only what
+ * the agent said. A claimed branch or rev the remote lacks is reported in `details.workspace`; a
+ * push that was refused fails a run that would otherwise succeed (its work is not delivered).
+ */
+export function verifiedResult(result: TaskResult, plan: WorkspacePlan, found: FinishOutcome): TaskResult {
+  const workspace: Record<string, unknown> = { push: found.push ?? 'off', kept: found.kept };
+  if (plan.branch) workspace.branch = plan.branch;
+  if (found.pushError) workspace.pushError = found.pushError;
+  if (found.dirtyFiles) workspace.uncommittedFiles = found.dirtyFiles;
+  const { branch: claimedBranch, rev: claimedRev, ...rest } = result;
+  const verified: TaskResult = { ...rest, details: { ...result.details, workspace } };
+  const unverified: string[] = [];
+  if (claimedBranch && claimedBranch !== plan.branch) {
+    if (found.claimedRemoteRev) {
+      verified.branch = claimedBranch;
+      verified.rev = claimedRev && found.claimedRevOnRemote ? claimedRev : found.claimedRemoteRev;
+      if (claimedRev && !found.claimedRevOnRemote) unverified.push(`rev ${claimedRev} is not on the remote's ${claimedBranch}`);
+    } else {
+      unverified.push(`branch ${claimedBranch} is not on the remote`);
+    }
+  } else if (plan.branch && found.remoteRev) {
+    verified.branch = plan.branch;
+    verified.rev = found.remoteRev;
+    if (claimedRev && !found.remoteRev.startsWith(claimedRev.toLowerCase()) && found.claimedRevOnRemote !== true) {
+      unverified.push(`rev ${claimedRev} is not on the remote's ${plan.branch}`);
+    }
+  } else if (claimedBranch || claimedRev) {
+    unverified.push(`${claimedBranch ? `branch ${claimedBranch}` : `rev ${claimedRev}`} is not on the remote`);
+  }
+  if (unverified.length > 0) {
+    workspace.unverified = unverified;
+    if (claimedBranch) workspace.claimedBranch = claimedBranch;
+    if (claimedRev) workspace.claimedRev = claimedRev;
+  }
+  if (found.push === 'rejected' && result.outcome !== 'fail') {
+    verified.outcome = 'fail';
+    verified.summary = clip(`Drover could not push ${plan.branch ?? 'the work'}: ${found.pushError || 'the remote refused it'}. The worktree is kept.\n\n${result.summary}`);
+  }
+  return verified;
+}
