@@ -8,6 +8,8 @@ import type { TaskOptions } from './model';
 import { TASK_ID_PATTERN } from './names';
 import { parseHostKeyPins } from './ssh/host-key';
 import { checkPromptTemplates } from './prompts';
+import { remoteUrl } from './workspace/plan';
+import type { WorkspaceSettings } from './workspace/workspace';
 
 const Id = T.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' });
 const AgentTypeName = T.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' });
@@ -111,8 +113,10 @@ export const PROVIDERS = ['claude-code', 'opencode', 'command'] as const;
 const ProviderCommand = T.Object(
   {
     provider: T.Union(PROVIDERS.map((p) => T.Literal(p)), { default: 'command' }),
-    /** argv of the agent command; run in the host's working directory, prompt on stdin. */
+    /** argv of the agent command; run in the task's workspace (or the host's working directory), prompt on stdin. */
     command: T.Array(T.String({ minLength: 1 }), { minItems: 1 }),
+    /** Tool uses the agent CLI refused (its permission mode): `fail` the task (default), or `flag` them in the result. */
+    permissionDenials: T.Optional(T.Union([T.Literal('fail'), T.Literal('flag')])),
   },
   { additionalProperties: false },
 );
@@ -155,6 +159,38 @@ const HostSection = T.Object(
   { additionalProperties: false },
 );
 
+const WorkspacesSection = T.Object(
+  {
+    /**
+     * Clone URL of a task's repository: `{repo}` (owner/name), `{owner}` and `{name}` are filled
+     * in. Default: `<forgejo.url>/{repo}.git` when forgejo.url is set; without either, agents run
+     * in their machine's working directory and nothing is checked out.
+     */
+    remoteUrl: T.Optional(T.String({ minLength: 1 })),
+    /** After the agent: `auto` pushes the task branch's new commits, `agent` leaves it to the agent, `never` pushes nothing. */
+    push: T.Union([T.Literal('auto'), T.Literal('agent'), T.Literal('never')], { default: 'auto' }),
+    /** How long a failed attempt's worktree is kept on its machine before it is swept. */
+    keepFailed: Duration,
+    /** What Drover's own git commands (fetch, push, ls-remote) authenticate with. Never on a command line or in logs. */
+    credentials: T.Optional(
+      T.Object(
+        {
+          /** HTTP(S) remotes: an access token, given to git by an askpass helper reading a 0600 file. */
+          token: T.Optional(T.String({ minLength: 1 })),
+          username: T.String({ default: 'drover', pattern: '^[A-Za-z0-9_.@-]{1,100}$' }),
+          /** SSH remotes: a deploy key (private key text, usually `${ENV}`) and the server's known_hosts lines. */
+          sshKey: T.Optional(T.String({ minLength: 1 })),
+          knownHosts: T.Optional(T.String({ minLength: 1 })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    /** Give the agent the same credentials (GIT_ASKPASS / GIT_SSH in its environment), e.g. with push: agent. */
+    agentCredentials: T.Boolean({ default: false }),
+  },
+  { additionalProperties: false, default: {} },
+);
+
 export const ConfigSchema = T.Object(
   {
     temporal: TemporalSection,
@@ -168,6 +204,7 @@ export const ConfigSchema = T.Object(
     /** Prompt templates per task kind (`{{title}}`, `{{body}}`, `{{url}}`, `{{reviews}}`…; see src/prompts.ts). */
     prompts: T.Record(T.String(), T.String(), { default: {} }),
     tasks: TaskDefaultsSection,
+    workspaces: WorkspacesSection,
     agents: T.Array(AgentSection, { default: [] }),
     hosts: T.Array(HostSection, { default: [] }),
     log: T.Object({ level: T.String({ default: 'info' }) }, { additionalProperties: false, default: {} }),
@@ -193,6 +230,7 @@ const DURATION_DEFAULTS = {
   'tasks.runTimeout': '6h',
   'tasks.cancelGrace': '30s',
   'tasks.fenceGrace': '60s',
+  'workspaces.keepFailed': '24h',
 } as const;
 
 export function durationMs(value: number | string): number {
@@ -297,6 +335,7 @@ function checkConsistency(config: DroverConfig): void {
         'set it (and the same secret in Forgejo), listen on loopback only, or set webhook.insecure: true',
     );
   }
+  problems.push(...checkWorkspaces(config));
   if (!TASK_ID_PATTERN.test(config.temporal.namespace)) problems.push(`temporal.namespace: invalid namespace`);
   if (problems.length > 0) throw new ConfigError(`invalid config:\n${problems.map((p) => `  ${p}`).join('\n')}`);
 }
@@ -315,6 +354,7 @@ const DURATION_MINIMUMS: Record<keyof typeof DURATION_DEFAULTS, number> = {
   'tasks.runTimeout': 1_000,
   'tasks.cancelGrace': 0,
   'tasks.fenceGrace': 10_000,
+  'workspaces.keepFailed': 60_000,
 };
 const HOST_DURATION_MINIMUMS = { healthCheckInterval: 100, connectTimeout: 100, killGrace: 0 } as const;
 
@@ -346,6 +386,25 @@ function checkDurations(config: DroverConfig): string[] {
   return problems;
 }
 
+function checkWorkspaces(config: DroverConfig): string[] {
+  const problems: string[] = [];
+  const template = config.workspaces.remoteUrl;
+  if (template !== undefined && !remoteUrl(template, 'owner/name')) {
+    problems.push('workspaces.remoteUrl: must give a clone URL (https://, ssh://, git@host:path, file:// or an absolute path) with {repo}, or {owner} and {name}');
+  } else if (template !== undefined && !template.includes('{repo}') && !(template.includes('{owner}') && template.includes('{name}'))) {
+    problems.push('workspaces.remoteUrl: must contain {repo}, or {owner} and {name}');
+  }
+  const credentials = config.workspaces.credentials;
+  if (credentials?.sshKey && !credentials.knownHosts) problems.push('workspaces.credentials.knownHosts: required with sshKey (the git server\'s host key is checked)');
+  return problems;
+}
+
+/** The clone URL template of task repositories, if any: workspaces.remoteUrl, or forgejo.url's. */
+export function remoteUrlTemplate(config: DroverConfig): string | undefined {
+  if (config.workspaces.remoteUrl) return config.workspaces.remoteUrl;
+  return config.forgejo.url ? `${config.forgejo.url.replace(/\/+$/, '')}/{repo}.git` : undefined;
+}
+
 function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
@@ -365,6 +424,17 @@ export function loadConfig(path: string | undefined, env: NodeJS.ProcessEnv = pr
     throw new ConfigError(`config ${path} is not valid YAML: ${(error as Error).message}`);
   }
   return parseConfig(raw, env);
+}
+
+/** How hosts and agents make workspaces, from the config (the working directory is each machine's). */
+export function workspaceSettings(config: DroverConfig): Omit<WorkspaceSettings, 'workdir'> {
+  const { credentials, push, keepFailed, agentCredentials } = config.workspaces;
+  return {
+    push,
+    keepFailedMs: durationMs(keepFailed),
+    agentCredentials,
+    ...(credentials ? { credentials: { username: credentials.username, token: credentials.token, sshKey: credentials.sshKey, knownHosts: credentials.knownHosts } } : {}),
+  };
 }
 
 /** Task options from the config's defaults. */

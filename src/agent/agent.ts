@@ -8,9 +8,12 @@ import { getProvider, type ProviderName } from '../providers';
 import { clip } from '../providers/result-line';
 import { driveAgentProcess } from '../run/agent-process';
 import { taskEnvironment } from '../run/env';
-import { killLocalGroup, spawnLocalScript } from '../run/local';
+import { runKey } from '../run/detached';
+import { killLocalGroup, runLocalScript, spawnLocalScript } from '../run/local';
 import { buildRunScript } from '../run/shell';
 import { sessionToResume, type ResumePolicy } from '../sessions';
+import { workspacePlan } from '../workspace/plan';
+import { Workspaces, type PreparedWorkspace, type WorkspaceSettings } from '../workspace/workspace';
 import { type DroverHttpClient, type Grant, HttpError, isTransient, type ResultReport } from './http';
 
 export interface PullAgentOptions {
@@ -35,6 +38,10 @@ export interface PullAgentOptions {
   maxTasks?: number;
   /** Every piece of the command's output. */
   onOutput?(text: string): void;
+  /** Make a worktree per task that names a repository (src/workspace); none: run in `workdir`. */
+  workspaces?: Omit<WorkspaceSettings, 'workdir'>;
+  /** Tool uses the agent CLI refused: fail the task (default), or flag them in the result. */
+  permissionDenials?: 'fail' | 'flag';
 }
 
 interface CurrentTask {
@@ -219,39 +226,81 @@ export class PullAgent {
       prompt: grant.prompt,
       ...(grant.url ? { url: grant.url } : {}),
       ...(grant.session_key ? { sessionKey: grant.session_key } : {}),
+      ...(grant.checkout ? { checkout: grant.checkout } : {}),
     };
-    const provider = getProvider(this.options.provider);
-    const env = taskEnvironment({ taskId: grant.task_id, attempt: grant.attempt, input, instanceId: this.id, resumeSessionId });
-    const prompt = Buffer.from(grant.prompt, 'utf8');
-    const script = buildRunScript({
-      workdir: this.options.workdir,
-      env,
-      argv: provider.argv(this.options.command, { resumeSessionId }),
-      promptBytes: prompt.length,
-      killGraceSeconds: this.options.killGraceMs / 1000,
-    });
     const childEnv = { ...(this.options.env ?? process.env) };
     delete childEnv.DROVER_AGENT_TOKEN;
-    try {
+    const say = (text: string) => {
+      current.output.add(text);
+      this.options.onOutput?.(text);
+    };
+
+    // The task's own worktree, when it names a repository and this agent makes workspaces.
+    const plan = this.options.workspaces ? workspacePlan(grant.task_id, input) : undefined;
+    const workspaces = plan && this.options.workspaces ? new Workspaces((script, stdin, timeoutMs) => runLocalScript(script, stdin, timeoutMs, childEnv), { ...this.options.workspaces, workdir: this.options.workdir }) : undefined;
+    const key = runKey(grant.task_id, grant.run_id ?? 'run', grant.attempt);
+    let prepared: PreparedWorkspace | undefined;
+    if (plan && workspaces) {
+      try {
+        prepared = await workspaces.prepare(plan, key);
+      } catch (error) {
+        const message = `the workspace could not be prepared: ${(error as Error).message}`;
+        taskLog.warn({ err: (error as Error).message }, 'workspace not prepared');
+        return { result: { outcome: 'fail', summary: message, details: { provider: this.options.provider, workspace: { error: (error as Error).message } } } };
+      }
+      say(`[drover] workspace ${prepared.dir}: ${prepared.branch ? `branch ${prepared.branch}` : 'detached'} at ${prepared.head}\n`);
+      taskLog.info({ workspace: prepared.dir, branch: prepared.branch, head: prepared.head }, 'workspace ready');
+    }
+
+    const provider = getProvider(this.options.provider);
+    const baseEnv = {
+      ...taskEnvironment({ taskId: grant.task_id, attempt: grant.attempt, input, instanceId: this.id }),
+      ...(plan && workspaces && prepared ? workspaces.environment(plan, prepared) : {}),
+    };
+    const prompt = Buffer.from(grant.prompt, 'utf8');
+    const runOnce = async (sessionId: string | undefined) => {
+      const script = buildRunScript({
+        workdir: prepared?.dir ?? this.options.workdir,
+        env: sessionId ? { ...baseEnv, DROVER_RESUME_SESSION_ID: sessionId } : baseEnv,
+        argv: provider.argv(this.options.command, { resumeSessionId: sessionId }),
+        promptBytes: prompt.length,
+        killGraceSeconds: this.options.killGraceMs / 1000,
+      });
       const { result, pid } = await driveAgentProcess({
         process: spawnLocalScript(script, { env: childEnv }),
         prompt,
-        parser: provider.parser(),
+        parser: provider.parser({ permissionDenials: this.options.permissionDenials ?? 'fail' }),
         signal: current.abort.signal,
-        onOutput: (text) => {
-          current.output.add(text);
-          this.options.onOutput?.(text);
-        },
+        onOutput: say,
         onProgress: (message) => taskLog.debug({ progress: message }, 'progress'),
         onStarted: (pid) => taskLog.info({ pid }, 'command started'),
         forceKill: (pid) => killLocalGroup(pid),
         killGraceMs: this.options.killGraceMs,
       });
       taskLog.info({ pid, outcome: result.outcome }, 'command finished');
-      return { result };
+      return result;
+    };
+    let result: TaskResult;
+    try {
+      result = await runOnce(resumeSessionId);
+      // The session to resume is gone: once, a fresh session, in the same attempt.
+      if (resumeSessionId && result.details?.sessionLost === true) {
+        taskLog.warn({ sessionId: resumeSessionId }, 'the session to resume no longer exists: starting a new session');
+        say(`[drover] session ${resumeSessionId} no longer exists; starting a new session\n`);
+        result = await runOnce(undefined);
+      }
     } catch (error) {
+      if (plan && workspaces) await workspaces.abandon(plan, key).catch(() => undefined);
       return { error: error as Error };
     }
+    if (plan && workspaces && !current.stopReason) {
+      result = await workspaces.finish(plan, key, result);
+      const ws = result.details?.workspace as Record<string, unknown> | undefined;
+      taskLog.info({ branch: result.branch, rev: result.rev, push: ws?.push }, 'workspace finished');
+    } else if (plan && workspaces) {
+      await workspaces.abandon(plan, key).catch(() => undefined);
+    }
+    return { result };
   }
 
   /** Reports the outcome, retrying through outages, until the server takes it or refuses it for good. */

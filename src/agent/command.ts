@@ -1,4 +1,5 @@
 // The `drover agent` subcommand (registered by src/cli.ts).
+import { readFileSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { basename, resolve } from 'node:path';
 import { type Command, Option } from 'commander';
@@ -6,6 +7,7 @@ import { durationMs } from '../config';
 import { createLogger } from '../log';
 import { PROVIDERS, type ProviderName } from '../providers';
 import type { ResumePolicy } from '../sessions';
+import { PUSH_MODES, type PushMode } from '../workspace/plan';
 import { PullAgent } from './agent';
 import { DroverHttpClient } from './http';
 
@@ -22,6 +24,26 @@ interface AgentCliOptions {
   maxTasks?: string;
   echo?: boolean;
   logLevel: string;
+  workspaces: boolean;
+  push: PushMode;
+  keepFailed: string;
+  gitTokenFile?: string;
+  gitUsername: string;
+  gitSshKeyFile?: string;
+  gitKnownHostsFile?: string;
+  agentGitCredentials?: boolean;
+  permissionDenials: 'fail' | 'flag';
+}
+
+/** A secret from a file: refused when others may read it. */
+function readSecretFile(path: string, what: string): string {
+  const mode = statSync(path).mode;
+  if ((mode & 0o077) !== 0) throw new Error(`${what} ${path} may be read by others (mode ${(mode & 0o777).toString(8)}): chmod 600 it`);
+  return readFileSync(path, 'utf8').trim();
+}
+
+function duration(value: string): number {
+  return durationMs(/^[0-9]+$/.test(value) ? Number(value) : value);
 }
 
 /** The provider a command implies when none is named: `claude …` → claude-code, `opencode …` → opencode. */
@@ -52,6 +74,15 @@ export function registerAgentCommand(program: Command): void {
     .addOption(new Option('--session-resume <policy>', 'resume the earlier session of a task’s session key').choices(['same-instance', 'always', 'never']).default('same-instance'))
     .option('--max-tasks <n>', 'exit after this many tasks')
     .option('--echo', "copy the command's output to stderr")
+    .option('--no-workspaces', 'run every task in --workdir, never in a worktree of its repository')
+    .addOption(new Option('--push <mode>', 'after the command: push the task branch (auto), leave it to the agent, or never').choices([...PUSH_MODES]).default('auto'))
+    .option('--keep-failed <duration>', "how long a failed task's worktree is kept", '24h')
+    .option('--git-token-file <path>', 'HTTP(S) remotes: a file (mode 600) holding the access token git fetches and pushes with')
+    .option('--git-username <name>', 'the user name sent with the token', 'drover')
+    .option('--git-ssh-key-file <path>', 'SSH remotes: a deploy key file (mode 600)')
+    .option('--git-known-hosts-file <path>', "SSH remotes: the git server's known_hosts lines")
+    .option('--agent-git-credentials', "give the command the same git credentials (GIT_ASKPASS / GIT_SSH), e.g. with --push agent")
+    .addOption(new Option('--permission-denials <policy>', 'tool uses the agent CLI refused: fail the task, or flag them in the result').choices(['fail', 'flag']).default('fail'))
     .addOption(new Option('--log-level <level>', 'log level').env('DROVER_LOG_LEVEL').default('info'))
     .argument('<command...>', 'the agent command and its arguments (after --)')
     .action(async (command: string[], opts: AgentCliOptions) => {
@@ -63,8 +94,24 @@ export function registerAgentCommand(program: Command): void {
         provider: opts.provider ?? guessProvider(command),
         workdir: resolve(opts.workdir),
         waitSeconds: Number(opts.wait),
-        killGraceMs: durationMs(/^[0-9]+$/.test(opts.killGrace) ? Number(opts.killGrace) : opts.killGrace),
-        shutdownGraceMs: durationMs(/^[0-9]+$/.test(opts.shutdownGrace) ? Number(opts.shutdownGrace) : opts.shutdownGrace),
+        killGraceMs: duration(opts.killGrace),
+        shutdownGraceMs: duration(opts.shutdownGrace),
+        permissionDenials: opts.permissionDenials,
+        ...(opts.workspaces
+          ? {
+              workspaces: {
+                push: opts.push,
+                keepFailedMs: duration(opts.keepFailed),
+                agentCredentials: opts.agentGitCredentials === true,
+                credentials: {
+                  username: opts.gitUsername,
+                  ...(opts.gitTokenFile ? { token: readSecretFile(opts.gitTokenFile, '--git-token-file') } : {}),
+                  ...(opts.gitSshKeyFile ? { sshKey: readSecretFile(opts.gitSshKeyFile, '--git-ssh-key-file') } : {}),
+                  ...(opts.gitKnownHostsFile ? { knownHosts: readFileSync(opts.gitKnownHostsFile, 'utf8') } : {}),
+                },
+              },
+            }
+          : {}),
         sessionResume: opts.sessionResume,
         maxTasks: opts.maxTasks !== undefined ? Number(opts.maxTasks) : undefined,
         log,

@@ -1,8 +1,11 @@
 // The pull-agent side of Drover's HTTP protocol (see src/api/tasks.ts): dequeue, heartbeat,
 // complete, fail, release, and the earlier session of a task's session key.
+import type { TaskCheckout } from '../model';
 
 export interface Grant {
   task_id: string;
+  /** Absent from servers older than workspaces. */
+  run_id?: string;
   attempt: number;
   lease_expires_at: string | null;
   lease_ms: number;
@@ -14,6 +17,7 @@ export interface Grant {
   prompt: string;
   url: string | null;
   session_key: string | null;
+  checkout?: TaskCheckout | null;
 }
 
 export interface HeartbeatAnswer {

@@ -55,6 +55,18 @@ const TaskInputFields = {
   prompt: T.String(),
   url: nullable(T.String()),
   session_key: nullable(T.String()),
+  checkout: nullable(
+    T.Object(
+      {
+        remote: T.String({ description: 'clone URL of the repository' }),
+        base: T.Optional(T.String()),
+        branch: T.Optional(T.String()),
+        sha: T.Optional(T.String()),
+        ref: T.Optional(T.String()),
+      },
+      { description: 'what the task’s workspace checks out (a worktree per attempt); null: the agent’s working directory' },
+    ),
+  ),
 };
 
 function inputFields(input: TaskInput) {
@@ -67,6 +79,7 @@ function inputFields(input: TaskInput) {
     prompt: input.prompt,
     url: input.url ?? null,
     session_key: input.sessionKey ?? null,
+    checkout: input.checkout ?? null,
   };
 }
 
@@ -163,6 +176,7 @@ export function summaryView(task: TaskSummary): Static<typeof TaskSummarySchema>
 
 export const GrantSchema = T.Object({
   task_id: T.String(),
+  run_id: T.String({ description: 'the task’s run: with the attempt, names the attempt’s worktree' }),
   attempt: T.Integer({ description: 'pass it back with heartbeat, complete, fail and release' }),
   lease_expires_at: nullable(T.String()),
   lease_ms: T.Integer({ description: 'heartbeat well within this' }),
@@ -172,6 +186,7 @@ export const GrantSchema = T.Object({
 export function grantView(grant: ClaimGrant, leaseMs: number): Static<typeof GrantSchema> {
   return {
     task_id: grant.taskId,
+    run_id: grant.runId,
     attempt: grant.attempt,
     lease_expires_at: grant.leaseExpiresAt ?? null,
     lease_ms: grant.input.options?.leaseMs ?? leaseMs,

@@ -1,5 +1,7 @@
 // Tasks: enqueue by hand, list and inspect (admin); the pull-agent protocol — dequeue, heartbeat,
 // complete, fail, release (agent token); assign and cancel (admin).
+import { remoteUrlTemplate } from '../config';
+import { taskCheckout } from '../workspace/plan';
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import { Type as T } from '@sinclair/typebox';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -53,6 +55,7 @@ function pageTokenCodec(adminToken: string | undefined) {
 }
 const agentAuth = [{ agentToken: [] }];
 const HttpUrl = T.String({ pattern: '^https?://[^\\s]{1,2000}$', maxLength: 2048 });
+const REF_PATTERN = '^[A-Za-z0-9._/+-]{1,200}$';
 
 export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { ctx }) => {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
@@ -89,6 +92,17 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
             callback_url: T.Optional(HttpUrl),
             session_key: T.Optional(T.String({ minLength: 1, maxLength: 200 })),
             task_id: T.Optional(T.String({ pattern: '^[A-Za-z0-9_.:-]{1,200}$', description: 'default: kind:owner:repo:number, or kind:<uuid> without a repository' })),
+            checkout: T.Optional(
+              T.Object(
+                {
+                  ref: T.Optional(T.String({ pattern: REF_PATTERN, description: 'custom: the branch, tag or commit the agent works on (detached)' })),
+                  base: T.Optional(T.String({ pattern: REF_PATTERN, description: 'implement: the branch the task branch starts from (default: the remote’s HEAD)' })),
+                  branch: T.Optional(T.String({ pattern: REF_PATTERN, description: 'pull-request kinds: the head branch' })),
+                  sha: T.Optional(T.String({ pattern: '^[0-9a-fA-F]{7,64}$', description: 'pull-request kinds: the head commit' })),
+                },
+                { additionalProperties: false, description: 'what the task’s workspace checks out (needs repo, and workspaces.remoteUrl or forgejo.url)' },
+              ),
+            ),
             options: T.Optional(
               T.Object(
                 {
@@ -122,6 +136,12 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
       }
       const kind = body.kind ?? 'custom';
       const repo = body.repo ?? '';
+      const checkout = taskCheckout(remoteUrlTemplate(config), repo, body.checkout);
+      if (body.checkout) {
+        if (!checkout) throw new ApiError(400, 'bad_request', 'checkout needs a repo, and workspaces.remoteUrl or forgejo.url in the config');
+        const unsafe = (['ref', 'base', 'branch'] as const).find((key) => body.checkout![key] !== undefined && checkout[key] === undefined);
+        if (unsafe) throw new ApiError(400, 'bad_request', `checkout.${unsafe} is not a valid git ref name`);
+      }
       const number = body.number ?? 0;
       const id = body.task_id ?? (repo ? makeTaskId(kind, repo, number) : `${kind}:${randomUUID()}`);
       const prompt = body.prompt ?? renderPrompt(kind, { kind, agent_type: body.agent_type, repo, number: number || undefined, title: body.title, body: body.body, url: body.url }, config.prompts);
@@ -141,6 +161,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
           ...(body.url ? { url: body.url } : {}),
           ...(body.callback_url ? { callbackUrl: body.callback_url } : {}),
           ...(body.session_key ? { sessionKey: body.session_key } : {}),
+          ...(checkout ? { checkout } : {}),
           options,
         },
         { taskId: id },

@@ -1,5 +1,7 @@
 // POST /api/v1/webhooks/forgejo — Forgejo and Gitea deliveries become tasks (DESIGN.md's mapping).
 // The signature is checked over the raw body before anything in it is read.
+import { remoteUrlTemplate } from '../config';
+import { taskCheckout } from '../workspace/plan';
 import { Type as T } from '@sinclair/typebox';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyPluginAsync } from 'fastify';
@@ -107,7 +109,8 @@ export const webhooksPlugin: FastifyPluginAsync<PluginOptions> = async (app, { c
           throw new ApiError(422, 'unknown_agent_type', message, { login: decision.login, role: decision.role });
         }
         case 'task': {
-          const started = await tasks.start({ ...decision.input, options: ctx.taskOptions }, { taskId: decision.taskId });
+          const checkout = taskCheckout(remoteUrlTemplate(config), decision.input.repo, decision.refs);
+          const started = await tasks.start({ ...decision.input, ...(checkout ? { checkout } : {}), options: ctx.taskOptions }, { taskId: decision.taskId });
           hub.hint({ taskId: started.taskId, agentType: decision.input.agentType });
           metrics.webhooks.inc({ event: eventLabel, result: started.created ? 'created' : 'existing' });
           return reply.code(202).send({

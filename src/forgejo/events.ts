@@ -1,6 +1,7 @@
 // Forgejo (and Gitea) webhook deliveries → tasks. Pure mapping plus two optional API look-ups;
 // the HTTP plugin does the signature check and the start. Payload text only ever becomes data
 // (a title, a prompt): it is never used to build a command.
+import type { CheckoutRefs } from '../workspace/plan';
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { TaskInput, TaskKind } from '../model';
 import { taskId, TASK_ID_PATTERN } from '../names';
@@ -62,7 +63,7 @@ export interface MappingConfig {
 export type TaskRequest = Pick<TaskInput, 'agentType' | 'kind' | 'repo' | 'number' | 'title' | 'prompt' | 'url' | 'sessionKey'>;
 
 export type Decision =
-  | { kind: 'task'; taskId: string; input: TaskRequest; event: string }
+  | { kind: 'task'; taskId: string; input: TaskRequest; event: string; refs: CheckoutRefs }
   | { kind: 'ignore'; reason: string; event: string }
   | { kind: 'unknown_type'; login: string; role: string; event: string }
   | { kind: 'bad_payload'; reason: string; event: string };
@@ -166,10 +167,13 @@ export async function mapDelivery(headers: DeliveryHeaders, payload: unknown, de
     const id = taskId(kind, repo!, number);
     if (!TASK_ID_PATTERN.test(id)) return { kind: 'bad_payload', reason: 'repository name or number makes an invalid task id', event };
     const prompt = renderPrompt(kind, { kind, agent_type: agentType, repo, number, title, url, ...values }, config.prompts);
+    // What the agent's workspace checks out (src/workspace): the PR's head and base, or the default branch.
+    const refs: CheckoutRefs = kind === 'implement' ? { base: str(repository?.default_branch, 500) } : { base: str(values.base), branch: str(values.branch), sha: str(values.sha) };
     return {
       kind: 'task',
       taskId: id,
       event,
+      refs,
       input: { agentType, kind, repo: repo!, number, title: title || `${kind} ${repo}#${number}`, prompt, url, sessionKey: `${repo}#${number}:${agentType}` },
     };
   };

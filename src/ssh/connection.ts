@@ -153,9 +153,13 @@ export class SshConnection {
     });
   }
 
-  /** Runs a short command to its end and collects its output (bounded). */
-  async run(command: string, timeoutMs: number): Promise<ExecResult> {
+  /** Runs a short command to its end and collects its output (bounded); `stdin` is written first, then closed. */
+  async run(command: string, timeoutMs: number, stdin?: Buffer): Promise<ExecResult> {
     const { channel, exited } = await this.exec(command);
+    if (stdin) {
+      channel.on('error', () => {});
+      channel.end(stdin);
+    }
     let stdout = '';
     let stderr = '';
     channel.on('data', (chunk: Buffer) => {

@@ -1,25 +1,30 @@
 // The SSH runner: runs an attempt's agent on one configured host. It connects (before the claim,
 // so an unreachable host never takes a task), starts the wrapper script (../run/shell.ts) with the
 // prompt on stdin and the task in the environment, reads the output through the provider, and
-// stops the remote process group on cancel or timeout. A dropped connection fails the attempt.
+// stops the remote process group on cancel or timeout. A task that names a repository runs in a
+// worktree of its own, made before the run and pushed and checked after it (src/workspace).
 import { finished } from 'node:stream/promises';
 import { endsTryOnly, runLost, RunUnsettledError, type PreparedRun, type RunContext, type Runner } from '../activities/runner';
 import type { TaskResult } from '../model';
-import { getProvider, type ProviderName } from '../providers';
+import { getProvider, type OutputParser, type ProviderName } from '../providers';
 import { AgentStartError, driveAgentProcess, type AgentProcess } from '../run/agent-process';
 import { taskEnvironment } from '../run/env';
 import { ALREADY_STARTED, FENCED, buildAttachScript, buildKillScript, buildListRunsScript, buildRenewScript, buildStartScript, RUN_GONE, runDirectory } from '../run/detached';
 import { shellCommandLine } from '../run/shell';
 import { isUsableSessionId, sessionToResume, type ResumePolicy, type SessionLookup } from '../sessions';
+import { workspacePlan } from '../workspace/plan';
+import { WorkspaceError, Workspaces, type PreparedWorkspace, type ScriptExec, type WorkspaceSettings } from '../workspace/workspace';
 import { SshConnection, SshConnectionError, type ExecChannel, type SshTarget } from './connection';
 
 export interface SshHostSettings {
   target: SshTarget;
   workdir: string;
   /** Per agent type: provider and command argv. */
-  agents: Record<string, { provider: ProviderName | string; command: string[] }>;
+  agents: Record<string, { provider: ProviderName | string; command: string[]; permissionDenials?: 'fail' | 'flag' }>;
   killGraceMs: number;
   sessionResume: ResumePolicy;
+  /** Tasks that name a repository run in a worktree of their own (see src/workspace); none: in `workdir`. */
+  workspaces?: Omit<WorkspaceSettings, 'workdir'>;
 }
 
 export interface SshRunnerHooks {
@@ -31,6 +36,16 @@ export interface SshRunnerHooks {
   onStarted?(event: { taskId: string; attempt: number; pid: number }): void;
   /** Diagnostics (session lookup failures and such). */
   warn?(message: string, error?: unknown): void;
+}
+
+/** The run of an attempt's fresh session, after the session it was to resume turned out gone. */
+const FRESH_SESSION_SUFFIX = '.fresh';
+const FRESH_SESSION_SUFFIX_AT_END = /\.fresh$/;
+
+/** The environment without the session to resume (a fresh session after a lost one). */
+function withoutResume(env: Record<string, string>): Record<string, string> {
+  const { DROVER_RESUME_SESSION_ID: _, ...rest } = env;
+  return rest;
 }
 
 /** How long a spare connection may take to answer before it is taken for dead. */
@@ -139,40 +154,92 @@ export class SshRunner implements Runner {
     const agent = this.host.agents[input.agentType];
     if (!agent) throw new Error(`host ${context.hostId} has no command for agent type ${input.agentType}`);
     const provider = getProvider(agent.provider);
+    const resumeSessionId = await this.sessionToResume(context);
 
-    let resumeSessionId: string | undefined;
-    if (input.sessionKey && this.hooks.sessions && this.host.sessionResume !== 'never') {
+    const live = new LiveConnection(connection, reconnect);
+    const exec: ScriptExec = (script, stdin, timeoutMs) => live.use((c) => c.run(shellCommandLine(script), timeoutMs, stdin));
+    const plan = this.host.workspaces ? workspacePlan(context.taskId, input) : undefined;
+    const workspaces = plan && this.host.workspaces ? new Workspaces(exec, { ...this.host.workspaces, workdir: this.host.workdir }) : undefined;
+    let prepared: PreparedWorkspace | undefined;
+    if (plan && workspaces) {
+      context.progress(`preparing the workspace: ${plan.repo}`);
       try {
-        const earlier = await this.hooks.sessions(input);
-        resumeSessionId = sessionToResume(earlier, { kind: 'host', id: context.hostId }, this.host.sessionResume);
-        if (earlier && !resumeSessionId) {
-          const why = isUsableSessionId(earlier.sessionId) ? 'ran elsewhere' : 'has an id that cannot be passed to the agent';
-          context.output(`[drover] session ${JSON.stringify(String(earlier.sessionId).slice(0, 200))} of ${earlier.taskId} ${why}; starting a new session\n`);
-        }
+        prepared = await workspaces.prepare(plan, context.runKey);
       } catch (error) {
-        // Resuming is a nicety: a lookup failure starts a fresh session.
-        this.hooks.warn?.(`session lookup for ${context.taskId} failed`, error);
+        // A fetch that failed may work on the next try; a missing ref or a bad remote never will.
+        if (!(error instanceof WorkspaceError) || error.transient) throw error;
+        return { outcome: 'fail', summary: `the workspace could not be prepared: ${error.message}`, details: { provider: provider.name, workspace: { error: error.message } } };
       }
+      context.output(`[drover] workspace ${prepared.dir}: ${prepared.branch ? `branch ${prepared.branch}` : 'detached'} at ${prepared.head}\n`);
+    }
+
+    const env = {
+      ...taskEnvironment({ taskId: context.taskId, attempt: context.attempt, input, instanceId: context.hostId, resumeSessionId }),
+      ...(plan && workspaces && prepared ? workspaces.environment(plan, prepared) : {}),
+    };
+    const workdir = prepared?.dir ?? this.host.workdir;
+    const follow = (key: string, sessionId: string | undefined) =>
+      this.startAndFollow(live, context, {
+        key,
+        workdir,
+        env: sessionId ? env : withoutResume(env),
+        argv: provider.argv(agent.command, { resumeSessionId: sessionId }),
+        parser: () => provider.parser({ permissionDenials: agent.permissionDenials ?? 'fail' }),
+      });
+    let result: TaskResult;
+    try {
+      result = await follow(context.runKey, resumeSessionId);
+      // The session to resume is gone (another machine's, or cleaned up): once, a fresh session.
+      if (resumeSessionId && result.details?.sessionLost === true) {
+        context.output(`[drover] session ${resumeSessionId} no longer exists; starting a new session\n`);
+        result = await follow(`${context.runKey}${FRESH_SESSION_SUFFIX}`, undefined);
+      }
+    } catch (error) {
+      // The attempt is over without a result (cancelled, lost): its worktree is kept for a while, unpushed.
+      if (plan && workspaces && !endsTryOnly(error)) await workspaces.abandon(plan, context.runKey).catch(() => undefined);
+      throw error;
+    }
+    if (plan && workspaces) {
+      context.progress('finishing the workspace: push and verify');
+      result = await workspaces.finish(plan, context.runKey, result);
+    }
+    return result;
+  }
+
+  private async sessionToResume(context: RunContext): Promise<string | undefined> {
+    const { input } = context;
+    if (!input.sessionKey || !this.hooks.sessions || this.host.sessionResume === 'never') return undefined;
+    let resumeSessionId: string | undefined;
+    try {
+      const earlier = await this.hooks.sessions(input);
+      resumeSessionId = sessionToResume(earlier, { kind: 'host', id: context.hostId }, this.host.sessionResume);
+      if (earlier && !resumeSessionId) {
+        const why = isUsableSessionId(earlier.sessionId) ? 'ran elsewhere' : 'has an id that cannot be passed to the agent';
+        context.output(`[drover] session ${JSON.stringify(String(earlier.sessionId).slice(0, 200))} of ${earlier.taskId} ${why}; starting a new session\n`);
+      }
+    } catch (error) {
+      // Resuming is a nicety: a lookup failure starts a fresh session.
+      this.hooks.warn?.(`session lookup for ${context.taskId} failed`, error);
     }
     if (resumeSessionId) context.output(`[drover] resuming session ${resumeSessionId}\n`);
+    return resumeSessionId;
+  }
 
-    const env = taskEnvironment({ taskId: context.taskId, attempt: context.attempt, input, instanceId: context.hostId, resumeSessionId });
-    const argv = provider.argv(agent.command, { resumeSessionId });
-    const prompt = Buffer.from(input.prompt, 'utf8');
-    const dir = runDirectory(this.host.workdir, context.runKey);
+  /** Starts the detached run `key` (or finds it started) and follows it to its result. */
+  private async startAndFollow(
+    live: LiveConnection,
+    context: RunContext,
+    run: { key: string; workdir: string; env: Record<string, string>; argv: string[]; parser: () => OutputParser },
+  ): Promise<TaskResult> {
+    const prompt = Buffer.from(context.input.prompt, 'utf8');
+    const dir = runDirectory(this.host.workdir, run.key);
     const killGraceSeconds = this.host.killGraceMs / 1000;
     // The run stops itself once unheld for this long: well inside the fence grace the workflow
     // waits out, leaving room for the kill grace and the watchdog's poll.
     const unheldSeconds = Math.max(2, Math.floor((context.fenceGraceMs - this.host.killGraceMs) / 1000) - 5);
-    const startScript = buildStartScript({ dir, workdir: this.host.workdir, env, argv, promptBytes: prompt.length, unheldSeconds, killGraceSeconds });
-    let start: ExecChannel;
-    try {
-      start = await connection.exec(shellCommandLine(startScript));
-    } catch (error) {
-      if (!reconnect) throw error;
-      connection = await reconnect();
-      start = await connection.exec(shellCommandLine(startScript));
-    }
+    const startScript = buildStartScript({ dir, workdir: run.workdir, env: run.env, argv: run.argv, promptBytes: prompt.length, unheldSeconds, killGraceSeconds });
+    const start = await live.use((c) => c.exec(shellCommandLine(startScript)));
+    const connection = live.current;
     start.channel.on('error', () => {});
     start.channel.end(prompt);
     let startErr = '';
@@ -197,7 +264,7 @@ export class SshRunner implements Runner {
       const attach = await connection.exec(shellCommandLine(buildAttachScript({ dir, outOffset: 0, errOffset: 0 })));
       const { result, exit } = await driveAgentProcess({
         process: channelProcess(attach, context.hostId),
-        parser: provider.parser(),
+        parser: run.parser(),
         signal: context.signal,
         detach: AbortSignal.any([context.detach, lost.signal]),
         onOutput: context.output,
@@ -233,7 +300,9 @@ export class SshRunner implements Runner {
     const connection = await SshConnection.connect(this.host.target);
     try {
       const result = await connection.run(shellCommandLine(buildListRunsScript(this.host.workdir)), this.renewTimeoutMs);
-      return result.stdout.split('\n').map((line) => line.trim()).filter((line) => /^[A-Za-z0-9_.-]+$/.test(line));
+      // A fresh session's run belongs to its attempt's run key.
+      const keys = result.stdout.split('\n').map((line) => line.trim().replace(FRESH_SESSION_SUFFIX_AT_END, ''));
+      return [...new Set(keys.filter((line) => /^[A-Za-z0-9_.-]+$/.test(line)))];
     } finally {
       connection.end();
     }
@@ -256,6 +325,29 @@ export class SshRunner implements Runner {
     }
   }
 
+}
+
+/**
+ * The run's connection. A spare connection may have died unnoticed (the host restarted): if the
+ * first command on it fails, one fresh connection is made and the command tried again on it.
+ */
+class LiveConnection {
+  private tried = false;
+  constructor(
+    public current: SshConnection,
+    private readonly reconnect?: () => Promise<SshConnection>,
+  ) {}
+
+  async use<T>(command: (connection: SshConnection) => Promise<T>): Promise<T> {
+    if (this.tried || !this.reconnect) return command(this.current);
+    this.tried = true;
+    try {
+      return await command(this.current);
+    } catch {
+      this.current = await this.reconnect();
+      return command(this.current);
+    }
+  }
 }
 
 /** An SSH channel as an agent process: it exits with the channel, and fails with the connection. */

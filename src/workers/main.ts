@@ -1,7 +1,7 @@
 // `drover worker`: the workflow worker, plus the workers of every SSH host in the config.
 import type { Client } from '@temporalio/client';
 import type { NativeConnection, Worker } from '@temporalio/worker';
-import { durationMs, type DroverConfig } from '../config';
+import { durationMs, type DroverConfig, workspaceSettings } from '../config';
 import type { Logger } from '../log';
 import { createTaskWorker } from './task-worker';
 import { createReportActivities } from '../activities/report';
@@ -44,6 +44,7 @@ export async function startWorkers(deps: {
     namespace: config.temporal.namespace,
     log,
     fenceGraceMs: durationMs(config.tasks.fenceGrace),
+    workspaces: workspaceSettings(config),
   }).catch(async (error: unknown) => {
     for (const worker of workers) if (worker.getState() === 'RUNNING') worker.shutdown();
     await workflowsDone.catch(() => undefined);

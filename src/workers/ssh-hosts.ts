@@ -1,6 +1,7 @@
 // The SSH hosts of a worker process: per configured host, its Temporal workers (typed queues and
 // its own queue, behind one slot limit), the SSH runner, the health check that turns polling on
 // and off, and the presence published for the API.
+import type { WorkspaceSettings } from '../workspace/workspace';
 import { readFileSync } from 'node:fs';
 import type { Client } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
@@ -73,6 +74,8 @@ export async function startSshHosts(deps: {
   presence?: { keepaliveMs?: number; sampleIntervalMs?: number };
   /** How long a run found under way at start keeps its slot for its attempt to attach (tasks.fenceGrace). */
   fenceGraceMs?: number;
+  /** Workspaces for tasks that name a repository (config.workspaces); none: agents run in each host's workdir. */
+  workspaces?: Omit<WorkspaceSettings, 'workdir'>;
 }): Promise<RunningSshHosts> {
   const { client, log } = deps;
   const sessions = deps.sessions ?? ((input) => findEarlierSession(client, input));
@@ -98,6 +101,7 @@ export async function startSshHosts(deps: {
           agents: config.agents,
           killGraceMs: durationMs(config.killGrace ?? '5s'),
           sessionResume: config.sessionResume ?? 'same-instance',
+          ...(deps.workspaces ? { workspaces: deps.workspaces } : {}),
         },
         {
           sessions,

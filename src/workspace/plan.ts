@@ -55,7 +55,7 @@ export function isSafeRefName(name: unknown): name is string {
  * control characters.
  */
 export function isSafeRemote(url: unknown): url is string {
-  if (typeof url !== 'string' || url.length > 2_000 || /[\s\0-\x1f\x7f]/.test(url) || url.includes('::')) return false;
+  if (typeof url !== 'string' || url.length > 2_000 || /\s/.test(url) || [...url].some((c) => c < ' ' || c === '\x7f') || url.includes('::')) return false;
   return /^(https?|ssh|git|file):\/\/[^-]/.test(url) || /^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+$/.test(url) || /^\/[^-]/.test(url);
 }
 
@@ -65,6 +65,21 @@ export function remoteUrl(template: string, repo: string): string | undefined {
   if (!owner || !name || !REPO_PART.test(owner) || !REPO_PART.test(name)) return undefined;
   const url = template.replaceAll('{repo}', repo).replaceAll('{owner}', owner).replaceAll('{name}', name);
   return isSafeRemote(url) ? url : undefined;
+}
+
+/** Refs an event or an enqueue request names; unsafe ones are dropped. */
+export type CheckoutRefs = Omit<TaskCheckout, 'remote'>;
+
+/** A task's checkout: the repository's clone URL from the config's template, and the safe refs. */
+export function taskCheckout(template: string | undefined, repo: string, refs: CheckoutRefs = {}): TaskCheckout | undefined {
+  const remote = template && repo ? remoteUrl(template, repo) : undefined;
+  if (!remote) return undefined;
+  const checkout: TaskCheckout = { remote };
+  if (isSafeRefName(refs.base)) checkout.base = refs.base;
+  if (isSafeRefName(refs.branch)) checkout.branch = refs.branch;
+  if (typeof refs.sha === 'string' && SHA.test(refs.sha)) checkout.sha = refs.sha.toLowerCase();
+  if (isSafeRefName(refs.ref) || (typeof refs.ref === 'string' && SHA.test(refs.ref))) checkout.ref = refs.ref;
+  return checkout;
 }
 
 /** The workspace a task's attempts get, or none (no repository, no remote, a custom task with no ref). */

@@ -106,6 +106,12 @@ export class Workspaces {
     return env;
   }
 
+  /** An attempt that ended without a result (cancelled, lost): its worktree is kept a while, nothing pushed. */
+  async abandon(plan: WorkspacePlan, runKey: string): Promise<void> {
+    const { script, stdin } = buildFinishScript({ workdir: this.settings.workdir, plan, runKey, credentials: this.settings.credentials, push: 'never', keep: true });
+    await this.exec(script, stdin, 60_000);
+  }
+
   /** Pushes, checks the result against the remote, and removes the worktree (or keeps a failed one). */
   async finish(plan: WorkspacePlan, runKey: string, result: TaskResult): Promise<TaskResult> {
     const claimedBranch = result.branch ?? (result.rev ? plan.branch : undefined);
