@@ -9,6 +9,8 @@ import { isUsableSessionId, sessionKeyAttribute, sessionToResume } from '../src/
 import { guessProvider } from '../src/agent/command';
 import { sleep } from '../src/agent/agent';
 import { getEventListeners } from 'node:events';
+import { readFileSync as readFixture } from 'node:fs';
+import type { ParserOptions, ResultDetails } from '../src/providers';
 
 function feed(name: string, lines: unknown[], exit = { code: 0 as number | null, signal: null as string | null }, stderr = '') {
   const parser = getProvider(name).parser();
@@ -59,6 +61,105 @@ describe('claude-code', () => {
   });
 });
 
+describe('claude-code: output captured from the real CLI (test/fixtures/claude-code, see claude-code-cli.test.ts)', () => {
+  const lines = (name: string) => readFixture(new URL(`./fixtures/claude-code/${name}.jsonl`, import.meta.url), 'utf8').split('\n');
+  const event = (name: string, type: string, subtype?: string) =>
+    lines(name).map((l) => (l.trim() ? (JSON.parse(l) as Record<string, unknown>) : {})).find((e) => e.type === type && (subtype === undefined || e.subtype === subtype))!;
+  function replay(name: string | string[], options?: ParserOptions, exit = { code: 0 as number | null, signal: null as string | null }, stderr = '') {
+    const parser = getProvider('claude-code').parser(options);
+    const progress = (typeof name === 'string' ? lines(name) : name).map((l) => parser.line(l)).filter(Boolean);
+    const result = parser.finish(exit, stderr);
+    return { result, details: result.details as ResultDetails, progress, sessionId: parser.sessionId };
+  }
+
+  it('a run that wrote a file: success, the declared summary, its cost and tokens', () => {
+    const init = event('accept-edits-write', 'system', 'init');
+    const { result, details, progress, sessionId } = replay('accept-edits-write');
+    expect(sessionId).toBe(init.session_id);
+    expect(result).toMatchObject({ outcome: 'success', summary: 'wrote hello.txt' });
+    expect(details).toMatchObject({ provider: 'claude-code', sessionId: init.session_id, model: 'claude-opus-5-5', permissionMode: 'acceptEdits', subtype: 'success', numTurns: 2 });
+    expect(details.costUsd).toBeCloseTo(0.0016, 10);
+    expect(details.sessionCostUsd).toBeCloseTo(0.0016, 10);
+    expect(details.tokens).toEqual({ input: 200, output: 40, cacheRead: 0, cacheWrite: 0 });
+    expect(details.permissionDenials).toBeUndefined();
+    expect(progress).toContain('tool Write: /work/repo/hello.txt');
+    expect(progress.at(-1)).toBe('finished: success');
+  });
+
+  it('refused tool uses fail the task by default, whatever the agent claims; `flag` keeps its outcome and lists them', () => {
+    const denial = { tool: 'Write', input: { file_path: '/work/repo/hello.txt', content: 'hello\n' }, message: expect.stringContaining("you haven't granted it yet") };
+    const failed = replay('permission-denied');
+    expect(failed.result.outcome).toBe('fail');
+    expect(failed.result.summary).toBe('claude-code was refused 1 tool use in permission mode default: Write: /work/repo/hello.txt\nThe agent said: wrote hello.txt');
+    expect(failed.details.permissionDenials).toEqual([denial]);
+    expect(failed.progress).toContainEqual(expect.stringMatching(/^permission denied: Write: Claude requested permissions to write/));
+    expect(failed.progress.at(-1)).toBe('finished: success (1 tool use refused)');
+    expect(replay('permission-denied', { permissionDenials: 'fail' }).result.outcome).toBe('fail');
+
+    const flagged = replay('permission-denied', { permissionDenials: 'flag' });
+    expect(flagged.result).toMatchObject({ outcome: 'success', summary: 'wrote hello.txt' });
+    expect(flagged.details.permissionDenials).toEqual([denial]);
+
+    // Killed before its result line: the refusals seen on `permission_denied` lines still count.
+    const cut = lines('permission-denied').filter((l) => !l.includes('"type":"result"'));
+    const killed = replay(cut, {}, { code: null, signal: 'SIGKILL' });
+    expect(killed.result.outcome).toBe('fail');
+    expect(killed.result.summary).toMatch(/^claude-code was refused 1 tool use in permission mode default: Write\n.*without a result \(killed by signal SIGKILL\)/);
+    expect(killed.details.permissionDenials).toEqual([{ tool: 'Write', message: expect.any(String) }]);
+  });
+
+  it('a session that could not be resumed: sessionLost, its dead id never offered as the session id, the reason from errors', () => {
+    const dead = event('session-lost', 'result').session_id as string;
+    const { result, details, sessionId } = replay('session-lost', {}, { code: 1, signal: null }, `No conversation found with session ID: ${dead}\n`);
+    expect(sessionId).toBeUndefined();
+    expect(result).toEqual({
+      outcome: 'fail',
+      summary: `claude-code failed (error_during_execution): No conversation found with session ID: ${dead}`,
+      details: expect.objectContaining({ provider: 'claude-code', sessionLost: true, lostSessionId: dead, errors: [`No conversation found with session ID: ${dead}`] }),
+    });
+    expect(details.sessionId).toBeUndefined();
+    // Only the message on stderr (no result line): the same.
+    const bare = replay([], {}, { code: 1, signal: null }, `No conversation found with session ID: ${dead}\n`);
+    expect(bare.details).toMatchObject({ sessionLost: true, lostSessionId: dead });
+    expect(bare.details.sessionId).toBeUndefined();
+  });
+
+  it('a resumed run: its own cost (model_usage_since_last_result) apart from the session’s (total_cost_usd); its own tokens (usage)', () => {
+    const first = replay('resume-first');
+    const { result, details } = replay('resume-second');
+    expect(result).toMatchObject({ outcome: 'success', summary: 'second' });
+    expect(details.sessionId).toBe(first.details.sessionId);
+    expect(details.costUsd).toBeCloseTo(0.01019, 10);
+    expect(details.sessionCostUsd).toBeCloseTo(0.01179, 10);
+    expect(details.sessionCostUsd!).toBeCloseTo(first.details.costUsd! + details.costUsd!, 10);
+    expect(details.tokens).toEqual({ input: 2000, output: 100, cacheRead: 600, cacheWrite: 14 });
+  });
+
+  it('an API error ends with subtype "success" and is_error: a failure with the API’s message, never "success"', () => {
+    const overloaded = replay('api-error-529', {}, { code: 1, signal: null });
+    expect(overloaded.result.outcome).toBe('fail');
+    expect(overloaded.result.summary).toMatch(/^claude-code failed \(api_error\): API Error: 529 Overloaded\./);
+    expect(overloaded.details).toMatchObject({ subtype: 'api_error', apiErrorStatus: 529, apiErrorType: 'overloaded_error', costUsd: 0, sessionCostUsd: 0 });
+    expect(overloaded.progress.at(-1)).toMatch(/^finished: api_error: API Error: 529 Overloaded/);
+    expect(overloaded.progress).not.toContain('finished: success');
+    const invalid = replay('api-error-400', {}, { code: 1, signal: null });
+    expect(invalid.result).toMatchObject({ outcome: 'fail', summary: 'claude-code failed (api_error): API Error: 400 messages: text content blocks must be non-empty' });
+    expect(invalid.details).toMatchObject({ subtype: 'api_error', apiErrorStatus: 400, apiErrorType: 'invalid_request_error' });
+  });
+
+  it('error_max_turns has no result text: the reason comes from errors', () => {
+    const { result, details, progress } = replay('max-turns', {}, { code: 1, signal: null });
+    expect(result).toMatchObject({ outcome: 'fail', summary: 'claude-code failed (error_max_turns): Reached maximum number of turns (1)' });
+    expect(details).toMatchObject({ subtype: 'error_max_turns', errors: ['Reached maximum number of turns (1)'], costUsd: 0.0008 });
+    expect(progress.at(-1)).toBe('finished: error_max_turns: Reached maximum number of turns (1)');
+  });
+
+  it('an empty final turn (result ""): the result declared in an earlier message counts', () => {
+    expect(event('empty-final-turn', 'result').result).toBe('');
+    expect(replay('empty-final-turn').result).toMatchObject({ outcome: 'fork', summary: 'split the work', branch: 'drover/implement-7', rev: '0123abcd' });
+  });
+});
+
 describe('opencode', () => {
   const ev = (type: string, part: Record<string, unknown> = {}, extra: Record<string, unknown> = {}) => ({ type, timestamp: 1, sessionID: 'ses_1', part, ...extra });
   it('reads text, tool use, cost and the session', () => {
@@ -71,7 +172,7 @@ describe('opencode', () => {
     ]);
     expect(sessionId).toBe('ses_1');
     expect(progress).toEqual(['tool bash: npm test', 'All tests pass.']);
-    expect(result).toEqual({ outcome: 'success', summary: 'All tests pass.', details: { provider: 'opencode', steps: 2, sessionId: 'ses_1', costUsd: 0.75 } });
+    expect(result).toEqual({ outcome: 'success', summary: 'All tests pass.', details: { provider: 'opencode', steps: 2, sessionId: 'ses_1', costUsd: 0.75, tokens: { input: 1, output: 2, cacheRead: 0, cacheWrite: 0 } } });
   });
 
   it('an error event or a non-zero exit fails', () => {

@@ -237,7 +237,7 @@ class OpenCodeParser implements OutputParser {
       } else result = { outcome: 'success', summary: clip(text.trim()) || 'done', details };
     }
     if (failByDenials && result.outcome !== 'fail') {
-      const agentSaid = result.summary ? `\nThe agent said: ${result.summary}` : '';
+      const agentSaid = this.lastText?.trim() ? `\nThe agent said: ${result.summary}` : '';
       return { outcome: 'fail', summary: clip(`${denialText(denials)}${agentSaid}`), details };
     }
     if (failByDenials) return { ...result, summary: clip(`${denialText(denials)}\n${result.summary}`) };
