@@ -46,6 +46,7 @@ export async function findEarlierSession(client: Client, input: TaskInput, optio
   const query = [
     `WorkflowType = '${TASK_WORKFLOW_TYPE}'`,
     `ExecutionStatus = 'Completed'`,
+    `${SA.state.name} = 'completed'`,
     `${SA.sessionKey.name} = '${sessionKeyAttribute(input.sessionKey)}'`,
     `${SA.agentType.name} = '${input.agentType}'`,
   ].join(' AND ');
@@ -62,13 +63,26 @@ export async function findEarlierSession(client: Client, input: TaskInput, optio
     } catch {
       continue;
     }
-    const sessionId = status?.result?.details?.sessionId;
     // The digest could in theory collide: the key itself must match.
-    if (status?.input?.sessionKey !== input.sessionKey || !isUsableSessionId(sessionId)) continue;
+    if (status?.input?.sessionKey !== input.sessionKey) continue;
+    const sessionId = resumableSession(status);
+    if (!sessionId) continue;
     const lastAttempt = status.attempts?.[status.attempts.length - 1];
     return { sessionId, taskId: status.taskId, holder: lastAttempt?.holder ?? status.assignee, closedAt: status.closedAt };
   }
   return undefined;
+}
+
+/**
+ * The session a closed task offers to later tasks of its key: only a run that completed without
+ * failing. A failed run's session may be the very one that is gone ("No conversation found"), and
+ * resuming it would fail every later task of the key.
+ */
+export function resumableSession(status: Pick<TaskStatus, 'state' | 'result'>): string | undefined {
+  if (status.state !== 'completed' || !status.result || status.result.outcome === 'fail') return undefined;
+  const details = status.result.details ?? {};
+  if (details.sessionLost === true) return undefined;
+  return isUsableSessionId(details.sessionId) ? details.sessionId : undefined;
 }
 
 export type ResumePolicy = 'same-instance' | 'always' | 'never';

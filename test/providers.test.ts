@@ -5,7 +5,7 @@ import { declaredResult } from '../src/providers/result-line';
 import { suggestedBranch } from '../src/run/env';
 import { LogBuffer } from '../src/run/log-buffer';
 import { blobKeyType, fingerprint, HostKeyError, hostKeyAlgorithms, matchesPins, parseHostKeyPins } from '../src/ssh/host-key';
-import { isUsableSessionId, sessionKeyAttribute, sessionToResume } from '../src/sessions';
+import { isUsableSessionId, resumableSession, sessionKeyAttribute, sessionToResume } from '../src/sessions';
 import { guessProvider } from '../src/agent/command';
 import { sleep } from '../src/agent/agent';
 import { getEventListeners } from 'node:events';
@@ -248,6 +248,17 @@ describe('small parts', () => {
     expect(sessionToResume(earlier, { kind: 'agent', id: 'h1' }, 'same-instance')).toBeUndefined();
     expect(sessionToResume(earlier, { kind: 'host', id: 'h2' }, 'always')).toBe('s');
     expect(sessionToResume(earlier, { kind: 'host', id: 'h1' }, 'never')).toBeUndefined();
+  });
+
+  it('offers only the session of a run that completed without failing: a failed or lost one never poisons its key', () => {
+    const ok = { state: 'completed' as const, result: { outcome: 'success' as const, summary: 's', details: { sessionId: 'abc-1' } } };
+    expect(resumableSession(ok)).toBe('abc-1');
+    expect(resumableSession({ ...ok, result: { ...ok.result, outcome: 'fork' as const } })).toBe('abc-1');
+    expect(resumableSession({ ...ok, result: { ...ok.result, outcome: 'fail' as const } })).toBeUndefined();
+    expect(resumableSession({ ...ok, state: 'failed' as const })).toBeUndefined();
+    expect(resumableSession({ ...ok, state: 'cancelled' as const })).toBeUndefined();
+    expect(resumableSession({ ...ok, result: { ...ok.result, details: { sessionId: 'abc-1', sessionLost: true } } })).toBeUndefined();
+    expect(resumableSession({ ...ok, result: { ...ok.result, details: {} } })).toBeUndefined();
   });
 
   it('never resumes a session id that an agent CLI would read as an option or that is not one word', () => {
