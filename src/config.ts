@@ -205,6 +205,11 @@ export const ConfigSchema = T.Object(
     prompts: T.Record(T.String(), T.String(), { default: {} }),
     tasks: TaskDefaultsSection,
     workspaces: WorkspacesSection,
+    /**
+     * Daily spend (USD, UTC days) per repository (`owner/name`, or `*` for every other one): once
+     * a repository's agents have spent it, its new tasks stay pending until the next day.
+     */
+    budgets: T.Object({ dailyUsd: T.Record(T.String(), T.Number({ minimum: 0 }), { default: {} }) }, { additionalProperties: false, default: {} }),
     agents: T.Array(AgentSection, { default: [] }),
     hosts: T.Array(HostSection, { default: [] }),
     log: T.Object({ level: T.String({ default: 'info' }) }, { additionalProperties: false, default: {} }),

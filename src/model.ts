@@ -84,7 +84,15 @@ export interface TaskInput {
   sessionKey?: string;
   /** What to check out for the agent; none runs it in the machine's working directory. */
   checkout?: TaskCheckout;
+  /** Not dispatched before `until` (a daily budget spent when the task was made). */
+  hold?: TaskHold;
   options?: Partial<TaskOptions>;
+}
+
+export interface TaskHold {
+  reason: string;
+  /** ISO time the hold ends. */
+  until: string;
 }
 
 /**
@@ -144,6 +152,8 @@ export interface TaskStatus {
   runDeadlineAt?: string;
   cancelRequested: boolean;
   cancelRequestedAt?: string;
+  /** While set, the task is not dispatched (nor claimed) before `until`, for `reason`. */
+  hold?: TaskHold;
   /** Why, and by whom, as the cancel request said. */
   cancelReason?: string;
   cancelledBy?: string;

@@ -251,3 +251,32 @@ test('a snapshot resumes the same task (continue-as-new)', () => {
   expect(resumed.status).toEqual(m.status);
   expect(resumed.dueSshDispatch(T0 + 20)).toEqual(m.dueSshDispatch(T0 + 20));
 });
+
+describe('hold (a spent daily budget)', () => {
+  const held = () => {
+    const input: TaskInput = { agentType: 'dev', kind: 'implement', repo: 'acme/web', number: 1, title: 't', prompt: 'p', hold: { reason: 'budget spent', until: new Date(T0 + 60_000).toISOString() } };
+    return TaskMachine.create('implement:acme:web:1', input, T0, 'run-1');
+  };
+
+  test('a held task is neither dispatched nor claimed before its hold ends; then it is, as any task', () => {
+    const m = held();
+    expect(m.snapshot().status.hold?.reason).toBe('budget spent');
+    expect(m.dueSshDispatch(T0)).toBeUndefined();
+    expect(m.wakeAt()).toBe(T0 + 60_000);
+    expect(codeOf(() => m.claim({ claimant: agent() }, T0 + 1))).toBe('task_held');
+    m.expire(T0 + 59_999);
+    expect(m.snapshot().status.hold).toBeDefined();
+    m.expire(T0 + 60_000);
+    expect(m.snapshot().status.hold).toBeUndefined();
+    expect(m.dueSshDispatch(T0 + 60_000)).toMatchObject({ dispatch: 1 });
+  });
+
+  test('a hold already over when the task starts is none; a coordinator’s assign lifts one', () => {
+    const input: TaskInput = { agentType: 'dev', kind: 'implement', repo: 'acme/web', number: 1, title: 't', prompt: 'p', hold: { reason: 'r', until: new Date(T0 - 1).toISOString() } };
+    expect(TaskMachine.create('x', input, T0, 'run-1').snapshot().status.hold).toBeUndefined();
+    const m = held();
+    m.assign({ target: agent() }, T0 + 1);
+    expect(m.snapshot().status.hold).toBeUndefined();
+    expect(m.claim({ claimant: agent() }, T0 + 2)).toMatchObject({ attempt: 1 });
+  });
+});

@@ -5,7 +5,10 @@ import { Context } from '@temporalio/activity';
 import type { DroverConfig } from '../config';
 import { durationMs } from '../config';
 import { ForgejoApi, isPermanentStatus } from '../forgejo/api';
+import type { Client } from '@temporalio/client';
+import type { TaskStatus } from '../model';
 import type { TaskEvent } from '../workflows/activity-types';
+import { costEntry, costLedgerSink } from './cost';
 import { describeInstance } from '../workflows/claim-rules';
 import type { TaskEventSink } from './report';
 
@@ -28,6 +31,9 @@ export interface TaskEventReport {
   summary?: string;
   branch?: string;
   rev?: string;
+  /** What the run cost and the tokens it used, as its agent CLI reported them. */
+  cost_usd?: number;
+  tokens?: { input: number; output: number; cache_read: number; cache_write: number };
   /** Why the task was cancelled, and by whom, as the cancel request said. */
   cancel_reason?: string;
   cancelled_by?: string;
@@ -68,6 +74,7 @@ export function taskEventReport(event: TaskEvent, links: ReportLinks): TaskEvent
           summary: status.result.summary,
           ...(status.result.branch ? { branch: status.result.branch } : {}),
           ...(status.result.rev ? { rev: status.result.rev } : {}),
+          ...costFields(status),
         }
       : {}),
     ...(status.cancelRequested && status.cancelReason ? { cancel_reason: status.cancelReason } : {}),
@@ -77,6 +84,29 @@ export function taskEventReport(event: TaskEvent, links: ReportLinks): TaskEvent
     ...(ui ? { history_url: `${ui}/namespaces/${encodeURIComponent(links.namespace)}/workflows/${encodeURIComponent(status.taskId)}` } : {}),
     at: status.closedAt ?? status.updatedAt,
   };
+}
+
+function costFields(status: TaskStatus): Pick<TaskEventReport, 'cost_usd' | 'tokens'> {
+  const entry = costEntry(status);
+  if (!entry) return {};
+  const { input, output, cacheRead, cacheWrite } = entry.tokens;
+  return {
+    ...(typeof status.result?.details?.costUsd === 'number' ? { cost_usd: entry.costUsd } : {}),
+    ...(input + output + cacheRead + cacheWrite > 0 ? { tokens: { input, output, cache_read: cacheRead, cache_write: cacheWrite } } : {}),
+  };
+}
+
+/** `$0.0123 · 12.3k tokens (1.2k in, 800 out, 10.3k cache)` */
+export function describeCost(report: Pick<TaskEventReport, 'cost_usd' | 'tokens'>): string | undefined {
+  const parts: string[] = [];
+  if (report.cost_usd !== undefined) parts.push(`$${report.cost_usd < 1 ? report.cost_usd.toFixed(4) : report.cost_usd.toFixed(2)}`);
+  if (report.tokens) {
+    const t = report.tokens;
+    const k = (n: number) => (n >= 1_000 ? `${(n / 1_000).toFixed(1)}k` : String(n));
+    const cache = t.cache_read + t.cache_write;
+    parts.push(`${k(t.input + t.output + cache)} tokens (${k(t.input)} in, ${k(t.output)} out${cache ? `, ${k(cache)} cache` : ''})`);
+  }
+  return parts.length ? parts.join(' · ') : undefined;
 }
 
 export function commentMarker(report: TaskEventReport): string {
@@ -108,6 +138,8 @@ export function renderComment(report: TaskEventReport): string {
   if (report.outcome) rows.push(['outcome', report.outcome]);
   if (report.branch) rows.push(['branch', code(report.branch)]);
   if (report.rev) rows.push(['rev', code(report.rev)]);
+  const cost = describeCost(report);
+  if (cost) rows.push(['cost', cost]);
   if (report.cancel_reason) rows.push(['cancelled', `${quoteInline(report.cancel_reason)}${report.cancelled_by ? ` (by ${code(report.cancelled_by)})` : ''}`]);
   const links = [`[task](${report.task_url})`, ...(report.history_url ? [`[history](${report.history_url})`] : [])].join(' · ');
   const lines = [
@@ -199,8 +231,8 @@ export function callbackSink(options: { links: ReportLinks; timeoutMs: number })
   };
 }
 
-/** The sinks the config asks for: the Forgejo comment when forgejo.url and token are set; callbacks always. */
-export function reportSinksFromConfig(config: DroverConfig): TaskEventSink[] {
+/** The sinks the config asks for: the Forgejo comment when forgejo.url and token are set; callbacks always; the cost ledger with a client. */
+export function reportSinksFromConfig(config: DroverConfig, client?: Client): TaskEventSink[] {
   const links: ReportLinks = { publicUrl: config.api.publicUrl, temporalUiUrl: config.api.temporalUiUrl, namespace: config.temporal.namespace };
   const timeoutMs = durationMs(config.forgejo.timeout);
   const sinks: TaskEventSink[] = [];
@@ -208,5 +240,7 @@ export function reportSinksFromConfig(config: DroverConfig): TaskEventSink[] {
     sinks.push(forgejoCommentSink({ api: new ForgejoApi({ url: config.forgejo.url, token: config.forgejo.token, timeoutMs }), links }));
   }
   sinks.push(callbackSink({ links, timeoutMs }));
+  // Costs go to the ledger that /metrics, stats and budgets read.
+  if (client) sinks.push(costLedgerSink(client));
   return sinks;
 }

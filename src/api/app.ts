@@ -1,6 +1,7 @@
 // The Fastify app factory: `drover api` and `drover dev` serve it; tests build it with fake parts.
 // One plugin per resource; every error is JSON `{code, message}`; the OpenAPI document is
 // generated from the route schemas and browsable at /docs.
+import { budgetHold, CostLedgerReader, dailyBudget } from '../costs';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
@@ -85,7 +86,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   const tasks = deps.tasks ?? new TaskClient(client);
-  const metrics = new ApiMetrics(tasks);
+  const costs = new CostLedgerReader(client);
+  const metrics = new ApiMetrics(tasks, costs);
   metrics.install(app);
   const directory = new AgentDirectory({ config, client, log: app.log, workflowId: deps.registryWorkflowId });
   const hub = new DequeueHub({
@@ -106,6 +108,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     admin: adminGuard(config.api.adminToken ? hashToken(config.api.adminToken) : undefined),
     maxWaitMs: durationMs(config.api.maxDequeueWait),
     taskOptions: taskDefaults(config),
+    costs,
+    async budgetHold(repo) {
+      if (!dailyBudget(config.budgets.dailyUsd, repo)) return undefined;
+      return budgetHold(await costs.read(), config.budgets.dailyUsd, repo);
+    },
     // Presence that worker processes publish to the host registry (src/host-presence.ts).
     hostPresence: deps.hostPresence ?? createHostPresence(client),
   };

@@ -1,4 +1,6 @@
 // What every API plugin gets: config, the Temporal clients, the agent directory, the dequeue hub.
+import type { CostLedgerReader } from '../costs';
+import type { TaskHold } from '../model';
 import type { Client } from '@temporalio/client';
 import type { FastifyRequest } from 'fastify';
 import type { DroverConfig } from '../config';
@@ -32,6 +34,10 @@ export interface ApiContext {
   /** Task options from the config's `tasks` defaults, stored with every task the API starts. */
   taskOptions: TaskOptions;
   hostPresence?: HostPresence;
+  /** The cost ledger's sums (src/costs.ts): stats, metrics and daily budgets. */
+  costs: CostLedgerReader;
+  /** The hold a new task of `repo` gets while its daily budget is spent (budgets.dailyUsd), if any. */
+  budgetHold(repo: string): Promise<TaskHold | undefined>;
 }
 
 export interface PluginOptions {

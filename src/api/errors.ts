@@ -27,6 +27,7 @@ export const TASK_ERROR_STATUS: Record<TaskErrorCode, number> = {
   stale_dispatch: 409,
   not_lease_holder: 409,
   stale_attempt: 409,
+  task_held: 409,
 };
 
 export function fromTaskError(error: TaskError, overrides: Partial<Record<TaskErrorCode, number>> = {}): ApiError {

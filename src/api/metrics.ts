@@ -3,6 +3,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { TASK_STATES } from '../model';
+import type { CostLedgerReader } from '../costs';
 import type { TaskClient } from '../task-client';
 import type { HubMetrics } from './dequeue-hub';
 
@@ -49,8 +50,9 @@ export class ApiMetrics {
     registers: [this.registry],
   });
 
-  constructor(tasks: TaskClient) {
+  constructor(tasks: TaskClient, costs?: CostLedgerReader) {
     collectDefaultMetrics({ register: this.registry, prefix: 'drover_' });
+    if (costs) this.costMetrics(costs);
     // /metrics is open: however often it is scraped, Temporal is asked at most once per TTL.
     let counted: { at: number; counts: Promise<Array<PromiseSettledResult<number>>> } | undefined;
     new Gauge({
@@ -66,6 +68,43 @@ export class ApiMetrics {
         counts.forEach((result, i) => {
           if (result.status === 'fulfilled') this.set({ state: TASK_STATES[i]! }, result.value);
         });
+      },
+    });
+  }
+
+  /**
+   * Agent cost and tokens since the ledger began, by type, repository and provider: counters whose
+   * values are the ledger's (every API process shows the same; they never go down).
+   */
+  private costMetrics(costs: CostLedgerReader): void {
+    new Counter({
+      name: 'drover_agent_cost_usd_total',
+      help: 'What agent runs cost (USD), as their CLIs reported it, by agent type, repository and provider',
+      labelNames: ['type', 'repo', 'provider'] as const,
+      registers: [this.registry],
+      async collect() {
+        const sums = await costs.read().catch(() => undefined);
+        if (!sums) return;
+        this.reset();
+        for (const row of Object.values(sums.allTime)) this.inc({ type: row.agentType, repo: row.repo, provider: row.provider }, row.costUsd);
+      },
+    });
+    new Counter({
+      name: 'drover_agent_tokens_total',
+      help: 'Tokens agent runs used, as their CLIs reported them, by agent type, repository, provider and kind (input, output, cache_read, cache_write)',
+      labelNames: ['type', 'repo', 'provider', 'kind'] as const,
+      registers: [this.registry],
+      async collect() {
+        const sums = await costs.read().catch(() => undefined);
+        if (!sums) return;
+        this.reset();
+        for (const row of Object.values(sums.allTime)) {
+          const labels = { type: row.agentType, repo: row.repo, provider: row.provider };
+          this.inc({ ...labels, kind: 'input' }, row.input);
+          this.inc({ ...labels, kind: 'output' }, row.output);
+          this.inc({ ...labels, kind: 'cache_read' }, row.cacheRead);
+          this.inc({ ...labels, kind: 'cache_write' }, row.cacheWrite);
+        }
       },
     });
   }

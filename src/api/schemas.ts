@@ -104,6 +104,7 @@ export const TaskViewSchema = T.Object(
     updated_at: T.String(),
     claimed_at: nullable(T.String()),
     closed_at: nullable(T.String()),
+    hold: nullable(T.Object({ reason: T.String(), until: T.String() }, { description: 'not dispatched before `until` (a daily budget was spent)' })),
     result: nullable(ResultSchema),
     attempts: T.Array(AttemptSchema),
   },
@@ -133,6 +134,7 @@ export function taskView(status: TaskStatus): TaskView {
     updated_at: status.updatedAt,
     claimed_at: status.claimedAt ?? null,
     closed_at: status.closedAt ?? null,
+    hold: status.hold ?? null,
     result: status.result ?? null,
     attempts: status.attempts.map((a) => ({
       attempt: a.attempt,

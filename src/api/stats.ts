@@ -3,9 +3,19 @@ import { Type as T } from '@sinclair/typebox';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyPluginAsync } from 'fastify';
 import { durationMs } from '../config';
+import { costWindows } from '../costs';
 import { EXECUTION_MODES, TASK_STATES } from '../model';
 import type { ApiContext, PluginOptions } from './context';
 import { errorResponses } from './schemas';
+
+const CostSum = T.Object({ usd: T.Number(), tokens: T.Integer(), runs: T.Integer() });
+const CostWindowView = T.Object({
+  usd: T.Number(),
+  tokens: T.Integer(),
+  runs: T.Integer(),
+  by_type: T.Record(T.String(), CostSum),
+  by_repo: T.Record(T.String(), CostSum),
+});
 
 const StatsView = T.Object({
   tasks: T.Object({
@@ -17,6 +27,10 @@ const StatsView = T.Object({
   }),
   hosts: T.Object({ configured: T.Integer(), online: T.Union([T.Integer(), T.Null()]), slots: T.Integer() }),
   agents: T.Object({ configured: T.Integer(), runtime: T.Integer(), online: T.Integer(), waiting_here: T.Integer() }),
+  cost: T.Object(
+    { today: CostWindowView, last_30_days: CostWindowView },
+    { description: 'what agent runs cost, as their CLIs reported it: today and the last 30 days (UTC days), by agent type and repository' },
+  ),
   at: T.String(),
 });
 
@@ -54,7 +68,8 @@ async function compute(ctx: ApiContext) {
     if (task.state === 'pending' || task.state === 'running') add(task.state, task.agentType ?? '', task.mode ?? '', 1);
   }
   rows.sort((a, b) => a.type.localeCompare(b.type) || a.state.localeCompare(b.state) || a.mode.localeCompare(b.mode));
-  const [agents, lastSeen, hostStates] = await Promise.all([
+  const [costs, agents, lastSeen, hostStates] = await Promise.all([
+    ctx.costs.read(),
     ctx.directory.all(),
     ctx.directory.lastSeen(),
     Promise.all(ctx.config.hosts.map((h) => Promise.resolve(ctx.hostPresence?.(h.id)).catch(() => undefined))),
@@ -75,6 +90,7 @@ async function compute(ctx: ApiContext) {
       online: agents.filter((a) => lastSeen.has(a.id) && now - Date.parse(lastSeen.get(a.id)!) <= onlineWithinMs).length,
       waiting_here: ctx.hub.waitingCount,
     },
+    cost: costWindows(costs),
     at: new Date().toISOString(),
   };
 }
@@ -87,7 +103,7 @@ export const statsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
     {
       onRequest: ctx.admin,
       schema: {
-        summary: 'Counts by state, type and mode; hosts; agents',
+        summary: 'Counts by state, type and mode; hosts; agents; cost',
         tags: ['operators'],
         security: [{ adminToken: [] }],
         response: { 200: StatsView, ...errorResponses(401, 403, 503) },

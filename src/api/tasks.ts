@@ -137,6 +137,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
       const kind = body.kind ?? 'custom';
       const repo = body.repo ?? '';
       const checkout = taskCheckout(remoteUrlTemplate(config), repo, body.checkout);
+      const hold = await ctx.budgetHold(repo);
       if (body.checkout) {
         if (!checkout) throw new ApiError(400, 'bad_request', 'checkout needs a repo, and workspaces.remoteUrl or forgejo.url in the config');
         const unsafe = (['ref', 'base', 'branch'] as const).find((key) => body.checkout![key] !== undefined && checkout[key] === undefined);
@@ -162,6 +163,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
           ...(body.callback_url ? { callbackUrl: body.callback_url } : {}),
           ...(body.session_key ? { sessionKey: body.session_key } : {}),
           ...(checkout ? { checkout } : {}),
+          ...(hold ? { hold } : {}),
           options,
         },
         { taskId: id },

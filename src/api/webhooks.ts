@@ -110,7 +110,8 @@ export const webhooksPlugin: FastifyPluginAsync<PluginOptions> = async (app, { c
         }
         case 'task': {
           const checkout = taskCheckout(remoteUrlTemplate(config), decision.input.repo, decision.refs);
-          const started = await tasks.start({ ...decision.input, ...(checkout ? { checkout } : {}), options: ctx.taskOptions }, { taskId: decision.taskId });
+          const hold = await ctx.budgetHold(decision.input.repo);
+          const started = await tasks.start({ ...decision.input, ...(checkout ? { checkout } : {}), ...(hold ? { hold } : {}), options: ctx.taskOptions }, { taskId: decision.taskId });
           hub.hint({ taskId: started.taskId, agentType: decision.input.agentType });
           metrics.webhooks.inc({ event: eventLabel, result: started.created ? 'created' : 'existing' });
           return reply.code(202).send({

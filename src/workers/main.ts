@@ -31,7 +31,7 @@ export async function startWorkers(deps: {
       namespace: config.temporal.namespace,
       workflowBundle: deps.workflowBundle,
       // Task events become Forgejo comments and callback POSTs (retried until delivered).
-      activities: createReportActivities(reportSinksFromConfig(config)),
+      activities: createReportActivities(reportSinksFromConfig(config, deps.client)),
     }),
   ];
   log.info({ queues: ['drover.tasks'] }, 'workflow worker started');

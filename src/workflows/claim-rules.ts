@@ -14,6 +14,7 @@ export const REJECTION_CODES = [
   'stale_dispatch',
   'not_lease_holder',
   'stale_attempt',
+  'task_held',
 ] as const;
 export type RejectionCode = (typeof REJECTION_CODES)[number];
 
@@ -48,6 +49,7 @@ export function checkClaim(
   if (!claimant.types.includes(task.input.agentType)) {
     return reject('wrong_agent_type', `${describeInstance(claimant)} does not serve agent type ${task.input.agentType}`);
   }
+  if (task.hold) return reject('task_held', `task ${task.taskId} is held until ${task.hold.until}: ${task.hold.reason}`);
   if (task.reservedFor && !sameInstance(task.reservedFor, claimant)) {
     return reject('reserved_for_other', `task ${task.taskId} is reserved for ${describeInstance(task.reservedFor)}`);
   }

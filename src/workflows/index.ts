@@ -2,3 +2,4 @@
 export { taskWorkflow } from './task';
 export { agentRegistryWorkflow } from './agent-registry';
 export { hostRegistryWorkflow } from './host-registry';
+export { costLedgerWorkflow } from './cost-ledger';

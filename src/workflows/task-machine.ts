@@ -118,6 +118,7 @@ export class TaskMachine {
         attempt: 0,
         lostAttempts: 0,
         cancelRequested: false,
+        ...(input.hold && Date.parse(input.hold.until) > now ? { hold: input.hold } : {}),
         createdAt: iso(now),
         updatedAt: iso(now),
         attempts: [],
@@ -246,6 +247,8 @@ export class TaskMachine {
   assign(request: AssignRequest, now: number): TaskStatus {
     this.mustPass(this.validateAssign(request));
     const { target } = request;
+    // A coordinator's assign is an operator's decision: it lifts a hold.
+    delete this.status.hold;
     this.status.reservedFor = { kind: target.kind, id: target.id };
     this.status.mode = target.kind === 'host' ? 'ssh_cli' : 'http_pull';
     // The attempt scheduled on the type's queue must not run now: the host's own queue takes over.
@@ -399,6 +402,7 @@ export class TaskMachine {
   /** When the shell must wake the machine at the latest (lease, run deadline, redispatch backoff). */
   wakeAt(): number | undefined {
     const s = this.status;
+    if (s.hold && s.state === 'pending') return Date.parse(s.hold.until);
     if (s.state === 'running' && s.mode === 'http_pull' && s.leaseExpiresAt) {
       return Math.min(Date.parse(s.leaseExpiresAt), s.runDeadlineAt ? Date.parse(s.runDeadlineAt) : Infinity);
     }
@@ -412,6 +416,10 @@ export class TaskMachine {
   /** Applies what time has decided: a pull agent's run deadline or lapsed lease. */
   expire(now: number): void {
     const s = this.status;
+    if (s.hold && now >= Date.parse(s.hold.until)) {
+      delete s.hold;
+      this.touch(now);
+    }
     if (s.state !== 'running' || s.mode !== 'http_pull') return;
     if (s.runDeadlineAt && now >= Date.parse(s.runDeadlineAt)) this.runTimedOut(now);
     else if (s.leaseExpiresAt && now >= Date.parse(s.leaseExpiresAt)) {
@@ -444,6 +452,7 @@ export class TaskMachine {
   private wantsSshAttempt(): boolean {
     const s = this.status;
     if (s.state !== 'pending' || s.cancelRequested || this.outstanding !== undefined) return false;
+    if (s.hold) return false;
     if (s.reservedFor) return s.reservedFor.kind === 'host';
     return s.mode === 'undecided';
   }

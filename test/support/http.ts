@@ -87,7 +87,7 @@ export async function startHarness(raw: Record<string, unknown> = {}): Promise<H
         connection: nativeConnection,
         namespace,
         workflowBundle: { codePath: inject('workflowBundlePath') },
-        activities: createReportActivities(sinks ?? reportSinksFromConfig(config)),
+        activities: createReportActivities(sinks ?? reportSinksFromConfig(config, client)),
       });
       workers.push(worker);
       runs.push(worker.run());
