@@ -188,3 +188,13 @@ describe('workspaces on real git', () => {
     expect(error).toMatchObject({ transient: true, message: expect.stringContaining('fetching') });
   });
 });
+
+describe('workspace messages', () => {
+  it('never carry a URL’s userinfo', async () => {
+    const { redactUrls } = await import('../src/workspace/workspace');
+    expect(redactUrls("fetching https://drover:s3cret-token@forgejo.example.com/acme/web.git failed: fatal: repository 'https://x:y@h/r' not found")).toBe(
+      "fetching https://***@forgejo.example.com/acme/web.git failed: fatal: repository 'https://***@h/r' not found",
+    );
+    expect(redactUrls('git@forgejo.example.com:acme/web.git')).toBe('git@forgejo.example.com:acme/web.git');
+  });
+});

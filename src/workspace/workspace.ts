@@ -35,6 +35,11 @@ export interface PreparedWorkspace {
   credentialsDir?: string;
 }
 
+/** Userinfo in a URL (`https://user:token@host/…`) never reaches a log or a result. */
+export function redactUrls(text: string): string {
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^/@\s]+@/gi, '$1***@');
+}
+
 /** A workspace that could not be made. `transient`: trying again may work (a fetch failed). */
 export class WorkspaceError extends Error {
   override readonly name = 'WorkspaceError';
@@ -76,7 +81,7 @@ export class Workspaces {
     const answer = await this.exec(script, stdin, this.settings.prepareTimeoutMs ?? 15 * 60_000);
     const values = parseKeyValues(answer.stdout);
     if (answer.code !== 0 || !values.workspace || !values.head) {
-      const why = values.error ?? (answer.stderr.trim() || `exit code ${answer.code}`);
+      const why = redactUrls(values.error ?? (answer.stderr.trim() || `exit code ${answer.code}`));
       throw new WorkspaceError(clip(why, 1_000), /^(fetching|the mirror stayed locked)/.test(why));
     }
     return {
@@ -128,12 +133,12 @@ export class Workspaces {
     const answer = await this.exec(script, stdin, 5 * 60_000);
     const values = parseKeyValues(answer.stdout);
     if (answer.code !== 0) {
-      const why = values.error ?? (answer.stderr.trim() || `exit code ${answer.code}`);
+      const why = redactUrls(values.error ?? (answer.stderr.trim() || `exit code ${answer.code}`));
       return { ...result, details: { ...result.details, workspace: { error: clip(why, 1_000) } } };
     }
     return verifiedResult(result, plan, {
       ...(values.push ? { push: values.push as FinishOutcome['push'] } : {}),
-      ...(values.push_error ? { pushError: values.push_error.trim() } : {}),
+      ...(values.push_error ? { pushError: redactUrls(values.push_error.trim()) } : {}),
       ...(values.dirty !== undefined ? { dirtyFiles: Number(values.dirty) || 0 } : {}),
       ...(values.head_after ? { headAfter: values.head_after } : {}),
       ...(values.remote_rev !== undefined ? { remoteRev: values.remote_rev } : {}),
