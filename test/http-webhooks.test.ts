@@ -46,6 +46,8 @@ describe('each mapped event makes the right task', () => {
     expect(status.input.prompt).toContain('Add dark mode');
     expect(status.input.prompt).toContain('Users want a dark theme.');
     expect(status.input.prompt).toContain(`https://forgejo.example/${repo}/issues/42`);
+    // The workspace clones the repository from the configured Forgejo, at its default branch.
+    expect(status.input.checkout).toEqual({ remote: `${forgejo.url}/${repo}.git`, base: 'main' });
     // The config's task defaults travel with the task.
     expect(status.options.matchWindowMs).toBe(60_000);
     expect(status.options.leaseMs).toBe(30_000);
@@ -58,6 +60,8 @@ describe('each mapped event makes the right task', () => {
     expect(res.json()).toMatchObject({ kind: 'review', agent_type: 'reviewer' });
     const status = await h.tasks.status(res.json().task_id);
     expect(status.input).toMatchObject({ kind: 'review', agentType: 'reviewer', number: 7 });
+    // The reviewer's workspace is the pull request's head at the event's sha.
+    expect(status.input.checkout).toMatchObject({ remote: `${forgejo.url}/${repo}.git`, branch: 'dark-mode', sha: 'd'.repeat(40) });
     expect(status.input.prompt).toContain('dark-mode');
     expect(status.input.prompt).toContain('d'.repeat(40));
   });
