@@ -76,6 +76,14 @@ describe('enqueue, list, inspect', () => {
     const shadowed = await post('/api/v1/tasks', { agent_type: 'dev', title: 't', task_id: 'dequeue' });
     expect(shadowed.statusCode).toBe(400);
     expect(shadowed.json().code).toBe('bad_request');
+    // A checkout needs a clone URL (workspaces.remoteUrl or forgejo.url: neither here) and git-safe refs.
+    const noRemote = await post('/api/v1/tasks', { agent_type: 'dev', kind: 'custom', repo: 'acme/web', number: 1, title: 't', prompt: 'p', checkout: { ref: 'v1.0' } });
+    expect(noRemote.statusCode).toBe(400);
+    expect(noRemote.json().message).toContain('workspaces.remoteUrl');
+    for (const ref of ['--upload-pack=touch /tmp/p', 'a..b', '$(id)']) {
+      const unsafe = await post('/api/v1/tasks', { agent_type: 'dev', kind: 'custom', repo: 'acme/web', number: 1, title: 't', prompt: 'p', checkout: { ref } });
+      expect(unsafe.statusCode, ref).toBe(400);
+    }
     const missing = await get(taskUrl('implement:acme:nothing:1'));
     expect(missing.statusCode).toBe(404);
     expect(missing.json()).toMatchObject({ code: 'task_not_found' });
