@@ -4,45 +4,21 @@
 // ANTHROPIC_BASE_URL points at the fake and the environment is built from scratch.
 // DROVER_RECORD_CLAUDE_FIXTURES=1 writes the runs' stdout to test/fixtures/claude-code/*.jsonl
 // (temporary paths and the fake's port replaced by placeholders), which test/providers.test.ts reads.
-import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { claudeCode } from '../src/providers/claude-code';
-import type { ParserOptions, ResultDetails } from '../src/providers';
-import type { TaskResult } from '../src/model';
+import type { ParserOptions } from '../src/providers';
+import { CLAUDE_BINARY, claudeOfflineEnv, jsonLines, parseOutput, runDirs, spawnCli, type CliRun } from './support/agent-cli';
 import { apiError, startFakeAnthropic, text, toolUse, turn, type FakeAnthropic } from './support/fake-anthropic';
 
-const CLAUDE = join(dirname(createRequire(import.meta.url).resolve('@anthropic-ai/claude-code-linux-x64/package.json')), 'claude');
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'claude-code');
 const RECORD = process.env.DROVER_RECORD_CLAUDE_FIXTURES === '1';
 const RUN_TIMEOUT_MS = 50_000;
 
-const root = mkdtempSync(join(tmpdir(), 'drover-claude-cli-'));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
-
-interface Run {
-  stdout: string;
-  stderr: string;
-  exit: { code: number | null; signal: string | null };
-  result: TaskResult;
-  details: ResultDetails;
-  progress: string[];
-  sessionId: string | undefined;
-  /** The stream-json lines, parsed. */
-  events: Array<Record<string, unknown>>;
-}
-
-/** Feeds stdout through a fresh parser. */
-function parse(stdout: string, exit: Run['exit'], stderr: string, options?: ParserOptions): Omit<Run, 'stdout' | 'stderr' | 'exit' | 'events'> {
-  const parser = claudeCode.parser(options);
-  const progress = stdout.split('\n').map((l) => parser.line(l)).filter((p): p is string => p !== undefined);
-  const result = parser.finish(exit, stderr);
-  return { result, details: result.details as ResultDetails, progress, sessionId: parser.sessionId };
-}
+const freshRunDir = runDirs('drover-claude-cli-');
 
 let fake: FakeAnthropic;
 let repo: string;
@@ -50,61 +26,33 @@ let home: string;
 
 beforeEach(async () => {
   fake = await startFakeAnthropic();
-  const dir = mkdtempSync(join(root, 'run-'));
-  repo = join(dir, 'repo');
-  home = join(dir, 'home');
-  mkdirSync(repo);
-  mkdirSync(home);
-  execFileSync('git', ['init', '-q', repo]);
-  writeFileSync(join(repo, 'README.md'), '# test repo\n');
-  execFileSync('git', ['-C', repo, '-c', 'user.name=t', '-c', 'user.email=t@example.com', 'add', '.']);
-  execFileSync('git', ['-C', repo, '-c', 'user.name=t', '-c', 'user.email=t@example.com', 'commit', '-qm', 'init']);
+  ({ repo, home } = freshRunDir());
 });
 afterEach(async () => {
   await fake.close();
 });
 
 /** Runs the real CLI in `repo` with the prompt on stdin. */
-async function claude(args: string[], options: { prompt?: string; env?: Record<string, string>; parser?: ParserOptions } = {}): Promise<Run> {
-  const env: Record<string, string> = {
-    PATH: process.env.PATH ?? '/usr/bin:/bin',
-    HOME: home,
-    TMPDIR: tmpdir(),
-    ANTHROPIC_BASE_URL: fake.url,
-    ANTHROPIC_API_KEY: 'sk-ant-test-not-a-key',
-    DISABLE_AUTOUPDATER: '1',
-    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
-    DISABLE_TELEMETRY: '1',
-    ...options.env,
-  };
-  const child = spawn(CLAUDE, ['-p', '--output-format', 'stream-json', '--verbose', ...args], { cwd: repo, env, stdio: ['pipe', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  child.stdin.on('error', () => undefined);
-  child.stdin.end(options.prompt ?? 'Please create hello.txt.');
-  const timer = setTimeout(() => child.kill('SIGKILL'), RUN_TIMEOUT_MS);
-  const exit = await new Promise<Run['exit']>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, signal }));
-  }).finally(() => clearTimeout(timer));
-  const events = stdout
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-  return { stdout, stderr, exit, events, ...parse(stdout, exit, stderr.slice(-2_000), options.parser) };
+async function claude(args: string[], options: { prompt?: string; env?: Record<string, string>; parser?: ParserOptions } = {}): Promise<CliRun> {
+  const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...claudeOfflineEnv(home, fake.url), ...options.env };
+  const { stdout, stderr, exit } = await spawnCli(CLAUDE_BINARY, ['-p', '--output-format', 'stream-json', '--verbose', ...args], {
+    cwd: repo,
+    env,
+    stdin: options.prompt ?? 'Please create hello.txt.',
+    timeoutMs: RUN_TIMEOUT_MS,
+  });
+  return { stdout, stderr, exit, events: jsonLines(stdout), ...parseOutput(claudeCode, stdout, exit, stderr.slice(-2_000), options.parser) };
 }
 
 /** The run's result line, as the CLI printed it. */
-function resultLine(run: Run): Record<string, unknown> {
+function resultLine(run: CliRun): Record<string, unknown> {
   const found = run.events.filter((e) => e.type === 'result');
   expect(found, run.stdout + run.stderr).toHaveLength(1);
   return found[0]!;
 }
 
 /** Keeps a run's stdout as a fixture (only when recording). */
-function capture(name: string, run: Run): void {
+function capture(name: string, run: CliRun): void {
   if (!RECORD) return;
   mkdirSync(FIXTURES, { recursive: true });
   const scrubbed = run.stdout
@@ -163,7 +111,7 @@ describe('the real Claude Code CLI against a fake Anthropic API', () => {
     ]);
     expect(run.progress.some((p) => p.startsWith('permission denied: Write'))).toBe(true);
 
-    const flagged = parse(run.stdout, run.exit, run.stderr, { permissionDenials: 'flag' });
+    const flagged = parseOutput(claudeCode, run.stdout, run.exit, run.stderr, { permissionDenials: 'flag' });
     expect(flagged.result).toMatchObject({ outcome: 'success', summary: 'wrote hello.txt' });
     expect(flagged.details.permissionDenials).toEqual(run.details.permissionDenials);
   });

@@ -9,47 +9,33 @@
 // DROVER_RECORD_OPENCODE_FIXTURES=1 writes the runs' stdout to test/fixtures/opencode/<name>.jsonl and
 // their exit and stderr to <name>.meta.json (temporary paths and the fake's port replaced by
 // placeholders), which test/opencode-parser.test.ts reads.
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openCode } from '../src/providers/opencode';
-import type { ParserOptions, ResultDetails } from '../src/providers/types';
-import type { TaskResult } from '../src/model';
+import type { ParserOptions } from '../src/providers/types';
+import {
+  jsonLines,
+  OPENCODE_BINARY,
+  OPENCODE_PRICE,
+  openCodeConfig,
+  openCodeOfflineEnv,
+  parseOutput,
+  runDirs,
+  seedOpenCodeHome,
+  spawnCli,
+  writeOpenCodeConfig,
+  type CliRun,
+} from './support/agent-cli';
 import { startFakeOpenAI, type FakeOpenAI } from './support/fake-openai';
 
-const OPENCODE = join(dirname(createRequire(import.meta.url).resolve('opencode-linux-x64/package.json')), 'bin', 'opencode');
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'opencode');
 const RECORD = process.env.DROVER_RECORD_OPENCODE_FIXTURES === '1';
 const RUN_TIMEOUT_MS = 75_000;
 const TEST_TIMEOUT_MS = 90_000;
-/** The fake model's price, USD per million tokens (opencode.json `cost`). */
-const PRICE = { input: 1, output: 2, cache_read: 0.5, cache_write: 1.25 };
 
-const root = mkdtempSync(join(tmpdir(), 'drover-opencode-cli-'));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
-
-interface Run {
-  stdout: string;
-  stderr: string;
-  exit: { code: number | null; signal: string | null };
-  result: TaskResult;
-  details: ResultDetails;
-  progress: string[];
-  sessionId: string | undefined;
-  /** The JSON lines, parsed. */
-  events: Array<Record<string, unknown>>;
-}
-
-/** Feeds stdout through a fresh parser. */
-function parse(stdout: string, exit: Run['exit'], stderr: string, options?: ParserOptions): Omit<Run, 'stdout' | 'stderr' | 'exit' | 'events'> {
-  const parser = openCode.parser(options);
-  const progress = stdout.split('\n').map((l) => parser.line(l)).filter((p): p is string => p !== undefined);
-  const result = parser.finish(exit, stderr);
-  return { result, details: result.details as ResultDetails, progress, sessionId: parser.sessionId };
-}
+const freshRunDir = runDirs('drover-opencode-cli-');
 
 let fake: FakeOpenAI;
 let dir: string;
@@ -58,22 +44,8 @@ let home: string;
 
 beforeEach(async () => {
   fake = await startFakeOpenAI();
-  dir = mkdtempSync(join(root, 'run-'));
-  repo = join(dir, 'repo');
-  home = join(dir, 'home');
-  mkdirSync(repo);
-  mkdirSync(home);
-  execFileSync('git', ['init', '-q', repo]);
-  writeFileSync(join(repo, 'README.md'), '# test repo\n');
-  execFileSync('git', ['-C', repo, '-c', 'user.name=t', '-c', 'user.email=t@example.com', 'add', '.']);
-  execFileSync('git', ['-C', repo, '-c', 'user.name=t', '-c', 'user.email=t@example.com', 'commit', '-qm', 'init']);
-  // OpenCode installs @opencode-ai/plugin into each config dir in the background unless that dir's
-  // node_modules exists and its package.json/package-lock.json already list it: seed that.
-  const configDir = join(home, '.config', 'opencode');
-  mkdirSync(join(configDir, 'node_modules'), { recursive: true });
-  const dependencies = { '@opencode-ai/plugin': '*' };
-  writeFileSync(join(configDir, 'package.json'), JSON.stringify({ dependencies }));
-  writeFileSync(join(configDir, 'package-lock.json'), JSON.stringify({ lockfileVersion: 3, packages: { '': { dependencies } } }));
+  ({ dir, repo, home } = freshRunDir());
+  seedOpenCodeHome(home);
 });
 afterEach(async () => {
   // Nothing but the chat API was asked: no npm registry, no models.dev (those are not this server
@@ -82,67 +54,30 @@ afterEach(async () => {
   expect(fake.requests.filter((r) => !r.path.startsWith('/v1/')).map((r) => `${r.method} ${r.path}`)).toEqual([]);
 });
 
-/** The opencode.json: the fake as an OpenAI-compatible provider, its one model the default. */
+/** The opencode.json for this test's fake, with `extra` on top. */
 function config(extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    $schema: 'https://opencode.ai/config.json',
-    provider: {
-      fake: {
-        npm: '@ai-sdk/openai-compatible',
-        name: 'Fake',
-        options: { baseURL: fake.baseURL, apiKey: 'not-a-key' },
-        models: { m: { name: 'Fake model', cost: PRICE, limit: { context: 100_000, output: 8_000 } } },
-      },
-    },
-    model: 'fake/m',
-    ...extra,
-  };
+  return openCodeConfig(fake.baseURL, extra);
 }
 
 /** Runs the real CLI in `repo` with the prompt on stdin; the config in $HOME/opencode.json via OPENCODE_CONFIG. */
 async function opencode(
   args: string[],
   options: { prompt?: string; config?: Record<string, unknown>; parser?: ParserOptions } = {},
-): Promise<Run> {
-  const configPath = join(home, 'opencode.json');
-  writeFileSync(configPath, JSON.stringify(options.config ?? config(), null, 2));
-  const env: Record<string, string> = {
-    PATH: process.env.PATH ?? '/usr/bin:/bin',
-    HOME: home,
-    XDG_CONFIG_HOME: join(home, '.config'),
-    XDG_DATA_HOME: join(home, '.local', 'share'),
-    XDG_CACHE_HOME: join(home, '.cache'),
-    XDG_STATE_HOME: join(home, '.local', 'state'),
-    TMPDIR: tmpdir(),
-    OPENCODE_CONFIG: configPath,
-    OPENCODE_DISABLE_MODELS_FETCH: '1',
-    OPENCODE_DISABLE_AUTOUPDATE: '1',
-    OPENCODE_DISABLE_DEFAULT_PLUGINS: '1',
-    OPENCODE_DISABLE_LSP_DOWNLOAD: '1',
-    OPENCODE_PURE: '1',
-    npm_config_registry: fake.baseURL.replace(/\/v1$/, '/npm-registry/'),
-  };
-  const child = spawn(OPENCODE, ['run', '--format', 'json', ...args], { cwd: repo, env, stdio: ['pipe', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  child.stdin.end(options.prompt ?? 'Do the task.');
-  const timer = setTimeout(() => child.kill('SIGKILL'), RUN_TIMEOUT_MS);
-  const exit = await new Promise<Run['exit']>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (code, signal) => resolve({ code, signal }));
-  }).finally(() => clearTimeout(timer));
+): Promise<CliRun> {
+  const configPath = writeOpenCodeConfig(home, options.config ?? config());
+  const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...openCodeOfflineEnv(home, configPath, fake.baseURL) };
+  const { stdout, stderr, exit } = await spawnCli(OPENCODE_BINARY, ['run', '--format', 'json', ...args], {
+    cwd: repo,
+    env,
+    stdin: options.prompt ?? 'Do the task.',
+    timeoutMs: RUN_TIMEOUT_MS,
+  });
   if (exit.signal === 'SIGKILL') throw new Error(`opencode did not finish in ${RUN_TIMEOUT_MS} ms\nstdout: ${stdout}\nstderr: ${stderr}`);
-  const events = stdout
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-  return { stdout, stderr, exit, events, ...parse(stdout, exit, stderr, options.parser) };
+  return { stdout, stderr, exit, events: jsonLines(stdout), ...parseOutput(openCode, stdout, exit, stderr, options.parser) };
 }
 
 /** With DROVER_RECORD_OPENCODE_FIXTURES=1, keeps a run's output as a fixture for the parser tests. */
-function record(name: string, run: Run): void {
+function record(name: string, run: CliRun): void {
   if (!RECORD) return;
   const port = new URL(fake.baseURL).port;
   const scrub = (text: string) => text.split(repo).join('<repo>').split(home).join('<home>').split(dir).join('<dir>').split(`127.0.0.1:${port}`).join('127.0.0.1:<port>');
@@ -151,7 +86,7 @@ function record(name: string, run: Run): void {
   writeFileSync(join(FIXTURES, `${name}.meta.json`), `${JSON.stringify({ exit: run.exit, stderr: scrub(run.stderr) }, null, 2)}\n`);
 }
 
-function byType(run: Run, type: string): Array<Record<string, unknown>> {
+function byType(run: CliRun, type: string): Array<Record<string, unknown>> {
   return run.events.filter((e) => e.type === type);
 }
 
@@ -170,7 +105,7 @@ describe('the real opencode CLI against a fake OpenAI-compatible API', () => {
       expect(run.details).toMatchObject({ provider: 'opencode', sessionId: run.sessionId, steps: 1 });
       // opencode reports input without the cached part and output without reasoning: 60 + 40 cached, 12 + 8.
       expect(run.details.tokens).toEqual({ input: 60, output: 20, cacheRead: 40, cacheWrite: 0 });
-      expect(run.details.costUsd).toBeCloseTo((60 * PRICE.input + 40 * PRICE.cache_read + 20 * PRICE.output) / 1e6, 12);
+      expect(run.details.costUsd).toBeCloseTo((60 * OPENCODE_PRICE.input + 40 * OPENCODE_PRICE.cache_read + 20 * OPENCODE_PRICE.output) / 1e6, 12);
       expect(run.details.sessionLost).toBeUndefined();
       expect(run.details.permissionDenials).toBeUndefined();
       // The main loop streamed with usage; the title was a side call answered outside the script.
@@ -200,7 +135,7 @@ describe('the real opencode CLI against a fake OpenAI-compatible API', () => {
       expect(second.result).toMatchObject({ outcome: 'success', summary: 'Second answer.' });
       expect(second.sessionId).toBe(id);
       expect(second.details.tokens).toEqual({ input: 30, output: 10, cacheRead: 20, cacheWrite: 0 });
-      expect(second.details.costUsd).toBeCloseTo((30 * PRICE.input + 20 * PRICE.cache_read + 10 * PRICE.output) / 1e6, 12);
+      expect(second.details.costUsd).toBeCloseTo((30 * OPENCODE_PRICE.input + 20 * OPENCODE_PRICE.cache_read + 10 * OPENCODE_PRICE.output) / 1e6, 12);
       const last = fake.chatRequests().at(-1);
       const said = JSON.stringify(last?.body?.messages);
       expect(said).toContain('First question.');
@@ -279,7 +214,7 @@ describe('the real opencode CLI against a fake OpenAI-compatible API', () => {
         { tool: 'write', input: { filePath: join(repo, 'hello.txt'), content: 'nope\n' }, message: 'The user rejected permission to use this specific tool call.' },
       ]);
       // flag: the outcome stays the agent's, the refusals are listed.
-      const flagged = parse(run.stdout, run.exit, run.stderr, { permissionDenials: 'flag' });
+      const flagged = parseOutput(openCode, run.stdout, run.exit, run.stderr, { permissionDenials: 'flag' });
       expect(flagged.result.outcome).toBe('success');
       expect(flagged.details.permissionDenials).toHaveLength(1);
     },
@@ -306,7 +241,7 @@ describe('the real opencode CLI against a fake OpenAI-compatible API', () => {
       expect(run.result.outcome).toBe('fail');
       expect(run.result.summary).toBe('opencode was refused 1 tool use: bash: rm -f README.md\nThe agent said: left the README');
       expect(run.details.permissionDenials).toMatchObject([{ tool: 'bash', input: { command: 'rm -f README.md' } }]);
-      const flagged = parse(run.stdout, run.exit, run.stderr, { permissionDenials: 'flag' });
+      const flagged = parseOutput(openCode, run.stdout, run.exit, run.stderr, { permissionDenials: 'flag' });
       expect(flagged.result).toMatchObject({ outcome: 'success', summary: 'left the README' });
       expect(flagged.details.permissionDenials).toMatchObject([{ tool: 'bash', input: { command: 'rm -f README.md' } }]);
     },

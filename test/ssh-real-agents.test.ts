@@ -9,26 +9,33 @@
 // so every variable a CLI needs (its HOME, the fake's URL, a git identity) is set by the host's
 // agent command itself: `env NAME=value … claude …`.
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { RunContext } from '../src/activities/runner';
-import type { TaskInput } from '../src/model';
+import type { TaskInput, TaskResult } from '../src/model';
 import type { ResultDetails } from '../src/providers';
 import { runKey } from '../src/run/detached';
 import type { EarlierSession } from '../src/sessions';
 import { SshRunner, type SshRunnerHooks } from '../src/ssh/runner';
 import { sshTarget } from '../src/workers/ssh-hosts';
+import {
+  CLAUDE_BINARY,
+  claudeOfflineEnv,
+  envAssignments,
+  OPENCODE_BINARY,
+  openCodeConfig,
+  openCodeOfflineEnv,
+  seedOpenCodeHome,
+  writeOpenCodeConfig,
+} from './support/agent-cli';
 import { startFakeAnthropic, text, toolUse, turn, type FakeAnthropic, type MessagesRequest } from './support/fake-anthropic';
 import { startFakeOpenAI, type FakeOpenAI } from './support/fake-openai';
 import { commitFiles, GIT_IDENTITY, GitRemotes, git } from './support/git';
+import { runContext } from './support/run-context';
 import { SshdFleet } from './support/sshd';
 
-const require = createRequire(import.meta.url);
-const CLAUDE = join(dirname(require.resolve('@anthropic-ai/claude-code-linux-x64/package.json')), 'claude');
-const OPENCODE = join(dirname(require.resolve('opencode-linux-x64/package.json')), 'bin', 'opencode');
 const HOST = 'agents-1';
 const TIMEOUT = 120_000;
 
@@ -45,7 +52,7 @@ afterAll(async () => {
   rmSync(remotes.root, { recursive: true, force: true });
 });
 
-const identity = Object.entries(GIT_IDENTITY).map(([k, v]) => `${k}=${v}`);
+const identity = envAssignments(GIT_IDENTITY);
 
 /** A fresh HOME for one agent run (the CLIs keep sessions and settings there). */
 function freshHome(): string {
@@ -56,15 +63,9 @@ function freshHome(): string {
 function claudeCommand(fake: FakeAnthropic, home: string, mode: 'acceptEdits' | 'default'): string[] {
   return [
     'env',
-    `HOME=${home}`,
-    `TMPDIR=${tmpdir()}`,
-    `ANTHROPIC_BASE_URL=${fake.url}`,
-    'ANTHROPIC_API_KEY=sk-ant-test-not-a-key',
-    'DISABLE_AUTOUPDATER=1',
-    'CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1',
-    'DISABLE_TELEMETRY=1',
+    ...envAssignments(claudeOfflineEnv(home, fake.url)),
     ...identity,
-    CLAUDE,
+    CLAUDE_BINARY,
     '-p',
     '--output-format',
     'stream-json',
@@ -76,56 +77,15 @@ function claudeCommand(fake: FakeAnthropic, home: string, mode: 'acceptEdits' | 
   ];
 }
 
-/** The fake model's price for OpenCode, USD per million tokens. */
-const PRICE = { input: 1, output: 2, cache_read: 0.5, cache_write: 1.25 };
-
 /**
  * The host's agent command for OpenCode against the fake: its config (the fake as the only
  * provider; edits and bash allowed) through OPENCODE_CONFIG, and a seeded config dir so that it
  * does not npm-install its plugin package.
  */
 function openCodeCommand(fake: FakeOpenAI, home: string): string[] {
-  const configDir = join(home, '.config', 'opencode');
-  mkdirSync(join(configDir, 'node_modules'), { recursive: true });
-  const dependencies = { '@opencode-ai/plugin': '*' };
-  writeFileSync(join(configDir, 'package.json'), JSON.stringify({ dependencies }));
-  writeFileSync(join(configDir, 'package-lock.json'), JSON.stringify({ lockfileVersion: 3, packages: { '': { dependencies } } }));
-  const configPath = join(home, 'opencode.json');
-  const config = {
-    $schema: 'https://opencode.ai/config.json',
-    provider: {
-      fake: {
-        npm: '@ai-sdk/openai-compatible',
-        name: 'Fake',
-        options: { baseURL: fake.baseURL, apiKey: 'not-a-key' },
-        models: { m: { name: 'Fake model', cost: PRICE, limit: { context: 100_000, output: 8_000 } } },
-      },
-    },
-    model: 'fake/m',
-    permission: { edit: 'allow', bash: 'allow' },
-  };
-  writeFileSync(configPath, JSON.stringify(config, null, 2));
-  return [
-    'env',
-    `HOME=${home}`,
-    `XDG_CONFIG_HOME=${join(home, '.config')}`,
-    `XDG_DATA_HOME=${join(home, '.local', 'share')}`,
-    `XDG_CACHE_HOME=${join(home, '.cache')}`,
-    `XDG_STATE_HOME=${join(home, '.local', 'state')}`,
-    `TMPDIR=${tmpdir()}`,
-    `OPENCODE_CONFIG=${configPath}`,
-    'OPENCODE_DISABLE_MODELS_FETCH=1',
-    'OPENCODE_DISABLE_AUTOUPDATE=1',
-    'OPENCODE_DISABLE_DEFAULT_PLUGINS=1',
-    'OPENCODE_DISABLE_LSP_DOWNLOAD=1',
-    'OPENCODE_PURE=1',
-    `npm_config_registry=${fake.baseURL.replace(/\/v1$/, '/npm-registry/')}`,
-    ...identity,
-    OPENCODE,
-    'run',
-    '--format',
-    'json',
-  ];
+  seedOpenCodeHome(home);
+  const configPath = writeOpenCodeConfig(home, openCodeConfig(fake.baseURL, { permission: { edit: 'allow', bash: 'allow' } }));
+  return ['env', ...envAssignments(openCodeOfflineEnv(home, configPath, fake.baseURL)), ...identity, OPENCODE_BINARY, 'run', '--format', 'json'];
 }
 
 function runner(provider: 'claude-code' | 'opencode', command: string[], options: { sessionResume?: 'always' | 'never'; hooks?: SshRunnerHooks } = {}): SshRunner {
@@ -152,28 +112,10 @@ interface Attempt {
 }
 
 function attempt(kind: TaskInput['kind'], repo: string, number: number, prompt: string, extra: Partial<TaskInput> = {}): Attempt {
-  const output: string[] = [];
   const taskId = `${kind}:${repo.replace('/', ':')}:${number}`;
   const input: TaskInput = { agentType: 'dev', kind, repo, number, title: `task ${number}`, prompt, checkout: { remote: remotes.path(repo) }, ...extra };
   const key = runKey(taskId, randomUUID(), 1);
-  return {
-    output,
-    worktree: join(fleet.host(HOST).workdir, '.drover', 'worktrees', key),
-    ctx: {
-      taskId,
-      attempt: 1,
-      hostId: HOST,
-      input,
-      signal: new AbortController().signal,
-      runKey: key,
-      detach: new AbortController().signal,
-      fenceGraceMs: 30_000,
-      mayHold: () => true,
-      held: () => {},
-      progress: () => {},
-      output: (t) => output.push(t),
-    },
-  };
+  return { ...runContext({ taskId, hostId: HOST, input, runKey: key }), worktree: join(fleet.host(HOST).workdir, '.drover', 'worktrees', key) };
 }
 
 async function fakeAnthropic(): Promise<FakeAnthropic> {
@@ -207,6 +149,30 @@ function filesAt(repo: string, rev: string): string[] {
 
 const DECLARED = '{"outcome":"success","summary":"added hello.txt"}';
 
+/**
+ * Checks an attempt whose agent wrote `hello` to hello.txt, committed it as "add hello" and
+ * declared DECLARED: it succeeded in its worktree on drover/implement-<number>, and Drover pushed
+ * that branch and reports the remote's tip. Returns the tip.
+ */
+function expectHelloPushed(result: TaskResult, log: string, expected: { repo: string; number: number; base: string; worktree: string; hello: string }): string {
+  const { repo, base, worktree, hello } = expected;
+  const branch = `drover/implement-${expected.number}`;
+  expect(result.outcome, `${result.summary}\n${log}`).toBe('success');
+  expect(result.summary).toBe('added hello.txt');
+  expect(log).toContain(`[drover] workspace ${worktree}: branch ${branch} at ${base}`);
+
+  // What the remote holds: the agent's commit on the task branch, on top of main.
+  const tip = remotes.tip(repo, branch);
+  expect(tip).toMatch(/^[0-9a-f]{40}$/);
+  expect(result.branch).toBe(branch);
+  expect(result.rev).toBe(tip);
+  expect(git(remotes.path(repo), 'show', `${tip}:hello.txt`)).toBe(hello);
+  expect(git(remotes.path(repo), 'log', '-1', '--format=%s', tip)).toBe('add hello');
+  expect(git(remotes.path(repo), 'rev-parse', `${tip}^`)).toBe(base);
+  expect(filesAt(repo, tip)).toEqual(['README.md', 'hello.txt']);
+  return tip;
+}
+
 /** Claude's script for "write hello.txt, commit it, declare success". */
 function writeAndCommit(worktree: string, content: string) {
   return [
@@ -226,20 +192,7 @@ describe('real agent CLIs on an SSH host, in Drover’s worktrees', () => {
     fake.script(writeAndCommit(worktree, 'hello from claude\n'));
 
     const result = await runner('claude-code', claudeCommand(fake, freshHome(), 'acceptEdits')).run(ctx);
-    const log = output.join('');
-    expect(result.outcome, `${result.summary}\n${log}`).toBe('success');
-    expect(result.summary).toBe('added hello.txt');
-    expect(log).toContain(`[drover] workspace ${worktree}: branch drover/implement-31 at ${base}`);
-
-    // What the remote holds: the agent's commit on the task branch, on top of main.
-    const tip = remotes.tip(repo, 'drover/implement-31');
-    expect(tip).toMatch(/^[0-9a-f]{40}$/);
-    expect(result.branch).toBe('drover/implement-31');
-    expect(result.rev).toBe(tip);
-    expect(git(remotes.path(repo), 'show', `${tip}:hello.txt`)).toBe('hello from claude');
-    expect(git(remotes.path(repo), 'log', '-1', '--format=%s', tip)).toBe('add hello');
-    expect(git(remotes.path(repo), 'rev-parse', `${tip}^`)).toBe(base);
-    expect(filesAt(repo, tip)).toEqual(['README.md', 'hello.txt']);
+    const tip = expectHelloPushed(result, output.join(''), { repo, number: 31, base, worktree, hello: 'hello from claude' });
 
     const details = result.details as ResultDetails;
     expect(details).toMatchObject({ provider: 'claude-code', permissionMode: 'acceptEdits', sessionId: expect.stringMatching(/^[0-9a-f-]{36}$/) });
@@ -359,19 +312,7 @@ describe('real agent CLIs on an SSH host, in Drover’s worktrees', () => {
     );
 
     const result = await runner('opencode', openCodeCommand(fake, freshHome())).run(ctx);
-    const log = output.join('');
-    expect(result.outcome, `${result.summary}\n${log}`).toBe('success');
-    expect(result.summary).toBe('added hello.txt');
-    expect(log).toContain(`[drover] workspace ${worktree}: branch drover/implement-34 at ${base}`);
-
-    const tip = remotes.tip(repo, 'drover/implement-34');
-    expect(tip).toMatch(/^[0-9a-f]{40}$/);
-    expect(result.branch).toBe('drover/implement-34');
-    expect(result.rev).toBe(tip);
-    expect(git(remotes.path(repo), 'show', `${tip}:hello.txt`)).toBe('hello from opencode');
-    expect(git(remotes.path(repo), 'log', '-1', '--format=%s', tip)).toBe('add hello');
-    expect(git(remotes.path(repo), 'rev-parse', `${tip}^`)).toBe(base);
-    expect(filesAt(repo, tip)).toEqual(['README.md', 'hello.txt']);
+    const tip = expectHelloPushed(result, output.join(''), { repo, number: 34, base, worktree, hello: 'hello from opencode' });
 
     const details = result.details as ResultDetails;
     expect(details).toMatchObject({ provider: 'opencode', sessionId: expect.stringMatching(/^ses_/), steps: 3 });

@@ -10,6 +10,7 @@ import { runKey } from '../src/run/detached';
 import { SshRunner } from '../src/ssh/runner';
 import { sshTarget } from '../src/workers/ssh-hosts';
 import { GIT_IDENTITY, GitRemotes, git } from './support/git';
+import { runContext } from './support/run-context';
 import { SshdFleet } from './support/sshd';
 
 let fleet: SshdFleet;
@@ -53,26 +54,9 @@ function runner() {
 }
 
 function context(number: number, repo: string): { ctx: RunContext; output: string[] } {
-  const output: string[] = [];
   const taskId = `implement:${repo.replace('/', ':')}:${number}`;
   const input: TaskInput = { agentType: 'dev', kind: 'implement', repo, number, title: 't', prompt: 'do it', checkout: { remote: remotes.path(repo) } };
-  return {
-    output,
-    ctx: {
-      taskId,
-      attempt: 1,
-      hostId: 'wshost-1',
-      input,
-      signal: new AbortController().signal,
-      runKey: runKey(taskId, 'run-1', 1),
-      detach: new AbortController().signal,
-      fenceGraceMs: 30_000,
-      mayHold: () => true,
-      held: () => {},
-      progress: () => {},
-      output: (t) => output.push(t),
-    },
-  };
+  return runContext({ taskId, hostId: 'wshost-1', input, runKey: runKey(taskId, 'run-1', 1) });
 }
 
 describe('workspaces on an SSH host', () => {
