@@ -169,16 +169,24 @@ describe('signatures', () => {
 });
 
 describe('idempotence and events that make no task', () => {
-  test('redelivery of the same delivery and a repeated event return the open task with 202', async () => {
+  test('redelivery of the same delivery is a duplicate (200) even after its task closed; a repeated event returns the open task with 202', async () => {
     const repo = uniqueRepo();
     const delivery = issueAssigned(repo, 8, ['drover-dev']);
     const first = await deliver(delivery, { id: 'delivery-1' });
     const redelivered = await deliver(delivery, { id: 'delivery-1' });
     const repeated = await deliver(issueAssigned(repo, 8, ['drover-dev', 'carol']), { id: 'delivery-2' });
-    expect([first.statusCode, redelivered.statusCode, repeated.statusCode]).toEqual([202, 202, 202]);
+    expect([first.statusCode, redelivered.statusCode, repeated.statusCode]).toEqual([202, 200, 202]);
     expect(first.json().created).toBe(true);
-    expect(redelivered.json()).toMatchObject({ status: 'existing', created: false, task_id: first.json().task_id, delivery: 'delivery-1' });
-    expect(repeated.json()).toMatchObject({ created: false, task_id: first.json().task_id });
+    const taskId = first.json().task_id as string;
+    expect(redelivered.json()).toMatchObject({ status: 'duplicate', task_id: taskId, delivery: 'delivery-1' });
+    expect(repeated.json()).toMatchObject({ created: false, task_id: taskId });
+    expect(await h.tasks.count({ repo })).toBe(1);
+    // Gitea's "Replay" of the first delivery after the task closed: still that delivery, no second run.
+    await h.tasks.cancel(taskId);
+    await h.tasks.result(taskId);
+    const replayed = await deliver(delivery, { id: 'delivery-1' });
+    expect(replayed.statusCode).toBe(200);
+    expect(replayed.json()).toMatchObject({ status: 'duplicate', task_id: taskId });
     expect(await h.tasks.count({ repo })).toBe(1);
   });
 

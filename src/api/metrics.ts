@@ -45,7 +45,7 @@ export class ApiMetrics {
   });
   readonly webhooks = new Counter({
     name: 'drover_webhooks_total',
-    help: 'Forgejo deliveries, by event and result (created, existing, ignored, unknown_type, bad_signature, bad_payload)',
+    help: 'Forgejo deliveries, by event and result (created, existing, duplicate, ignored, unknown_type, bad_signature, bad_payload)',
     labelNames: ['event', 'result'] as const,
     registers: [this.registry],
   });

@@ -3,3 +3,4 @@ export { taskWorkflow } from './task';
 export { agentRegistryWorkflow } from './agent-registry';
 export { hostRegistryWorkflow } from './host-registry';
 export { costLedgerWorkflow } from './cost-ledger';
+export { deliveryReceiptWorkflow } from './delivery-receipt';

@@ -35,7 +35,15 @@ export function credentialsInput(credentials: GitCredentials | undefined): { std
   ];
   if (credentials?.token) {
     const askpass = ['#!/bin/sh', 'case "$1" in', '  Username*) cat "$(dirname "$0")/username" ;;', '  *) cat "$(dirname "$0")/token" ;;', 'esac', ''].join('\n');
-    script.push(`printf '%s' ${shellQuote(askpass)} > "$C/askpass.tmp" && chmod 700 "$C/askpass.tmp" && mv -f "$C/askpass.tmp" "$C/askpass"`, 'export GIT_ASKPASS="$C/askpass"');
+    script.push(
+      `printf '%s' ${shellQuote(askpass)} > "$C/askpass.tmp" && chmod 700 "$C/askpass.tmp" && mv -f "$C/askpass.tmp" "$C/askpass"`,
+      'export GIT_ASKPASS="$C/askpass"',
+      // No credential helper of the machine's git config: it would be handed the token and keep
+      // it (~/.git-credentials in clear, a keychain) for any git to use, the agent's included.
+      // An empty credential.helper, added to the environment's config (git 2.31+), empties the list.
+      'n=${GIT_CONFIG_COUNT:-0}; case $n in ""|*[!0-9]*) n=0 ;; esac',
+      'export "GIT_CONFIG_KEY_$n=credential.helper" "GIT_CONFIG_VALUE_$n=" GIT_CONFIG_COUNT=$((n + 1))',
+    );
   }
   if (credentials?.sshKey) {
     const ssh = ['#!/bin/sh', 'c=$(dirname "$0")', 'exec ssh -i "$c/ssh_key" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$c/known_hosts" "$@"', ''].join('\n');
@@ -96,12 +104,14 @@ export function buildPrepareScript(options: PrepareOptions): { script: string; s
     ...credentials.script,
     // Ready already (this attempt's activity is being retried): the agent may be working in it.
     '[ -s "$w.info" ] && { cat "$w.info"; exit 0; }',
+    // A failing git's last words, for the error; its file goes (nothing else would remove it).
+    'errors() { tail -c 500 "$1" | tr "\\n" " "; rm -f "$1"; }',
     'lock',
     // Failed attempts' worktrees are kept a while for people to look at, then swept.
     `for k in "$R"/worktrees/*.kept; do [ -e "$k" ] || continue; [ -n "$(find "$k" -mmin +${keepMinutes} 2>/dev/null)" ] || continue; rm -rf -- "\${k%.kept}" "\${k%.kept}.info" "$k"; done`,
     '[ -d "$m" ] || git init -q --bare "$m" || fail "cannot make the mirror"',
     'git -C "$m" config remote.origin.url "$url" && git -C "$m" config --replace-all remote.origin.fetch "+refs/heads/*:refs/remotes/origin/*" || fail "cannot configure the mirror"',
-    'git -C "$m" fetch -q --prune origin 2> "$w.fetch-err" || fail "fetching $url failed: $(tail -c 500 "$w.fetch-err" | tr "\\n" " ")"',
+    'git -C "$m" fetch -q --prune origin 2> "$w.fetch-err" || fail "fetching $url failed: $(errors "$w.fetch-err")"',
     'rm -f "$w.fetch-err"',
     `pull=${plan.pull ?? ''}`,
     // A pull request's head may live in a fork: Forgejo serves it as refs/pull/<n>/head.
@@ -140,10 +150,10 @@ export function buildPrepareScript(options: PrepareOptions): { script: string; s
     '  else',
     // The branch is checked out in another live worktree (two tasks on one pull request): work detached.
     '    rm -rf -- "$w"',
-    '    git -C "$m" worktree add -q --detach "$w" "$start" 2>> "$w.add-err" || fail "cannot add the worktree: $(tail -c 500 "$w.add-err" | tr "\\n" " ")"',
+    '    git -C "$m" worktree add -q --detach "$w" "$start" 2>> "$w.add-err" || fail "cannot add the worktree: $(errors "$w.add-err")"',
     '  fi',
     'else',
-    '  git -C "$m" worktree add -q --detach "$w" "$start" 2> "$w.add-err" || fail "cannot add the worktree: $(tail -c 500 "$w.add-err" | tr "\\n" " ")"',
+    '  git -C "$m" worktree add -q --detach "$w" "$start" 2> "$w.add-err" || fail "cannot add the worktree: $(errors "$w.add-err")"',
     'fi',
     'rm -f "$w.add-err"',
     'unlock',
