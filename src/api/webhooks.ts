@@ -1,7 +1,7 @@
 // POST /api/v1/webhooks/forgejo — Forgejo and Gitea deliveries become tasks (DESIGN.md's mapping).
 // The signature is checked over the raw body before anything in it is read.
 import { remoteUrlTemplate } from '../config';
-import { DeliveryReceipts } from '../deliveries';
+import { DeliveryReceipts, deliveryKey } from '../deliveries';
 import { taskCheckout } from '../workspace/plan';
 import { Type as T } from '@sinclair/typebox';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -21,7 +21,7 @@ const Accepted = T.Object({
   delivery: T.Union([T.String(), T.Null()]),
 });
 const Ignored = T.Object({
-  status: T.Union([T.Literal('ignored'), T.Literal('duplicate')], { description: 'duplicate: this delivery id started a task already (task_id names it)' }),
+  status: T.Union([T.Literal('ignored'), T.Literal('duplicate')], { description: 'duplicate: this delivery started a task already (task_id names it)' }),
   reason: T.String(),
   task_id: T.Optional(T.String()),
   event: T.String(),
@@ -51,7 +51,7 @@ export const webhooksPlugin: FastifyPluginAsync<PluginOptions> = async (app, { c
           'Deliveries exactly as Forgejo and Gitea send them (X-Forgejo-Event, X-Forgejo-Event-Type, X-Forgejo-Delivery, X-Forgejo-Signature or the X-Gitea-* equivalents; JSON body, or form with `payload`). ' +
           'With webhook.secret set, the hex HMAC-SHA256 of the raw body must match. Mapped events: issue assigned (implement), review requested (review), ' +
           'review requesting changes (address_review), review approving (merge), commit status failure/error on an open pull request head (fix_ci). ' +
-          'A delivery id that started a task before (a redelivery, a replay) answers 200 `duplicate` and starts nothing, for as long as the namespace retains closed workflows.',
+          'A delivery that started a task before (a redelivery, a replay: the same signed body) answers 200 `duplicate` and starts nothing, for as long as the namespace retains closed workflows.',
         tags: ['webhooks'],
         headers: T.Object({
           'x-forgejo-event': T.Optional(T.String()),
@@ -115,23 +115,22 @@ export const webhooksPlugin: FastifyPluginAsync<PluginOptions> = async (app, { c
         case 'task': {
           const checkout = taskCheckout(remoteUrlTemplate(config), decision.input.repo, decision.refs);
           // The same delivery again (a redelivery, a replay) never starts a second run.
-          if (delivery) {
-            const receipt = await deliveries.claim(delivery, decision.taskId);
-            if (!receipt.first) {
-              metrics.webhooks.inc({ event: eventLabel, result: 'duplicate' });
-              const taskId = receipt.taskId ?? decision.taskId;
-              return reply.code(200).send({ status: 'duplicate', reason: `delivery ${delivery} was taken already: task ${taskId}`, task_id: taskId, event, delivery });
-            }
+          const key = deliveryKey(signed);
+          const receipt = await deliveries.claim(key, decision.taskId);
+          if (!receipt.first) {
+            metrics.webhooks.inc({ event: eventLabel, result: 'duplicate' });
+            const taskId = receipt.taskId ?? decision.taskId;
+            return reply.code(200).send({ status: 'duplicate', reason: `this delivery started task ${taskId} before (a redelivery or a replay)`, task_id: taskId, event, delivery });
           }
           const hold = await ctx.budgetHold(decision.input.repo);
           let started;
           try {
             started = await tasks.start({ ...decision.input, ...(checkout ? { checkout } : {}), ...(hold ? { hold } : {}), options: ctx.taskOptions }, { taskId: decision.taskId });
           } catch (error) {
-            if (delivery) await deliveries.giveBack(delivery).catch((e: unknown) => request.log.warn({ err: e, delivery }, 'could not give the delivery receipt back'));
+            await deliveries.giveBack(key).catch((e: unknown) => request.log.warn({ err: e, delivery }, 'could not give the delivery receipt back'));
             throw error;
           }
-          if (delivery) await deliveries.confirm(delivery).catch((e: unknown) => request.log.warn({ err: e, delivery }, 'could not confirm the delivery receipt'));
+          await deliveries.confirm(key).catch((e: unknown) => request.log.warn({ err: e, delivery }, 'could not confirm the delivery receipt'));
           hub.hint({ taskId: started.taskId, agentType: decision.input.agentType });
           metrics.webhooks.inc({ event: eventLabel, result: started.created ? 'created' : 'existing' });
           return reply.code(202).send({
