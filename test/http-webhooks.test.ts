@@ -3,7 +3,7 @@
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { FakeForgejo } from './support/fake-forgejo';
-import { commitStatus, forgejoRequest, issueAssigned, reviewed, reviewRequested, type Delivery } from './support/forgejo-fixtures';
+import { capturedReviewComment, commitStatus, forgejoRequest, issueAssigned, reviewed, reviewRequested, type Delivery } from './support/forgejo-fixtures';
 import { FORGEJO_TOKEN, SECRET, startHarness, type Harness } from './support/http';
 import { uniqueRepo } from './support/temporal';
 
@@ -72,13 +72,18 @@ describe('each mapped event makes the right task', () => {
       { id: 301, state: 'APPROVED', body: 'old', user: { login: 'drover-reviewer' }, submitted_at: '2026-03-01T00:00:00Z' },
       { id: 302, state: 'REQUEST_CHANGES', body: 'needs work', user: { login: 'drover-reviewer' }, submitted_at: '2026-03-04T00:00:00Z' },
     ]);
-    forgejo.reviewComments.set(302, [{ body: 'rename this variable', path: 'src/theme.ts', line: 12 }]);
+    // As the real server answers: `position` (the new file's line), `original_position` (the old one's), no `line`.
+    forgejo.reviewComments.set(302, [
+      capturedReviewComment({ body: 'rename this variable', path: 'src/theme.ts', position: 12 }),
+      capturedReviewComment({ body: 'why was this removed?', path: 'src/old.ts', position: 0, original_position: 7 }),
+    ]);
     const res = await deliver(reviewed(repo, 9, 'rejected', 'drover-reviewer', 'Please handle the contrast ratio.', { author: 'drover-dev', head: 'dark-mode' }));
     expect(res.statusCode).toBe(202);
     expect(res.json()).toMatchObject({ kind: 'address_review', agent_type: 'dev', event: 'pull_request_rejected' });
     const { input } = await h.tasks.status(res.json().task_id);
     expect(input.prompt).toContain('Please handle the contrast ratio.');
     expect(input.prompt).toContain('src/theme.ts:12: rename this variable');
+    expect(input.prompt).toContain('src/old.ts:7 (old): why was this removed?');
     expect(input.prompt).toContain('drover-reviewer requested changes');
   });
 

@@ -48,11 +48,28 @@ export interface ForgejoReview {
   submitted_at?: string;
 }
 
+/**
+ * An inline review comment as Forgejo and Gitea answer it: `position` is the line in the new
+ * file, `original_position` the line in the old one (a comment on a removed line); there is no
+ * `line` (captured from Gitea 1.27.3: test/fixtures/gitea/api-pull-review-comments.json).
+ */
 export interface ForgejoReviewComment {
   body: string;
   path?: string;
-  line?: number;
   position?: number;
+  original_position?: number;
+  /** GitHub's name for it; kept for servers that send it. */
+  line?: number;
+}
+
+/** Where an inline comment points: `src/a.ts:12`, `src/a.ts:7 (old)` for a removed line, or the path. */
+export function commentLocation(comment: ForgejoReviewComment): string | undefined {
+  if (!comment.path) return undefined;
+  const positive = (n: unknown): n is number => typeof n === 'number' && Number.isInteger(n) && n > 0;
+  if (positive(comment.line)) return `${comment.path}:${comment.line}`;
+  if (positive(comment.position)) return `${comment.path}:${comment.position}`;
+  if (positive(comment.original_position)) return `${comment.path}:${comment.original_position} (old)`;
+  return comment.path;
 }
 
 export interface ForgejoApiOptions {

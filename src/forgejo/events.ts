@@ -6,7 +6,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { TaskInput, TaskKind } from '../model';
 import { taskId, TASK_ID_PATTERN } from '../names';
 import { renderPrompt, type PromptValues } from '../prompts';
-import type { ForgejoApi } from './api';
+import { commentLocation, type ForgejoApi } from './api';
 
 /** The delivery headers Forgejo and Gitea send (Forgejo sends both families, Gitea its own). */
 export interface DeliveryHeaders {
@@ -315,7 +315,8 @@ async function reviewText(deps: MappingDeps, repo: string, number: number, revie
       if (latest) {
         const comments = await deps.forgejo.listReviewComments(repo, number, latest.id);
         for (const comment of comments.slice(0, 200)) {
-          const where = comment.path ? `${comment.path}${comment.line ? `:${comment.line}` : ''}: ` : '';
+          const location = commentLocation(comment);
+          const where = location ? `${location}: ` : '';
           parts.push(`- ${where}${comment.body.slice(0, 5_000)}`);
         }
       }

@@ -29,7 +29,8 @@ export class FakeForgejo {
   readonly comments = new Map<string, Array<{ id: number; body: string; created_at: string }>>();
   readonly pulls = new Map<string, FakePull[]>();
   readonly reviews = new Map<string, Array<{ id: number; state: string; body: string; user: { login: string }; submitted_at: string }>>();
-  readonly reviewComments = new Map<number, Array<{ body: string; path: string; line: number }>>();
+  /** Inline comments per review id, as the real server answers them (see capturedReviewComment). */
+  readonly reviewComments = new Map<number, Array<Record<string, unknown>>>();
   /** Callback receivers: path → status to answer (default 200). */
   readonly callbackStatus = new Map<string, number>();
   private nextId = 1;

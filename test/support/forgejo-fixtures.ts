@@ -3,6 +3,7 @@
 // headers). Bodies are indented JSON, as Forgejo's json.MarshalIndent writes them, and signed
 // over those exact bytes.
 import { createHmac, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 
 export function user(login: string, id = Math.floor(Math.random() * 10_000)) {
   return {
@@ -274,4 +275,19 @@ export function forgejoRequest(delivery: Delivery, secret: string | undefined, o
     headers['x-gogs-signature'] = signature;
   }
   return { body, headers, id };
+}
+
+// ---- answers captured from a real Gitea 1.27.3 (test/fixtures/gitea, scripts/gitea.sh) ----------
+
+const GITEA_FIXTURES = new URL('../fixtures/gitea/', import.meta.url);
+
+/** A captured API answer's body: `api-<name>.json`. */
+export function capturedAnswer<T = unknown>(name: string): T {
+  return (JSON.parse(readFileSync(new URL(`api-${name}.json`, GITEA_FIXTURES), 'utf8')) as { body: T }).body;
+}
+
+/** An inline review comment exactly as the real server answers it (position, no line), with `fields` changed. */
+export function capturedReviewComment(fields: { body: string; path: string; position?: number; original_position?: number }) {
+  const [comment] = capturedAnswer<Array<Record<string, unknown>>>('pull-review-comments');
+  return { ...comment!, ...fields };
 }
