@@ -44,12 +44,13 @@ export const SEARCH_ATTRIBUTE_DEFINITIONS: ReadonlyArray<{ name: string; type: '
 );
 
 /**
- * Readable, URL-safe task id, also the workflow id: `implement:acme:web:42`.
- * One id per repository + number + kind, which is what makes a re-delivered event find the open task.
- * Forgejo owner and repository names never contain `:`, so the id is unambiguous.
+ * Readable, URL-safe task id, also the workflow id: `implement:acme:web:42:dev`. One id per
+ * repository + number + kind + agent type, which is what makes a re-delivered event find the open
+ * task, while two agent types on one issue (a second assignee) get tasks of their own. Forgejo
+ * owner and repository names never contain `:`, so the id is unambiguous.
  */
-export function taskId(kind: TaskKind, repo: string, number: number): string {
-  return `${kind}:${repo.replace('/', ':')}:${number}`;
+export function taskId(kind: TaskKind, repo: string, number: number, agentType: string): string {
+  return `${kind}:${repo.replace('/', ':')}:${number}:${agentType}`;
 }
 
 /**

@@ -126,7 +126,7 @@ export class TaskClient {
 
   /** Starts the task's workflow, or returns the open task with the same id. */
   async start(input: TaskInput, options: { taskId?: string } = {}): Promise<StartedTask> {
-    const taskId = options.taskId ?? makeTaskId(input.kind, input.repo, input.number);
+    const taskId = options.taskId ?? makeTaskId(input.kind, input.repo, input.number, input.agentType);
     const summary = taskSummary(input);
     try {
       await this.temporal.workflow.start<typeof taskWorkflow>(TASK_WORKFLOW_TYPE, {

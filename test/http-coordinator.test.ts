@@ -45,7 +45,7 @@ describe('enqueue, list, inspect', () => {
     const repo = uniqueRepo();
     const made = await post('/api/v1/tasks', { agent_type: 'boss', kind: 'implement', repo, number: 3, title: 'By hand', body: 'Some details' });
     expect(made.statusCode).toBe(201);
-    expect(made.json()).toEqual({ task_id: `implement:${repo.replace('/', ':')}:3`, created: true });
+    expect(made.json()).toEqual({ task_id: `implement:${repo.replace('/', ':')}:3:boss`, created: true });
     const again = await post('/api/v1/tasks', { agent_type: 'boss', kind: 'implement', repo, number: 3, title: 'By hand' });
     expect(again.statusCode).toBe(200);
     expect(again.json().created).toBe(false);

@@ -3,7 +3,7 @@
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { FakeForgejo } from './support/fake-forgejo';
-import { capturedReviewComment, commitStatus, forgejoRequest, issueAssigned, reviewed, reviewRequested, type Delivery } from './support/forgejo-fixtures';
+import { capturedAnswer, capturedDelivery, capturedReviewComment, commitStatus, forgejoRequest, issueAssigned, reviewed, reviewRequested, type Delivery } from './support/forgejo-fixtures';
 import { FORGEJO_TOKEN, SECRET, startHarness, type Harness } from './support/http';
 import { uniqueRepo } from './support/temporal';
 
@@ -39,7 +39,7 @@ describe('each mapped event makes the right task', () => {
     expect(res.statusCode).toBe(202);
     const answer = res.json();
     expect(answer).toMatchObject({ status: 'created', created: true, kind: 'implement', agent_type: 'dev', event: 'issues' });
-    expect(answer.task_id).toBe(`implement:${repo.replace('/', ':')}:42`);
+    expect(answer.task_id).toBe(`implement:${repo.replace('/', ':')}:42:dev`);
     const status = await h.tasks.status(answer.task_id);
     expect(status.state).toBe('pending');
     expect(status.input).toMatchObject({ agentType: 'dev', kind: 'implement', repo, number: 42, title: 'Add dark mode', url: `https://forgejo.example/${repo}/issues/42` });
@@ -51,6 +51,27 @@ describe('each mapped event makes the right task', () => {
     // The config's task defaults travel with the task.
     expect(status.options.matchWindowMs).toBe(60_000);
     expect(status.options.leaseMs).toBe(30_000);
+  });
+
+  test('a second agent-type assignee starts a task for that type only (real Gitea deliveries; the timeline tells who was added)', async () => {
+    // Captured from Gitea 1.27.3: drover-dev assigned, then drover-boss added. The second payload
+    // lists both and still names drover-dev as `issue.assignee`.
+    const first = await deliver(capturedDelivery('issue-assigned-dev'));
+    expect(first.statusCode, first.body).toBe(202);
+    expect(first.json()).toMatchObject({ created: true, agent_type: 'dev', task_id: 'implement:drover-boss:widgets:1:dev' });
+    const timeline = capturedAnswer<Array<{ type: string; removed_assignee: boolean }>>('issue-timeline');
+    // What the timeline held when the second delivery was sent: the two additions (the capture
+    // went on to unassign drover-dev afterwards).
+    forgejo.timelines.set('drover-boss/widgets#1', timeline.filter((e) => e.type === 'assignees' && !e.removed_assignee));
+    // Whatever order the server lists the assignees in: the timeline decides.
+    const secondDelivery = capturedDelivery('issue-assigned-second-boss');
+    const payload = secondDelivery.payload as { issue: { assignees: unknown[] } };
+    payload.issue.assignees.reverse();
+    const second = await deliver(secondDelivery);
+    expect(second.statusCode, second.body).toBe(202);
+    expect(second.json()).toMatchObject({ created: true, agent_type: 'boss', task_id: 'implement:drover-boss:widgets:1:boss' });
+    expect((await h.tasks.status('implement:drover-boss:widgets:1:dev')).state).toBe('pending'); // not run again
+    for (const id of ['implement:drover-boss:widgets:1:dev', 'implement:drover-boss:widgets:1:boss']) await h.tasks.cancel(id);
   });
 
   test('review requested from the reviewer login → review for reviewer', async () => {
@@ -91,7 +112,7 @@ describe('each mapped event makes the right task', () => {
     const repo = uniqueRepo();
     const res = await deliver(reviewed(repo, 11, 'approved', 'drover-reviewer', 'LGTM'));
     expect(res.statusCode).toBe(202);
-    expect(res.json()).toMatchObject({ kind: 'merge', agent_type: 'boss', task_id: `merge:${repo.replace('/', ':')}:11` });
+    expect(res.json()).toMatchObject({ kind: 'merge', agent_type: 'boss', task_id: `merge:${repo.replace('/', ':')}:11:boss` });
   });
 
   test('commit status failure on an open PR head → fix_ci for the PR author’s type, found through the Forgejo API', async () => {
@@ -104,7 +125,7 @@ describe('each mapped event makes the right task', () => {
     ]);
     const res = await deliver(commitStatus(repo, sha, 'failure', 'ci/unit'));
     expect(res.statusCode).toBe(202);
-    expect(res.json()).toMatchObject({ kind: 'fix_ci', agent_type: 'dev', task_id: `fix_ci:${repo.replace('/', ':')}:5` });
+    expect(res.json()).toMatchObject({ kind: 'fix_ci', agent_type: 'dev', task_id: `fix_ci:${repo.replace('/', ':')}:5:dev` });
     const { input } = await h.tasks.status(res.json().task_id);
     expect(input.prompt).toContain('ci/unit');
     expect(input.prompt).toContain('tests failed: 3 of 120');
@@ -132,7 +153,7 @@ describe('each mapped event makes the right task', () => {
       payload: new URLSearchParams({ payload: form.body }).toString(),
     });
     expect(res2.statusCode).toBe(202);
-    expect(res2.json().task_id).toBe(`implement:${repo2.replace('/', ':')}:4`);
+    expect(res2.json().task_id).toBe(`implement:${repo2.replace('/', ':')}:4:dev`);
   });
 });
 

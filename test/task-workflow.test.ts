@@ -54,7 +54,7 @@ describe('start', () => {
     const second = await t.tasks.start(task);
     expect(first).toEqual({ taskId: second.taskId, created: true });
     expect(second.created).toBe(false);
-    expect(first.taskId).toBe(`implement:${task.repo.replace('/', ':')}:${task.number}`);
+    expect(first.taskId).toBe(`implement:${task.repo.replace('/', ':')}:${task.number}:${task.agentType}`);
     await t.tasks.cancel(first.taskId);
     // Once closed, the same event makes a new task under the same id.
     await t.tasks.result(first.taskId);

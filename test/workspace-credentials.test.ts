@@ -6,8 +6,6 @@
 // file under .drover but the 0600 token file, nor in the agent's environment unless asked for.
 import { execFileSync, spawn, type SpawnOptions } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -17,115 +15,11 @@ import { workspacePlan, type WorkspacePlan } from '../src/workspace/plan';
 import type { GitCredentials } from '../src/workspace/scripts';
 import { WorkspaceError, Workspaces, type ScriptExec, type WorkspaceSettings } from '../src/workspace/workspace';
 import { commitFiles, git, GitRemotes } from './support/git';
+import { GitHttpServer } from './support/git-http';
 
 const TOKEN = `tok-${Math.random().toString(36).slice(2)}-${Date.now().toString(36)}-s3cr3t`;
 const USERNAME = 'drover-bot';
 const REPO = 'acme/web';
-
-/**
- * `git http-backend` behind node:http: Basic auth with TOKEN as the password or 401, the request
- * body on the CGI's stdin, the CGI's headers (Status: …) parsed into the response.
- */
-class GitHttpServer {
-  /** User names of the requests that authenticated; how many were refused; every URL asked for. */
-  readonly users: string[] = [];
-  refused = 0;
-  readonly urls: string[] = [];
-  private readonly backend = join(execFileSync('git', ['--exec-path'], { encoding: 'utf8' }).trim(), 'git-http-backend');
-
-  private constructor(
-    private readonly server: Server,
-    readonly projectRoot: string,
-  ) {}
-
-  static async start(projectRoot: string): Promise<GitHttpServer> {
-    const server = createServer();
-    const self = new GitHttpServer(server, projectRoot);
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => self.handle(req, res));
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    return self;
-  }
-
-  get base(): string {
-    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
-  }
-
-  close(): Promise<void> {
-    this.server.closeAllConnections();
-    return new Promise((resolve) => this.server.close(() => resolve()));
-  }
-
-  private handle(req: IncomingMessage, res: ServerResponse): void {
-    this.urls.push(req.url ?? '');
-    const auth = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
-    const [user, ...rest] = auth ? Buffer.from(auth[1]!, 'base64').toString('utf8').split(':') : [];
-    if (!auth || rest.join(':') !== TOKEN) {
-      this.refused += 1;
-      req.resume();
-      res.writeHead(401, { 'WWW-Authenticate': 'Basic realm="drover-test"', 'Content-Type': 'text/plain' });
-      res.end('authentication required\n');
-      return;
-    }
-    this.users.push(user!);
-    const url = new URL(req.url ?? '/', 'http://localhost');
-    const env: NodeJS.ProcessEnv = {
-      PATH: process.env.PATH,
-      GIT_PROJECT_ROOT: this.projectRoot,
-      GIT_HTTP_EXPORT_ALL: '1',
-      GATEWAY_INTERFACE: 'CGI/1.1',
-      SERVER_PROTOCOL: `HTTP/${req.httpVersion}`,
-      REQUEST_METHOD: req.method ?? 'GET',
-      PATH_INFO: decodeURIComponent(url.pathname),
-      QUERY_STRING: url.search.replace(/^\?/, ''),
-      REMOTE_USER: user,
-      REMOTE_ADDR: req.socket.remoteAddress ?? '127.0.0.1',
-      ...(req.headers['content-type'] ? { CONTENT_TYPE: req.headers['content-type'] } : {}),
-      ...(req.headers['content-length'] ? { CONTENT_LENGTH: req.headers['content-length'] } : {}),
-      ...(req.headers['content-encoding'] ? { HTTP_CONTENT_ENCODING: req.headers['content-encoding'] } : {}),
-      ...(typeof req.headers['git-protocol'] === 'string' ? { HTTP_GIT_PROTOCOL: req.headers['git-protocol'] } : {}),
-    };
-    const cgi = spawn(this.backend, [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    cgi.stdin.on('error', () => {});
-    req.pipe(cgi.stdin);
-    let stderr = '';
-    cgi.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
-    let head = Buffer.alloc(0);
-    let headersDone = false;
-    cgi.stdout.on('data', (chunk: Buffer) => {
-      if (headersDone) {
-        res.write(chunk);
-        return;
-      }
-      head = Buffer.concat([head, chunk]);
-      const crlf = head.indexOf('\r\n\r\n');
-      const lf = head.indexOf('\n\n');
-      const end = crlf >= 0 && (lf < 0 || crlf < lf) ? { at: crlf, length: 4 } : lf >= 0 ? { at: lf, length: 2 } : undefined;
-      if (!end) return;
-      headersDone = true;
-      let status = 200;
-      const headers: Record<string, string> = {};
-      for (const line of head.subarray(0, end.at).toString('latin1').split(/\r?\n/)) {
-        const colon = line.indexOf(':');
-        if (colon <= 0) continue;
-        const name = line.slice(0, colon).trim();
-        const value = line.slice(colon + 1).trim();
-        if (name.toLowerCase() === 'status') status = Number.parseInt(value, 10) || 500;
-        else headers[name] = value;
-      }
-      res.writeHead(status, headers);
-      const body = head.subarray(end.at + end.length);
-      if (body.length > 0) res.write(body);
-    });
-    cgi.once('close', (code) => {
-      if (!headersDone) {
-        res.writeHead(500, { 'Content-Type': 'text/plain' });
-        res.end(`git http-backend exited ${code}: ${stderr}`);
-        return;
-      }
-      res.end();
-    });
-  }
-}
 
 /**
  * Watches every process on the machine from a thread of its own (so that this thread's HTTP
@@ -208,7 +102,7 @@ beforeAll(async () => {
   initial = remotes.create(REPO);
   const bare = remotes.path(REPO);
   git(bare, 'config', 'http.receivepack', 'true');
-  server = await GitHttpServer.start(remotes.root);
+  server = await GitHttpServer.start(remotes.root, { token: TOKEN });
   remote = `${server.base}/${REPO}.git`;
 
   mkdirSync(home);

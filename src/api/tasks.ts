@@ -91,7 +91,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
             url: T.Optional(HttpUrl),
             callback_url: T.Optional(HttpUrl),
             session_key: T.Optional(T.String({ minLength: 1, maxLength: 200 })),
-            task_id: T.Optional(T.String({ pattern: '^[A-Za-z0-9_.:-]{1,200}$', description: 'default: kind:owner:repo:number, or kind:<uuid> without a repository' })),
+            task_id: T.Optional(T.String({ pattern: '^[A-Za-z0-9_.:-]{1,200}$', description: 'default: kind:owner:repo:number:agent_type, or kind:<uuid> without a repository' })),
             checkout: T.Optional(
               T.Object(
                 {
@@ -144,7 +144,7 @@ export const tasksPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
         if (unsafe) throw new ApiError(400, 'bad_request', `checkout.${unsafe} is not a valid git ref name`);
       }
       const number = body.number ?? 0;
-      const id = body.task_id ?? (repo ? makeTaskId(kind, repo, number) : `${kind}:${randomUUID()}`);
+      const id = body.task_id ?? (repo ? makeTaskId(kind, repo, number, body.agent_type) : `${kind}:${randomUUID()}`);
       const prompt = body.prompt ?? renderPrompt(kind, { kind, agent_type: body.agent_type, repo, number: number || undefined, title: body.title, body: body.body, url: body.url }, config.prompts);
       const options = { ...ctx.taskOptions };
       if (body.options?.match_window_ms !== undefined) options.matchWindowMs = body.options.match_window_ms;

@@ -72,6 +72,15 @@ export function commentLocation(comment: ForgejoReviewComment): string | undefin
   return comment.path;
 }
 
+/** An entry of an issue's timeline; `assignees` entries say who was assigned (or unassigned) when. */
+export interface ForgejoTimelineEntry {
+  id: number;
+  type: string;
+  created_at?: string;
+  assignee?: ForgejoUser | null;
+  removed_assignee?: boolean;
+}
+
 export interface ForgejoApiOptions {
   url: string;
   token?: string;
@@ -134,6 +143,12 @@ export class ForgejoApi {
   async listComments(repo: string, number: number, since?: string): Promise<ForgejoComment[]> {
     const query = since ? `?since=${encodeURIComponent(since)}` : '';
     return (await this.request<ForgejoComment[] | undefined>('GET', `${this.repoPath(repo)}/issues/${number}/comments${query}`)) ?? [];
+  }
+
+  /** An issue's timeline since `since` (ISO), oldest first. */
+  async issueTimeline(repo: string, number: number, since?: string): Promise<ForgejoTimelineEntry[]> {
+    const query = `?limit=100${since ? `&since=${encodeURIComponent(since)}` : ''}`;
+    return (await this.request<ForgejoTimelineEntry[] | undefined>('GET', `${this.repoPath(repo)}/issues/${number}/timeline${query}`)) ?? [];
   }
 
   /** The open pull request whose head is `sha`, if any (pages through open pull requests). */

@@ -164,7 +164,7 @@ export async function mapDelivery(headers: DeliveryHeaders, payload: unknown, de
     return repo;
   };
   const make = (kind: TaskKind, agentType: string, number: number, title: string, url: string | undefined, values: PromptValues): Decision => {
-    const id = taskId(kind, repo!, number);
+    const id = taskId(kind, repo!, number, agentType);
     if (!TASK_ID_PATTERN.test(id)) return { kind: 'bad_payload', reason: 'repository name or number makes an invalid task id', event };
     const prompt = renderPrompt(kind, { kind, agent_type: agentType, repo, number, title, url, ...values }, config.prompts);
     // What the agent's workspace checks out (src/workspace): the PR's head and base, or the default branch.
@@ -192,14 +192,16 @@ export async function mapDelivery(headers: DeliveryHeaders, payload: unknown, de
       if (!issue || !number) return { kind: 'bad_payload', reason: 'issue.number is missing or invalid', event };
       if (obj(issue.pull_request)) return { kind: 'ignore', reason: 'assignments of pull requests make no task', event };
       if (str(issue.state) === 'closed') return { kind: 'ignore', reason: `issue #${number} is closed`, event };
-      // Forgejo's payload lists the issue's assignees, not which one was just added: take the
-      // explicit `assignee` when present (Gitea, GitHub style), else the first assignee that is an agent type.
-      const candidates = [body.assignee, issue.assignee, ...(Array.isArray(issue.assignees) ? issue.assignees : [])]
+      // The payload lists the issue's assignees after the change, not which one was just added
+      // (captured from Gitea 1.27.3: `issue.assignee` stays the first one). So: the one agent
+      // type among them, or, with several, the one the issue's timeline shows added last.
+      const assignees = [body.assignee, issue.assignee, ...(Array.isArray(issue.assignees) ? issue.assignees : [])]
         .map(login)
         .filter((name): name is string => !!name);
-      if (candidates.length === 0) return { kind: 'ignore', reason: `issue #${number} has no assignee`, event };
-      const agentLogin = candidates.find((name) => typeOfLogin(config, name));
-      if (!agentLogin) return { kind: 'unknown_type', login: candidates[0]!, role: 'assignee', event };
+      if (assignees.length === 0) return { kind: 'ignore', reason: `issue #${number} has no assignee`, event };
+      const agentLogins = [...new Set(assignees.filter((name) => typeOfLogin(config, name)))];
+      if (agentLogins.length === 0) return { kind: 'unknown_type', login: assignees[0]!, role: 'assignee', event };
+      const agentLogin = agentLogins.length === 1 ? agentLogins[0]! : await lastAssigned(deps, repo!, number, agentLogins, str(issue.updated_at, 40));
       const agentType = typeOfLogin(config, agentLogin)!;
       const title = (str(issue.title) ?? '').slice(0, TITLE_MAX);
       const url = str(issue.html_url, 2_000);
@@ -300,6 +302,31 @@ export async function mapDelivery(headers: DeliveryHeaders, payload: unknown, de
     default:
       return { kind: 'ignore', reason: `event ${event || '(none)'} makes no task`, event };
   }
+}
+
+/**
+ * Which of several agent-type assignees was added last, from the issue's timeline (the payload
+ * cannot tell). Without the Forgejo API, or when the timeline does not say, the last one listed.
+ */
+async function lastAssigned(deps: MappingDeps, repo: string, number: number, logins: string[], updatedAt: string | undefined): Promise<string> {
+  const fallback = logins[logins.length - 1]!;
+  if (!deps.forgejo) return fallback;
+  // The assignment is the issue's latest change: a minute before it bounds the timeline read.
+  const since = updatedAt && !Number.isNaN(Date.parse(updatedAt)) ? new Date(Date.parse(updatedAt) - 60_000).toISOString() : undefined;
+  let entries;
+  try {
+    entries = await deps.forgejo.issueTimeline(repo, number, since);
+  } catch (error) {
+    throw new LookupError(`cannot read the timeline of ${repo}#${number} to tell which assignee was added: ${(error as Error).message}`);
+  }
+  let latest: { login: string; at: string; id: number } | undefined;
+  for (const entry of entries) {
+    const name = entry.type === 'assignees' && !entry.removed_assignee ? login(entry.assignee) : undefined;
+    if (!name || !logins.includes(name)) continue;
+    const at = entry.created_at ?? '';
+    if (!latest || at > latest.at || (at === latest.at && entry.id > latest.id)) latest = { login: name, at, id: entry.id };
+  }
+  return latest?.login ?? fallback;
 }
 
 /** The review's text, plus its inline comments when the Forgejo API can tell them (best effort). */

@@ -29,6 +29,8 @@ export class FakeForgejo {
   readonly comments = new Map<string, Array<{ id: number; body: string; created_at: string }>>();
   readonly pulls = new Map<string, FakePull[]>();
   readonly reviews = new Map<string, Array<{ id: number; state: string; body: string; user: { login: string }; submitted_at: string }>>();
+  /** Issue timelines by `owner/name#n` (assignment entries: who was added when), as the real server answers them. */
+  readonly timelines = new Map<string, Array<Record<string, unknown>>>();
   /** Inline comments per review id, as the real server answers them (see capturedReviewComment). */
   readonly reviewComments = new Map<number, Array<Record<string, unknown>>>();
   /** Callback receivers: path → status to answer (default 200). */
@@ -103,6 +105,8 @@ export class FakeForgejo {
     if (m && req.method === 'GET') {
       return send(200, this.reviews.get(`${decodeURIComponent(m[1]!)}/${decodeURIComponent(m[2]!)}#${m[3]}`) ?? []);
     }
+    m = /^\/api\/v1\/repos\/([^/]+)\/([^/]+)\/issues\/(\d+)\/timeline$/.exec(url.pathname);
+    if (m && req.method === 'GET') return send(200, this.timelines.get(`${decodeURIComponent(m[1]!)}/${decodeURIComponent(m[2]!)}#${m[3]}`) ?? []);
     m = /^\/api\/v1\/repos\/[^/]+\/[^/]+\/pulls\/\d+\/reviews\/(\d+)\/comments$/.exec(url.pathname);
     if (m && req.method === 'GET') return send(200, this.reviewComments.get(Number(m[1])) ?? []);
     return send(404, { message: 'no such route in the fake' });

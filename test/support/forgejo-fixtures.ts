@@ -291,3 +291,9 @@ export function capturedReviewComment(fields: { body: string; path: string; posi
   const [comment] = capturedAnswer<Array<Record<string, unknown>>>('pull-review-comments');
   return { ...comment!, ...fields };
 }
+
+/** A delivery captured from the real server (`<name>.json`): its event headers and its body. */
+export function capturedDelivery(name: string): Delivery {
+  const captured = JSON.parse(readFileSync(new URL(`${name}.json`, GITEA_FIXTURES), 'utf8')) as { headers: Record<string, string>; body: unknown };
+  return { event: captured.headers['X-Gitea-Event']!, eventType: captured.headers['X-Gitea-Event-Type']!, payload: captured.body };
+}
