@@ -88,7 +88,8 @@ program
   .option('--ui-port <port>', 'Temporal Web UI port', '8233')
   .action(async (opts: { config?: string; db: string; temporalPort: string; uiPort: string }) => {
     const config = loadConfig(opts.config ?? (existsSync(DEV_CONFIG) ? DEV_CONFIG : undefined));
-    config.api.temporalUiUrl ??= `http://localhost:${opts.uiPort}`;
+    // The Web UI on the host people reach the API by (api.publicUrl), not a host of its own.
+    config.api.temporalUiUrl ??= `${new URL(config.api.publicUrl).protocol}//${new URL(config.api.publicUrl).hostname}:${opts.uiPort}`;
     const log = createLogger(config.log.level);
     mkdirSync(resolve(opts.db, '..'), { recursive: true });
     log.info('starting the Temporal dev server (the first run builds the Temporal CLI: a few minutes)');

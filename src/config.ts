@@ -53,6 +53,11 @@ const ApiSection = T.Object(
     dequeuePollInterval: Duration,
     /** Temporal Web UI base URL; when set, comments and task views link to the task's history. */
     temporalUiUrl: T.Optional(T.String({ pattern: '^https?://' })),
+    /**
+     * Signs the links to tasks' read-only pages in comments (`/t/<id>?sig=…`). Default: derived
+     * from webhook.secret or adminToken; without any, comments link to the token-guarded API.
+     */
+    linkSecret: T.Optional(T.String({ minLength: 16 })),
   },
   { additionalProperties: false, default: {} },
 );

@@ -91,8 +91,22 @@ describe('a long-polling agent', () => {
     expect(succeeded).toContain('Added a dark theme toggle');
     expect(succeeded).toContain('`dark-mode`');
     expect(succeeded).toContain('`abc1234`');
-    expect(succeeded).toContain(`http://drover.test/api/v1/tasks/${encodeURIComponent(taskId)}`);
     expect(succeeded).toContain(`http://ui.test/namespaces/${h.namespace}/workflows/`);
+    // The [task] link is the task's read-only page, which a person opens without a token.
+    const page = /\[task\]\((http:\/\/drover\.test(\/t\/[^)?]+\?sig=[0-9a-f]{32}))\)/.exec(succeeded ?? '');
+    expect(page?.[2], succeeded).toMatch(new RegExp(`^/t/${encodeURIComponent(taskId)}\\?sig=`));
+    const opened = await app.inject({ method: 'GET', url: page![2]! });
+    expect(opened.statusCode).toBe(200);
+    expect(opened.headers['content-type']).toContain('text/html');
+    expect(opened.body).toContain('Added a dark theme toggle');
+    expect(opened.body).toContain('dark-mode');
+    expect(opened.body).not.toContain(grant.prompt.slice(0, 40)); // no prompt on the page
+    // A wrong or missing signature is no page, and tells nothing about the task.
+    for (const url of [page![2]!.replace(/sig=[0-9a-f]/, 'sig=g'), `/t/${encodeURIComponent(taskId)}`, `/t/${encodeURIComponent(taskId)}?sig=${'0'.repeat(32)}`]) {
+      const refused = await app.inject({ method: 'GET', url });
+      expect(refused.statusCode, url).toBe(404);
+      expect(refused.json().code).toBe('task_not_found');
+    }
   });
 
   test('a task’s callback URL receives the same JSON for each event', async () => {

@@ -180,3 +180,29 @@ describe('reports', () => {
     });
   });
 });
+
+describe('task pages (pure)', () => {
+  test('every value is escaped; signatures are per task and per key', async () => {
+    const { renderTaskPage } = await import('../src/api/pages');
+    const { taskLinkKey, taskLinkSignature, verifyTaskLink } = await import('../src/task-links');
+    const hostile = '<script>alert(1)</script>"\'&';
+    const status = {
+      taskId: 'implement:acme:web:1:dev', runId: 'r', state: 'completed', mode: 'http_pull', attempt: 1, lostAttempts: 0, cancelRequested: false,
+      createdAt: 'c', updatedAt: 'u', options: {}, attempts: [{ attempt: 1, holder: { kind: 'agent', id: hostile }, mode: 'http_pull', claimedAt: 'x', end: 'completed', reason: hostile }],
+      input: { agentType: 'dev', kind: 'implement', repo: 'acme/web', number: 1, title: hostile, prompt: 'SECRET PROMPT' },
+      result: { outcome: 'success', summary: hostile, branch: hostile, details: { callbackToken: 'nope' } },
+    } as unknown as Parameters<typeof renderTaskPage>[0];
+    const html = renderTaskPage(status, { historyUrl: `http://ui/${hostile}` });
+    expect(html).not.toContain('<script>');
+    expect(html).toContain('&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;');
+    expect(html).not.toContain('SECRET PROMPT');
+    expect(html).not.toContain('nope');
+    const key = taskLinkKey({ api: { linkSecret: 'a-link-secret-of-16+' }, webhook: {} } as never)!;
+    const other = taskLinkKey({ api: {}, webhook: { secret: 'another-secret' } } as never)!;
+    expect(verifyTaskLink(key, 't1', taskLinkSignature(key, 't1'))).toBe(true);
+    expect(verifyTaskLink(key, 't2', taskLinkSignature(key, 't1'))).toBe(false);
+    expect(verifyTaskLink(other, 't1', taskLinkSignature(key, 't1'))).toBe(false);
+    expect(verifyTaskLink(key, 't1', undefined)).toBe(false);
+    expect(taskLinkKey({ api: {}, webhook: {} } as never)).toBeUndefined();
+  });
+});

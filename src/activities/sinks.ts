@@ -8,6 +8,7 @@ import { ForgejoApi, isPermanentStatus } from '../forgejo/api';
 import type { Client } from '@temporalio/client';
 import type { TaskStatus } from '../model';
 import type { TaskEvent } from '../workflows/activity-types';
+import { historyUrl, taskLinkKey, taskPageUrl } from '../task-links';
 import { costEntry, costLedgerSink } from './cost';
 import { describeInstance } from '../workflows/claim-rules';
 import type { TaskEventSink } from './report';
@@ -38,7 +39,10 @@ export interface TaskEventReport {
   cancel_reason?: string;
   cancelled_by?: string;
   issue_url?: string;
+  /** The task in the API (needs the admin token): for programs. */
   task_url: string;
+  /** The task's read-only page, signed: for people (see src/task-links.ts). */
+  page_url?: string;
   history_url?: string;
   at: string;
 }
@@ -47,6 +51,8 @@ export interface ReportLinks {
   publicUrl: string;
   temporalUiUrl?: string;
   namespace: string;
+  /** Signs the tasks' read-only page links (none: comments link to the API). */
+  pageKey?: Buffer;
 }
 
 export function taskEventReport(event: TaskEvent, links: ReportLinks): TaskEventReport {
@@ -81,7 +87,8 @@ export function taskEventReport(event: TaskEvent, links: ReportLinks): TaskEvent
     ...(status.cancelRequested && status.cancelledBy ? { cancelled_by: status.cancelledBy } : {}),
     ...(status.input.url ? { issue_url: status.input.url } : {}),
     task_url: `${base}/api/v1/tasks/${encodeURIComponent(status.taskId)}`,
-    ...(ui ? { history_url: `${ui}/namespaces/${encodeURIComponent(links.namespace)}/workflows/${encodeURIComponent(status.taskId)}` } : {}),
+    ...(links.pageKey ? { page_url: taskPageUrl(base, links.pageKey, status.taskId) } : {}),
+    ...(ui ? { history_url: historyUrl(ui, links.namespace, status.taskId) } : {}),
     at: status.closedAt ?? status.updatedAt,
   };
 }
@@ -141,7 +148,7 @@ export function renderComment(report: TaskEventReport): string {
   const cost = describeCost(report);
   if (cost) rows.push(['cost', cost]);
   if (report.cancel_reason) rows.push(['cancelled', `${quoteInline(report.cancel_reason)}${report.cancelled_by ? ` (by ${code(report.cancelled_by)})` : ''}`]);
-  const links = [`[task](${report.task_url})`, ...(report.history_url ? [`[history](${report.history_url})`] : [])].join(' · ');
+  const links = [`[task](${report.page_url ?? report.task_url})`, ...(report.history_url ? [`[history](${report.history_url})`] : [])].join(' · ');
   const lines = [
     commentMarker(report),
     `**Drover** · ${report.kind} task ${code(report.task_id)} ${HEADLINES[report.event]} · ${links}`,
@@ -233,7 +240,7 @@ export function callbackSink(options: { links: ReportLinks; timeoutMs: number })
 
 /** The sinks the config asks for: the Forgejo comment when forgejo.url and token are set; callbacks always; the cost ledger with a client. */
 export function reportSinksFromConfig(config: DroverConfig, client?: Client): TaskEventSink[] {
-  const links: ReportLinks = { publicUrl: config.api.publicUrl, temporalUiUrl: config.api.temporalUiUrl, namespace: config.temporal.namespace };
+  const links: ReportLinks = { publicUrl: config.api.publicUrl, temporalUiUrl: config.api.temporalUiUrl, namespace: config.temporal.namespace, pageKey: taskLinkKey(config) };
   const timeoutMs = durationMs(config.forgejo.timeout);
   const sinks: TaskEventSink[] = [];
   if (config.forgejo.url && config.forgejo.token) {

@@ -1,6 +1,7 @@
 // The Fastify app factory: `drover api` and `drover dev` serve it; tests build it with fake parts.
 // One plugin per resource; every error is JSON `{code, message}`; the OpenAPI document is
 // generated from the route schemas and browsable at /docs.
+import { pagesPlugin } from './pages';
 import { budgetHold, CostLedgerReader, dailyBudget } from '../costs';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
@@ -144,6 +145,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(logsPlugin, options);
   await app.register(sessionsPlugin, options);
   await app.register(statsPlugin, options);
+  await app.register(pagesPlugin, options);
   // Further resources (the SSH side's logs plugin) register here, with the same context.
   for (const plugin of deps.plugins ?? []) await app.register(plugin, options);
 
