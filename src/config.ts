@@ -47,6 +47,9 @@ const ApiSection = T.Object(
     bodyLimitBytes: T.Integer({ minimum: 1024, default: 1_048_576 }),
     /** Longest `wait` a dequeue long-poll may ask for. */
     maxDequeueWait: Duration,
+    /** Failed authentications (bad or missing token, bad signature) one address may make per authFailureWindow; one more, and it gets 429 for the rest of it. */
+    maxAuthFailures: T.Integer({ minimum: 1, maximum: 100_000, default: 30 }),
+    authFailureWindow: Duration,
     /** Dequeue long-polls one agent may hold open at once on one API process; more get 429. */
     maxPollsPerAgent: T.Integer({ minimum: 1, maximum: 100, default: 2 }),
     /** How often the API's one shared watcher looks for claimable tasks while agents wait. */
@@ -233,6 +236,7 @@ export class ConfigError extends Error {
 const DURATION_DEFAULTS = {
   'api.maxDequeueWait': '60s',
   'api.dequeuePollInterval': '250ms',
+  'api.authFailureWindow': '1m',
   'forgejo.timeout': '10s',
   'tasks.matchWindow': '30s',
   'tasks.lease': '60s',
@@ -357,6 +361,7 @@ export const MAX_DURATION_MS = 2 ** 31 - 1;
 const DURATION_MINIMUMS: Record<keyof typeof DURATION_DEFAULTS, number> = {
   'api.maxDequeueWait': 0,
   'api.dequeuePollInterval': 10,
+  'api.authFailureWindow': 1_000,
   'forgejo.timeout': 100,
   'tasks.matchWindow': 1,
   'tasks.lease': 1_000,

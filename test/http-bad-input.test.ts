@@ -21,6 +21,7 @@ const STABLE_CODES = new Set([
   'route_not_found',
   'unauthorized',
   'bad_token',
+  'too_many_auth_failures',
   'task_not_found',
   'task_closed',
   'task_not_pending',
@@ -374,7 +375,9 @@ test('bad input at every endpoint: a 4xx with a stable code each time, no 5xx, n
   const seen = new Map<number, number>();
   let count = 0;
   for (const { name, request, mayBeIgnored } of cases()) {
-    const res = await app.inject(request);
+    // Each case from an address of its own, as from a client of its own: failed authentication is
+    // limited per address (its own test below floods one address).
+    const res = await app.inject({ ...request, remoteAddress: `10.${(count >> 16) & 255}.${(count >> 8) & 255}.${count & 255}` });
     count++;
     seen.set(res.statusCode, (seen.get(res.statusCode) ?? 0) + 1);
     if (mayBeIgnored && res.statusCode === 200) {
@@ -391,6 +394,13 @@ test('bad input at every endpoint: a 4xx with a stable code each time, no 5xx, n
   expect(count).toBeGreaterThan(1_000);
   // Every kind of refusal happened.
   for (const status of [400, 401, 404, 409, 413, 415, 422]) expect(seen.get(status) ?? 0, `no ${status} answers`).toBeGreaterThan(0);
+
+  // One address that keeps failing authentication is refused for a while, with a stable code.
+  const flood = h.config.api.maxAuthFailures + 5;
+  for (let i = 0; i < flood; i++) {
+    const res = await app.inject({ method: 'GET', url: '/api/v1/tasks', remoteAddress: '192.0.2.66', headers: { authorization: `Bearer bad-token-${i}` } });
+    expect(res.statusCode).toBe(i <= h.config.api.maxAuthFailures ? 401 : 429);
+  }
 
   // Still healthy, and nothing made, lost or changed.
   expect((await app.inject({ method: 'GET', url: '/healthz' })).statusCode).toBe(200);

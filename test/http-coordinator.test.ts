@@ -3,7 +3,7 @@
 import { Client, Connection } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { adminAuth, agent, dequeue, enqueue, startHarness, taskUrl, testConfig, type Harness } from './support/http';
+import { ADMIN, adminAuth, agent, dequeue, enqueue, startHarness, taskUrl, testConfig, type Harness } from './support/http';
 import { uniqueRepo } from './support/temporal';
 import { TASK_STATES } from '../src/model';
 import { TaskClient } from '../src/task-client';
@@ -314,6 +314,21 @@ describe('operators', () => {
     const ui = await app.inject({ method: 'GET', url: '/docs/' });
     expect(ui.statusCode).toBe(200);
     expect(ui.headers['content-type']).toContain('text/html');
+  });
+
+  test('failed authentication is rate limited per address: then even a right token waits; others and health are untouched', async () => {
+    const max = h.config.api.maxAuthFailures;
+    const from = (remoteAddress: string, token: string) => app.inject({ method: 'GET', url: '/api/v1/tasks', remoteAddress, headers: { authorization: `Bearer ${token}` } });
+    // `max` failures are allowed in the window; the one after them blocks the address.
+    for (let i = 0; i <= max; i++) expect((await from('10.9.9.9', 'wrong-token-xyz')).statusCode).toBe(401);
+    const refused = await from('10.9.9.9', ADMIN);
+    expect(refused.statusCode).toBe(429);
+    expect(refused.json()).toMatchObject({ code: 'too_many_auth_failures' });
+    expect(Number(refused.headers['retry-after'])).toBeGreaterThan(0);
+    // A bad webhook signature counts as a failure too, and is refused the same way now.
+    expect((await app.inject({ method: 'POST', url: '/api/v1/webhooks/forgejo', remoteAddress: '10.9.9.9', payload: {} })).statusCode).toBe(429);
+    expect((await from('10.9.9.10', ADMIN)).statusCode).toBe(200);
+    expect((await app.inject({ method: 'GET', url: '/healthz', remoteAddress: '10.9.9.9' })).statusCode).toBe(200);
   });
 
   test('admin endpoints need the admin token', async () => {

@@ -1,6 +1,7 @@
 // The Fastify app factory: `drover api` and `drover dev` serve it; tests build it with fake parts.
 // One plugin per resource; every error is JSON `{code, message}`; the OpenAPI document is
 // generated from the route schemas and browsable at /docs.
+import { installAuthFailureLimit } from './auth-failures';
 import { pagesPlugin } from './pages';
 import { budgetHold, CostLedgerReader, dailyBudget } from '../costs';
 import swagger from '@fastify/swagger';
@@ -68,6 +69,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   app.setValidatorCompiler(TypeBoxValidatorCompiler);
   installErrorHandlers(app);
+  await installAuthFailureLimit(app, { config });
 
   // JSON bodies through Fastify's own parser (secure-json-parse: a body that tries to poison
   // prototypes with __proto__ or constructor.prototype is refused); malformed → 400 bad_json.
