@@ -288,7 +288,8 @@ describe('workspace credentials over smart HTTP', () => {
     const env = ws.environment(p, prepared);
     expect(env).toMatchObject({ GIT_ASKPASS: `${prepared.credentialsDir}/askpass`, GIT_TERMINAL_PROMPT: '0', DROVER_WORKSPACE: prepared.dir });
     expect(JSON.stringify(env)).not.toContain(TOKEN);
-    const base = { PATH: process.env.PATH!, HOME: plainHome, GIT_CONFIG_NOSYSTEM: '1' };
+    // The agent's home names a credential helper (`store`) as the scripts' does.
+    const base = { PATH: process.env.PATH!, HOME: home, GIT_CONFIG_NOSYSTEM: '1' };
     const listed = await run('git', ['ls-remote', remote, 'refs/heads/main'], { cwd: prepared.dir, env: { ...base, ...env } });
     expect(listed.stderr).toBe('');
     expect(listed.status).toBe(0);
@@ -298,6 +299,8 @@ describe('workspace credentials over smart HTTP', () => {
     const pushed = await run('git', ['push', '-q', 'origin', 'HEAD:refs/heads/drover/agent-8'], { cwd: prepared.dir, env: { ...base, ...env } });
     expect(pushed.stderr).toBe('');
     expect(remotes.tip(REPO, 'drover/agent-8')).toBe(rev);
+    // The agent's own git did not hand the token to that helper either.
+    expect(filesWithToken(home)).toEqual([]);
 
     // Without agentCredentials, the same environment gets nothing to authenticate with.
     const { ws: plain } = workspaces({ token: TOKEN, username: USERNAME });

@@ -107,6 +107,10 @@ export class Workspaces {
       if (this.settings.credentials?.token) env.GIT_ASKPASS = `${prepared.credentialsDir}/askpass`;
       if (this.settings.credentials?.sshKey) env.GIT_SSH = `${prepared.credentialsDir}/ssh`;
       env.GIT_TERMINAL_PROMPT = '0';
+      // Nor may the agent's own git hand the token to the machine's credential helper, which
+      // would keep it (~/.git-credentials in clear) for any later process. (An agent environment
+      // of its own GIT_CONFIG_COUNT is replaced by this one.)
+      if (this.settings.credentials?.token) Object.assign(env, { GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'credential.helper', GIT_CONFIG_VALUE_0: '' });
     }
     return env;
   }
