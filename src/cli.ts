@@ -7,7 +7,7 @@ import { Command, Option } from 'commander';
 import { ConfigError, loadConfig } from './config';
 import { startDevServer } from './dev-server';
 import { createLogger } from './log';
-import { connectClient, connectNative, registerSearchAttributes } from './temporal-connection';
+import { connectClient, connectNative, registerSearchAttributes, SearchAttributesFullError } from './temporal-connection';
 import { ensureTemporalCli } from './temporal-cli';
 import { startWorkers } from './workers/main';
 import { buildApp } from './api/app';
@@ -116,6 +116,10 @@ program.parseAsync().catch((error: unknown) => {
   if (error instanceof ConfigError) {
     console.error(error.message);
     process.exit(2);
+  }
+  if (error instanceof SearchAttributesFullError) {
+    console.error(error.message);
+    process.exit(1);
   }
   console.error(error);
   process.exit(1);

@@ -36,11 +36,44 @@ export async function registerSearchAttributes(connection: Connection, namespace
   const missing = SEARCH_ATTRIBUTE_DEFINITIONS.filter((d) => !present.has(d.name));
   if (missing.length === 0) return [];
   const IndexedValueType = proto.temporal.api.enums.v1.IndexedValueType;
-  await connection.operatorService.addSearchAttributes({
-    namespace,
-    searchAttributes: Object.fromEntries(
-      missing.map((d) => [d.name, d.type === 'Int' ? IndexedValueType.INDEXED_VALUE_TYPE_INT : IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD]),
-    ),
-  });
+  try {
+    await connection.operatorService.addSearchAttributes({
+      namespace,
+      searchAttributes: Object.fromEntries(
+        missing.map((d) => [d.name, d.type === 'Int' ? IndexedValueType.INDEXED_VALUE_TYPE_INT : IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD]),
+      ),
+    });
+  } catch (error) {
+    const full = /cannot have more than (\d+) search attributes? of type (\w+)/i.exec((error as Error).message ?? '');
+    if (!full) throw error;
+    throw new SearchAttributesFullError(namespace, Number(full[1]), full[2]!, existing.customAttributes ?? {}, missing);
+  }
   return missing.map((d) => d.name);
+}
+
+/** The namespace has no room for Drover's search attributes: says which are in use and what to do. */
+export class SearchAttributesFullError extends Error {
+  override readonly name = 'SearchAttributesFullError';
+  constructor(
+    readonly namespace: string,
+    readonly limit: number,
+    readonly type: string,
+    inUse: Record<string, unknown>,
+    missing: ReadonlyArray<{ name: string; type: string }>,
+  ) {
+    const typeName = (value: unknown) => String(proto.temporal.api.enums.v1.IndexedValueType[value as number] ?? value).replace(/^INDEXED_VALUE_TYPE_/, '').toLowerCase();
+    const sameType = Object.entries(inUse)
+      .filter(([, value]) => typeName(value) === type.toLowerCase())
+      .map(([name]) => name)
+      .sort();
+    const needed = missing.filter((d) => d.type.toLowerCase() === type.toLowerCase()).map((d) => d.name);
+    super(
+      [
+        `namespace ${namespace} has no room for Drover's search attributes: it allows ${limit} custom ${type} attributes,`,
+        `and ${sameType.length} are in use (${sameType.join(', ') || 'none'}); Drover still needs ${needed.length} more (${needed.join(', ')}).`,
+        `Remove ones nothing uses (temporal operator search-attribute remove --namespace ${namespace} --name <name>),`,
+        'or give Drover a namespace of its own (temporal.namespace): on SQL visibility stores the slots per type are columns of the schema, not a setting.',
+      ].join(' '),
+    );
+  }
 }
