@@ -80,6 +80,18 @@ describe('a long-polling agent', () => {
     expect(done.json()).toMatchObject({ state: 'completed', result: { outcome: 'success', branch: 'dark-mode', rev: 'abc1234' } });
 
     const final = await h.tasks.result(taskId); // closes only once its reports are delivered
+    // The same report again, after the task closed (its first answer was lost on the way): the
+    // same answer, not "the task is no longer yours".
+    const again = await app.inject({
+      method: 'POST',
+      url: taskUrl(taskId, 'complete'),
+      headers: A1.auth,
+      payload: { agent_id: 'a1', attempt: 1, summary: 'Added a dark theme toggle', branch: 'dark-mode', rev: 'abc1234' },
+    });
+    expect(again.statusCode, again.body).toBe(200);
+    expect(again.json()).toMatchObject({ state: 'completed', result: { outcome: 'success', branch: 'dark-mode' } });
+    const otherAgent = await app.inject({ method: 'POST', url: taskUrl(taskId, 'fail'), headers: A2.auth, payload: { agent_id: 'a2', attempt: 1, summary: 'not mine' } });
+    expect(otherAgent.statusCode).toBe(409);
     expect(final.state).toBe('completed');
     const comments = forgejo.commentsOn(repo, 42);
     expect(comments).toHaveLength(2);
