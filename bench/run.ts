@@ -1,7 +1,7 @@
 // `npm run bench`: Drover's figures beside the engine's own limit, measured in one run on one
 // embedded dev server. Not a test: these machines are shared, so read ratios, not absolutes.
 //   BENCH_TASKS (default 200), BENCH_CLAIMANTS (default 8), BENCH_BASELINE_CONCURRENCY (default 32),
-//   BENCH_ONLY=core,http,ssh,workspace (BENCH_WORKSPACE_RUNS, default 20)
+//   BENCH_ONLY=core,http,ssh,workspace,reconnect (BENCH_WORKSPACE_RUNS, default 20; BENCH_OUTAGE_MS, default 30000)
 import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -18,7 +18,7 @@ const TASKS = Number(process.env.BENCH_TASKS ?? 200);
 const CLAIMANTS = Number(process.env.BENCH_CLAIMANTS ?? 8);
 /** The engine's limit is a throughput at saturation: start and complete trivial workflows this many at a time. */
 const BASELINE_CONCURRENCY = Number(process.env.BENCH_BASELINE_CONCURRENCY ?? 32);
-const ONLY = new Set((process.env.BENCH_ONLY ?? 'core,http,ssh,workspace').split(','));
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'core,http,ssh,workspace,reconnect').split(','));
 
 async function trivialBaseline(ctx: Omit<BenchContext, 'trivialPerSecond'>): Promise<number> {
   const ids = Array.from({ length: TASKS }, (_, i) => `bench-trivial-${Date.now()}-${i}`);
@@ -129,6 +129,7 @@ async function main(): Promise<void> {
       ['http', './http.ts', 'benchHttp'],
       ['ssh', './ssh.ts', 'benchSsh'],
       ['workspace', './workspace.ts', 'benchWorkspace'],
+      ['reconnect', './reconnect.ts', 'benchReconnect'],
     ] as const) {
       if (!ONLY.has(name)) continue;
       if (!existsSync(fileURLToPath(new URL(file, import.meta.url)))) continue;

@@ -20,8 +20,15 @@ function tlsOptions(config: TemporalConfig): ConnectionOptions['tls'] {
   };
 }
 
+/**
+ * gRPC's reconnect backoff, bounded. By default it grows to two minutes: after a 30 s Temporal
+ * outage, a client came back 12 s after the server did (measured with a proxy cut for 30 s); with
+ * these, 1 s. Reconnect attempts to a server that is down cost it nothing.
+ */
+export const RECONNECT_CHANNEL_ARGS = { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 1_000 } as const;
+
 export async function connectClient(config: TemporalConfig): Promise<{ client: Client; connection: Connection }> {
-  const connection = await Connection.connect({ address: config.address, tls: tlsOptions(config), apiKey: config.apiKey });
+  const connection = await Connection.connect({ address: config.address, tls: tlsOptions(config), apiKey: config.apiKey, channelArgs: { ...RECONNECT_CHANNEL_ARGS } });
   return { connection, client: new Client({ connection, namespace: config.namespace }) };
 }
 

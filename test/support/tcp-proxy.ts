@@ -1,9 +1,11 @@
 // A TCP proxy on loopback that a test can pause: while paused, nothing passes either way and new
 // connections hang, as in a network partition (no reset, no close: both ends see only silence).
+// Or refuse: every connection is cut and new ones are closed, as when the server is down.
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 
 export class TcpProxy {
   private paused = false;
+  private refusing = false;
   private readonly pairs = new Set<[Socket, Socket]>();
   private readonly held = new Set<Socket>();
 
@@ -32,6 +34,10 @@ export class TcpProxy {
 
   private accept(client: Socket): void {
     client.on('error', () => {});
+    if (this.refusing) {
+      client.destroy();
+      return;
+    }
     if (this.paused) {
       client.pause();
       this.held.add(client);
@@ -56,6 +62,16 @@ export class TcpProxy {
     };
     client.once('close', drop);
     upstream.once('close', drop);
+  }
+
+  /** While refusing, as a server that is down: every connection is cut, and new ones are closed at once. */
+  refuse(refusing: boolean): void {
+    this.refusing = refusing;
+    if (!refusing) return;
+    for (const [client, upstream] of this.pairs) {
+      client.destroy();
+      upstream.destroy();
+    }
   }
 
   /** Stops every byte, both ways, on every connection; new ones hang. */
