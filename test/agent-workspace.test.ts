@@ -2,10 +2,10 @@
 // task workflow, a task enqueued over HTTP for a repository whose clone URL comes from the
 // config's workspaces.remoteUrl (a bare repository on disk), the command run in a worktree of
 // its own, its commit pushed to the task branch and the result checked against the remote.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawnDroverAgent, type AgentProcess } from './support/drover-agent';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { remoteUrl } from '../src/workspace/plan';
@@ -13,7 +13,6 @@ import { git, GIT_IDENTITY, GitRemotes } from './support/git';
 import { adminAuth, agent, startHarness, type Harness } from './support/http';
 import { uniqueRepo, uniqueType } from './support/temporal';
 
-const ROOT = resolve(import.meta.dirname, '..');
 const TYPE = uniqueType('pullws');
 const PLAIN_TYPE = uniqueType('pullplain');
 const WS_AGENT = agent('pw-1', [TYPE]);
@@ -46,25 +45,13 @@ afterAll(async () => {
   rmSync(remotes.root, { recursive: true, force: true });
 });
 
-interface AgentProcess {
-  process: ChildProcess;
-  output: string[];
-  exited: Promise<number | null>;
-}
-
 /** `drover agent` for one task, running `/bin/sh -c <script> <records>` as its command. */
 function startAgent(who: ReturnType<typeof agent>, workdir: string, script: string, agentArgs: string[] = []): AgentProcess {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'src/cli.ts', 'agent', '--server', base, '--agent-id', who.id, '--wait', '2', '--kill-grace', '1s', '--workdir', workdir, '--provider', 'command', '--max-tasks', '1', ...agentArgs, '--', '/bin/sh', '-c', script, records],
+  const handle = spawnDroverAgent(
+    ['--server', base, '--agent-id', who.id, '--wait', '2', '--kill-grace', '1s', '--workdir', workdir, '--provider', 'command', '--max-tasks', '1', ...agentArgs, '--', '/bin/sh', '-c', script, records],
     // The command commits: git takes its identity from the environment it inherits.
-    { cwd: ROOT, env: { ...process.env, ...GIT_IDENTITY, DROVER_AGENT_TOKEN: who.token, DROVER_LOG_LEVEL: 'debug' }, stdio: ['ignore', 'pipe', 'pipe'] },
+    { ...GIT_IDENTITY, DROVER_AGENT_TOKEN: who.token },
   );
-  const output: string[] = [];
-  child.stdout!.on('data', (c: Buffer) => output.push(c.toString('utf8')));
-  child.stderr!.on('data', (c: Buffer) => output.push(c.toString('utf8')));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  const handle = { process: child, output, exited };
   children.push(handle);
   return handle;
 }

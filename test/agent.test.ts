@@ -1,9 +1,9 @@
 // `drover agent` end to end: real agent processes (the CLI) against the real API app and task
 // workflow, running the fake Claude Code locally.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawnDroverAgent, type AgentProcess } from './support/drover-agent';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TaskInput, TaskOptions, TaskStatus } from '../src/model';
@@ -14,7 +14,6 @@ import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
 import { alive } from './support/process';
 import { TcpProxy } from './support/tcp-proxy';
 
-const ROOT = resolve(import.meta.dirname, '..');
 const FAKE = join(import.meta.dirname, 'fixtures', 'fake-claude.mjs');
 const TYPE = uniqueType('pull');
 const agents = ['pa-1', 'pa-2', 'pa-3', 'pa-4', 'pa-5', 'pa-6', 'pa-7'].map((id) => agent(id, [TYPE]));
@@ -40,23 +39,11 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-interface AgentProcess {
-  process: ChildProcess;
-  output: string[];
-  exited: Promise<number | null>;
-}
-
 function startAgent(who: ReturnType<typeof agent>, agentArgs: string[] = [], fakeArgs: string[] = [], server = base): AgentProcess {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'src/cli.ts', 'agent', '--server', server, '--agent-id', who.id, '--wait', '2', '--kill-grace', '1s', '--workdir', dir, '--provider', 'claude-code', ...agentArgs, '--', process.execPath, FAKE, '--record', dir, ...fakeArgs],
-    { cwd: ROOT, env: { ...process.env, DROVER_AGENT_TOKEN: who.token, DROVER_LOG_LEVEL: 'debug' }, stdio: ['ignore', 'pipe', 'pipe'] },
+  const handle = spawnDroverAgent(
+    ['--server', server, '--agent-id', who.id, '--wait', '2', '--kill-grace', '1s', '--workdir', dir, '--provider', 'claude-code', ...agentArgs, '--', process.execPath, FAKE, '--record', dir, ...fakeArgs],
+    { DROVER_AGENT_TOKEN: who.token },
   );
-  const output: string[] = [];
-  child.stdout!.on('data', (c: Buffer) => output.push(c.toString('utf8')));
-  child.stderr!.on('data', (c: Buffer) => output.push(c.toString('utf8')));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  const handle = { process: child, output, exited };
   children.push(handle);
   return handle;
 }
