@@ -1,4 +1,4 @@
-// The pull-agent side of Drover's HTTP protocol (see src/api/tasks.ts): dequeue, heartbeat,
+// The pull-agent side of Drover's HTTP protocol (see src/api/tasks-agents.ts): dequeue, heartbeat,
 // complete, fail, release, and the earlier session of a task's session key.
 import type { TaskCheckout } from '../model';
 

@@ -26,7 +26,9 @@ import { sessionsPlugin } from './sessions';
 import { createHostPresence } from '../host-presence';
 import { ApiMetrics } from './metrics';
 import { statsPlugin } from './stats';
-import { tasksPlugin } from './tasks';
+import { tasksAdminPlugin } from './tasks-admin';
+import { tasksAgentsPlugin } from './tasks-agents';
+import { tasksCoordinatorPlugin } from './tasks-coordinator';
 import { webhooksPlugin } from './webhooks';
 
 export interface AppDeps {
@@ -141,7 +143,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const options: PluginOptions = { ctx };
   await app.register(healthPlugin, options);
   await app.register(webhooksPlugin, options);
-  await app.register(tasksPlugin, options);
+  await app.register(tasksAdminPlugin, options);
+  await app.register(tasksAgentsPlugin, options);
+  await app.register(tasksCoordinatorPlugin, options);
   await app.register(agentsPlugin, options);
   await app.register(hostsPlugin, options);
   await app.register(logsPlugin, options);
