@@ -16,7 +16,7 @@ export class ApiError extends Error {
   }
 }
 
-/** How TaskError codes answer by default; assign turns the state ones into 400 (see tasks.ts). */
+/** How TaskError codes answer by default; assign turns the state ones into 400 (see tasks-coordinator.ts). */
 export const TASK_ERROR_STATUS: Record<TaskErrorCode, number> = {
   task_not_found: 404,
   task_closed: 409,
