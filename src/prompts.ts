@@ -39,7 +39,8 @@ export const DEFAULT_PROMPTS: Record<TaskKind, string> = {
     '{{body}}',
     '',
     'Issue: {{url}}',
-    'Work on a new branch, push it and open a pull request that closes #{{number}}.',
+    'Commit your work on the branch checked out for you ($DROVER_BRANCH): Drover pushes it if $DROVER_PUSH is auto,',
+    'otherwise push it yourself. Then open a pull request that closes #{{number}}.',
   ].join('\n'),
   review: [
     'Review pull request #{{number}} of {{repo}}: {{title}}',
@@ -56,7 +57,7 @@ export const DEFAULT_PROMPTS: Record<TaskKind, string> = {
     '{{reviews}}',
     '',
     'Pull request: {{url}} (branch {{branch}})',
-    'Push the fixes to branch {{branch}} and answer the review comments.',
+    'Commit the fixes on branch {{branch}}, checked out for you (Drover pushes it if $DROVER_PUSH is auto, otherwise push it yourself), and answer the review comments.',
   ].join('\n'),
   merge: [
     'Pull request #{{number}} of {{repo}} was approved by {{reviewer}}: {{title}}',
@@ -71,7 +72,7 @@ export const DEFAULT_PROMPTS: Record<TaskKind, string> = {
     'Details: {{ci_url}}',
     '',
     'Pull request: {{url}} (branch {{branch}}, commit {{sha}})',
-    'Find the cause, push a fix to branch {{branch}}.',
+    'Find the cause, and commit a fix on branch {{branch}}, checked out for you (Drover pushes it if $DROVER_PUSH is auto, otherwise push it yourself).',
   ].join('\n'),
   custom: '{{title}}\n\n{{body}}',
 };
