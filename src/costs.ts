@@ -68,8 +68,7 @@ function windowOf(rows: CostRow[]): CostWindow {
 /** Today (UTC) and the 30 UTC days ending today. */
 export function costWindows(sums: CostSums, now = new Date()): { today: CostWindow; last_30_days: CostWindow } {
   const today = utcDay(now.toISOString());
-  const state = { ...sums, seen: {} };
-  return { today: windowOf(rowsBetween(state, today, today)), last_30_days: windowOf(rowsBetween(state, addDays(today, -29), today)) };
+  return { today: windowOf(rowsBetween(sums, today, today)), last_30_days: windowOf(rowsBetween(sums, addDays(today, -29), today)) };
 }
 
 /** The daily budget of `repo` (USD), if the config sets one: its own, or `*`'s. */
@@ -83,7 +82,7 @@ export function budgetHold(sums: CostSums, budgets: Record<string, number>, repo
   const budget = dailyBudget(budgets, repo);
   if (budget === undefined) return undefined;
   const today = utcDay(now.toISOString());
-  const spent = spentOn({ ...sums, seen: {} }, today, repo);
+  const spent = spentOn(sums, today, repo);
   if (spent < budget) return undefined;
   return {
     reason: `the daily budget of ${repo} is spent ($${spent.toFixed(2)} of $${budget.toFixed(2)} today, UTC)`,

@@ -93,7 +93,8 @@ export function taskEventReport(event: TaskEvent, links: ReportLinks): TaskEvent
   };
 }
 
-function costFields(status: TaskStatus): Pick<TaskEventReport, 'cost_usd' | 'tokens'> {
+/** A closed task's cost and tokens as reports show them (none when its CLI reported none). */
+export function costFields(status: TaskStatus): Pick<TaskEventReport, 'cost_usd' | 'tokens'> {
   const entry = costEntry(status);
   if (!entry) return {};
   const { input, output, cacheRead, cacheWrite } = entry.tokens;

@@ -7,13 +7,12 @@ import type { TaskInput, TaskKind, TaskResult } from '../model';
 import { getProvider, type ProviderName } from '../providers';
 import { clip } from '../providers/result-line';
 import { driveAgentProcess } from '../run/agent-process';
-import { taskEnvironment } from '../run/env';
+import { taskEnvironment, withResumedSession } from '../run/env';
 import { runKey } from '../run/detached';
 import { killLocalGroup, runLocalScript, spawnLocalScript } from '../run/local';
 import { buildRunScript } from '../run/shell';
 import { sessionToResume, type ResumePolicy } from '../sessions';
-import { workspacePlan } from '../workspace/plan';
-import { Workspaces, type PreparedWorkspace, type WorkspaceSettings } from '../workspace/workspace';
+import { AttemptWorkspace, workspaceFailure, type ScriptExec, type WorkspaceSettings } from '../workspace/workspace';
 import { type DroverHttpClient, type Grant, HttpError, isTransient, type ResultReport } from './http';
 
 export interface PullAgentOptions {
@@ -236,32 +235,29 @@ export class PullAgent {
     };
 
     // The task's own worktree, when it names a repository and this agent makes workspaces.
-    const plan = this.options.workspaces ? workspacePlan(grant.task_id, input) : undefined;
-    const workspaces = plan && this.options.workspaces ? new Workspaces((script, stdin, timeoutMs) => runLocalScript(script, stdin, timeoutMs, childEnv), { ...this.options.workspaces, workdir: this.options.workdir }) : undefined;
+    const exec: ScriptExec = (script, stdin, timeoutMs) => runLocalScript(script, stdin, timeoutMs, childEnv);
     const key = runKey(grant.task_id, grant.run_id ?? 'run', grant.attempt);
-    let prepared: PreparedWorkspace | undefined;
-    if (plan && workspaces) {
+    const workspace = this.options.workspaces ? AttemptWorkspace.of(exec, { ...this.options.workspaces, workdir: this.options.workdir }, grant.task_id, input, key) : undefined;
+    if (workspace) {
       try {
-        prepared = await workspaces.prepare(plan, key);
+        say(await workspace.prepare());
       } catch (error) {
-        const message = `the workspace could not be prepared: ${(error as Error).message}`;
         taskLog.warn({ err: (error as Error).message }, 'workspace not prepared');
-        return { result: { outcome: 'fail', summary: message, details: { provider: this.options.provider, workspace: { error: (error as Error).message } } } };
+        return { result: workspaceFailure(this.options.provider, error as Error) };
       }
-      say(`[drover] workspace ${prepared.dir}: ${prepared.branch ? `branch ${prepared.branch}` : 'detached'} at ${prepared.head}\n`);
-      taskLog.info({ workspace: prepared.dir, branch: prepared.branch, head: prepared.head }, 'workspace ready');
+      taskLog.info({ workspace: workspace.dir }, 'workspace ready');
     }
 
     const provider = getProvider(this.options.provider);
     const baseEnv = {
       ...taskEnvironment({ taskId: grant.task_id, attempt: grant.attempt, input, instanceId: this.id }),
-      ...(plan && workspaces && prepared ? workspaces.environment(plan, prepared) : {}),
+      ...workspace?.environment(),
     };
     const prompt = Buffer.from(grant.prompt, 'utf8');
     const runOnce = async (sessionId: string | undefined) => {
       const script = buildRunScript({
-        workdir: prepared?.dir ?? this.options.workdir,
-        env: sessionId ? { ...baseEnv, DROVER_RESUME_SESSION_ID: sessionId } : baseEnv,
+        workdir: workspace?.dir ?? this.options.workdir,
+        env: withResumedSession(baseEnv, sessionId),
         argv: provider.argv(this.options.command, { resumeSessionId: sessionId }),
         promptBytes: prompt.length,
         killGraceSeconds: this.options.killGraceMs / 1000,
@@ -290,15 +286,15 @@ export class PullAgent {
         result = await runOnce(undefined);
       }
     } catch (error) {
-      if (plan && workspaces) await workspaces.abandon(plan, key).catch(() => undefined);
+      await workspace?.abandon();
       return { error: error as Error };
     }
-    if (plan && workspaces && !current.stopReason) {
-      result = await workspaces.finish(plan, key, result);
+    if (workspace && !current.stopReason) {
+      result = await workspace.finish(result);
       const ws = result.details?.workspace as Record<string, unknown> | undefined;
       taskLog.info({ branch: result.branch, rev: result.rev, push: ws?.push }, 'workspace finished');
-    } else if (plan && workspaces) {
-      await workspaces.abandon(plan, key).catch(() => undefined);
+    } else {
+      await workspace?.abandon();
     }
     return { result };
   }

@@ -4,8 +4,7 @@
 import { Type as T } from '@sinclair/typebox';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyPluginAsync } from 'fastify';
-import { describeCost } from '../activities/sinks';
-import { costEntry } from '../activities/cost';
+import { costFields, describeCost } from '../activities/sinks';
 import type { TaskStatus } from '../model';
 import { historyUrl, taskLinkKey, verifyTaskLink } from '../task-links';
 import { TaskError } from '../task-errors';
@@ -28,13 +27,7 @@ export function renderTaskPage(status: TaskStatus, links: { historyUrl?: string 
     rows.push(['outcome', escape(result.outcome)]);
     if (result.branch) rows.push(['branch', `<code>${escape(result.branch)}</code>`]);
     if (result.rev) rows.push(['rev', `<code>${escape(result.rev)}</code>`]);
-    const entry = costEntry(status);
-    const cost = entry
-      ? describeCost({
-          ...(typeof result.details?.costUsd === 'number' ? { cost_usd: entry.costUsd } : {}),
-          tokens: { input: entry.tokens.input, output: entry.tokens.output, cache_read: entry.tokens.cacheRead, cache_write: entry.tokens.cacheWrite },
-        })
-      : undefined;
+    const cost = describeCost(costFields(status));
     if (cost) rows.push(['cost', escape(cost)]);
   }
   if (status.cancelRequested && status.cancelReason) rows.push(['cancelled', escape(status.cancelReason)]);

@@ -7,8 +7,6 @@ export interface TaskEnvContext {
   input: TaskInput;
   /** The SSH host or pull agent running the task. */
   instanceId: string;
-  /** The session of an earlier task with the same session key, when there is one. */
-  resumeSessionId?: string;
 }
 
 /** A branch name the agent may push its work to: `drover/implement-42`, `drover/custom-<id>`. */
@@ -36,6 +34,10 @@ export function taskEnvironment(ctx: TaskEnvContext): Record<string, string> {
     DROVER_TASK_URL: input.url ?? '',
     DROVER_INSTANCE: ctx.instanceId,
   };
-  if (ctx.resumeSessionId) env.DROVER_RESUME_SESSION_ID = ctx.resumeSessionId;
   return env;
+}
+
+/** The environment of a run that resumes `sessionId` (an earlier session of the task's key), if any. */
+export function withResumedSession(env: Record<string, string>, sessionId: string | undefined): Record<string, string> {
+  return sessionId ? { ...env, DROVER_RESUME_SESSION_ID: sessionId } : env;
 }

@@ -8,12 +8,11 @@ import { endsTryOnly, runLost, RunUnsettledError, type PreparedRun, type RunCont
 import type { TaskResult } from '../model';
 import { getProvider, type OutputParser, type ProviderName } from '../providers';
 import { AgentStartError, driveAgentProcess, type AgentProcess } from '../run/agent-process';
-import { taskEnvironment } from '../run/env';
+import { taskEnvironment, withResumedSession } from '../run/env';
 import { ALREADY_STARTED, FENCED, buildAttachScript, buildKillScript, buildListRunsScript, buildRenewScript, buildStartScript, RUN_GONE, runDirectory } from '../run/detached';
 import { shellCommandLine } from '../run/shell';
 import { isUsableSessionId, sessionToResume, type ResumePolicy, type SessionLookup } from '../sessions';
-import { workspacePlan } from '../workspace/plan';
-import { WorkspaceError, Workspaces, type PreparedWorkspace, type ScriptExec, type WorkspaceSettings } from '../workspace/workspace';
+import { AttemptWorkspace, WorkspaceError, workspaceFailure, type ScriptExec, type WorkspaceSettings } from '../workspace/workspace';
 import { SshConnection, SshConnectionError, type ExecChannel, type SshTarget } from './connection';
 
 export interface SshHostSettings {
@@ -41,12 +40,6 @@ export interface SshRunnerHooks {
 /** The run of an attempt's fresh session, after the session it was to resume turned out gone. */
 const FRESH_SESSION_SUFFIX = '.fresh';
 const FRESH_SESSION_SUFFIX_AT_END = /\.fresh$/;
-
-/** The environment without the session to resume (a fresh session after a lost one). */
-function withoutResume(env: Record<string, string>): Record<string, string> {
-  const { DROVER_RESUME_SESSION_ID: _, ...rest } = env;
-  return rest;
-}
 
 /** How long a spare connection may take to answer before it is taken for dead. */
 const SPARE_PROBE_MS = 3_000;
@@ -158,31 +151,27 @@ export class SshRunner implements Runner {
 
     const live = new LiveConnection(connection, reconnect);
     const exec: ScriptExec = (script, stdin, timeoutMs) => live.use((c) => c.run(shellCommandLine(script), timeoutMs, stdin));
-    const plan = this.host.workspaces ? workspacePlan(context.taskId, input) : undefined;
-    const workspaces = plan && this.host.workspaces ? new Workspaces(exec, { ...this.host.workspaces, workdir: this.host.workdir }) : undefined;
-    let prepared: PreparedWorkspace | undefined;
-    if (plan && workspaces) {
-      context.progress(`preparing the workspace: ${plan.repo}`);
+    const workspace = this.host.workspaces ? AttemptWorkspace.of(exec, { ...this.host.workspaces, workdir: this.host.workdir }, context.taskId, input, context.runKey) : undefined;
+    if (workspace) {
+      context.progress(`preparing the workspace: ${workspace.plan.repo}`);
       try {
-        prepared = await workspaces.prepare(plan, context.runKey);
+        context.output(await workspace.prepare());
       } catch (error) {
         // A fetch that failed may work on the next try; a missing ref or a bad remote never will.
         if (!(error instanceof WorkspaceError) || error.transient) throw error;
-        return { outcome: 'fail', summary: `the workspace could not be prepared: ${error.message}`, details: { provider: provider.name, workspace: { error: error.message } } };
+        return workspaceFailure(provider.name, error);
       }
-      context.output(`[drover] workspace ${prepared.dir}: ${prepared.branch ? `branch ${prepared.branch}` : 'detached'} at ${prepared.head}\n`);
     }
 
     const env = {
-      ...taskEnvironment({ taskId: context.taskId, attempt: context.attempt, input, instanceId: context.hostId, resumeSessionId }),
-      ...(plan && workspaces && prepared ? workspaces.environment(plan, prepared) : {}),
+      ...taskEnvironment({ taskId: context.taskId, attempt: context.attempt, input, instanceId: context.hostId }),
+      ...workspace?.environment(),
     };
-    const workdir = prepared?.dir ?? this.host.workdir;
     const follow = (key: string, sessionId: string | undefined) =>
       this.startAndFollow(live, context, {
         key,
-        workdir,
-        env: sessionId ? env : withoutResume(env),
+        workdir: workspace?.dir ?? this.host.workdir,
+        env: withResumedSession(env, sessionId),
         argv: provider.argv(agent.command, { resumeSessionId: sessionId }),
         parser: () => provider.parser({ permissionDenials: agent.permissionDenials ?? 'fail' }),
       });
@@ -196,12 +185,12 @@ export class SshRunner implements Runner {
       }
     } catch (error) {
       // The attempt is over without a result (cancelled, lost): its worktree is kept for a while, unpushed.
-      if (plan && workspaces && !endsTryOnly(error)) await workspaces.abandon(plan, context.runKey).catch(() => undefined);
+      if (workspace && !endsTryOnly(error)) await workspace.abandon();
       throw error;
     }
-    if (plan && workspaces) {
+    if (workspace) {
       context.progress('finishing the workspace: push and verify');
-      result = await workspaces.finish(plan, context.runKey, result);
+      result = await workspace.finish(result);
     }
     return result;
   }

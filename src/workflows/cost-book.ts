@@ -50,13 +50,19 @@ export function utcDay(iso: string): string {
   return iso.slice(0, 10);
 }
 
-function addTo(row: CostTotals, entry: CostEntry): void {
-  row.costUsd += finite(entry.costUsd);
-  row.input += finite(entry.tokens.input);
-  row.output += finite(entry.tokens.output);
-  row.cacheRead += finite(entry.tokens.cacheRead);
-  row.cacheWrite += finite(entry.tokens.cacheWrite);
-  row.runs += 1;
+function addTotals(into: CostTotals, from: CostTotals): void {
+  into.costUsd += from.costUsd;
+  into.input += from.input;
+  into.output += from.output;
+  into.cacheRead += from.cacheRead;
+  into.cacheWrite += from.cacheWrite;
+  into.runs += from.runs;
+}
+
+/** One run's entry as totals; numbers a CLI reported wrong count as nothing. */
+function entryTotals(entry: CostEntry): CostTotals {
+  const { tokens } = entry;
+  return { costUsd: finite(entry.costUsd), input: finite(tokens.input), output: finite(tokens.output), cacheRead: finite(tokens.cacheRead), cacheWrite: finite(tokens.cacheWrite), runs: 1 };
 }
 
 export class CostBook {
@@ -74,14 +80,14 @@ export class CostBook {
   record(entry: CostEntry): boolean {
     const day = utcDay(entry.at);
     if (!/^\d{4}-\d{2}-\d{2}$/.test(day)) return false;
-    const seen = (this.state.seen[day] ??= []);
     if (Object.values(this.state.seen).some((keys) => keys.includes(entry.key))) return false;
-    seen.push(entry.key);
+    (this.state.seen[day] ??= []).push(entry.key);
     const labels = { agentType: entry.agentType, repo: entry.repo, provider: entry.provider };
     const labelKey = JSON.stringify([labels.agentType, labels.repo, labels.provider]);
+    const totals = entryTotals(entry);
     const rows = (this.state.days[day] ??= {});
-    addTo((rows[labelKey] ??= { ...labels, ...emptyTotals() }), entry);
-    addTo((this.state.allTime[labelKey] ??= { ...labels, ...emptyTotals() }), entry);
+    addTotals((rows[labelKey] ??= { ...labels, ...emptyTotals() }), totals);
+    addTotals((this.state.allTime[labelKey] ??= { ...labels, ...emptyTotals() }), totals);
     return true;
   }
 
@@ -100,18 +106,13 @@ export function addDays(day: string, n: number): string {
 }
 
 /** Rows of the days from `from` to `to` (inclusive), summed per label key. */
-export function rowsBetween(state: CostBookState, from: string, to: string): CostRow[] {
+export function rowsBetween(state: Pick<CostBookState, 'days'>, from: string, to: string): CostRow[] {
   const sums = new Map<string, CostRow>();
   for (const [day, rows] of Object.entries(state.days)) {
     if (day < from || day > to) continue;
     for (const [key, row] of Object.entries(rows)) {
       const sum = sums.get(key) ?? { agentType: row.agentType, repo: row.repo, provider: row.provider, ...emptyTotals() };
-      sum.costUsd += row.costUsd;
-      sum.input += row.input;
-      sum.output += row.output;
-      sum.cacheRead += row.cacheRead;
-      sum.cacheWrite += row.cacheWrite;
-      sum.runs += row.runs;
+      addTotals(sum, row);
       sums.set(key, sum);
     }
   }
@@ -119,7 +120,7 @@ export function rowsBetween(state: CostBookState, from: string, to: string): Cos
 }
 
 /** What one repository spent on `day`. */
-export function spentOn(state: CostBookState, day: string, repo: string): number {
+export function spentOn(state: Pick<CostBookState, 'days'>, day: string, repo: string): number {
   return Object.values(state.days[day] ?? {})
     .filter((row) => row.repo === repo)
     .reduce((sum, row) => sum + row.costUsd, 0);

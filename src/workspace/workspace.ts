@@ -1,9 +1,9 @@
 // An attempt's workspace, wherever the agent runs: the SSH runner and `drover agent` both make it
 // with ./scripts.ts through a ScriptExec (an SSH channel, a local shell), before the agent
 // starts, and finish it after: push, check against the remote, remove or keep.
-import type { TaskResult } from '../model';
+import type { TaskInput, TaskResult } from '../model';
 import { clip } from '../providers/result-line';
-import type { PushMode, WorkspacePlan } from './plan';
+import { workspacePlan, type PushMode, type WorkspacePlan } from './plan';
 import { buildFinishScript, buildPrepareScript, parseKeyValues, type GitCredentials } from './scripts';
 
 /** Runs a script under /bin/sh with `stdin`, to its end. */
@@ -151,6 +151,57 @@ export class Workspaces {
       kept: values.kept === '1',
     });
   }
+}
+
+/**
+ * One attempt's workspace, for the runner that drives the attempt (the SSH runner, `drover agent`):
+ * the task's plan bound to the attempt's run key, made before the agent and finished after it.
+ */
+export class AttemptWorkspace {
+  private prepared: PreparedWorkspace | undefined;
+
+  private constructor(
+    private readonly workspaces: Workspaces,
+    readonly plan: WorkspacePlan,
+    private readonly runKey: string,
+  ) {}
+
+  /** The attempt's workspace, or none when the task checks nothing out (see workspacePlan). */
+  static of(exec: ScriptExec, settings: WorkspaceSettings, taskId: string, input: Pick<TaskInput, 'kind' | 'repo' | 'number' | 'checkout'>, runKey: string): AttemptWorkspace | undefined {
+    const plan = workspacePlan(taskId, input);
+    return plan ? new AttemptWorkspace(new Workspaces(exec, settings), plan, runKey) : undefined;
+  }
+
+  /** Makes the worktree (or finds it made); returns the log line that says where the agent works. */
+  async prepare(): Promise<string> {
+    const prepared = await this.workspaces.prepare(this.plan, this.runKey);
+    this.prepared = prepared;
+    return `[drover] workspace ${prepared.dir}: ${prepared.branch ? `branch ${prepared.branch}` : 'detached'} at ${prepared.head}\n`;
+  }
+
+  /** The agent's working directory, once prepared. */
+  get dir(): string | undefined {
+    return this.prepared?.dir;
+  }
+
+  /** What the agent learns of its workspace (nothing before it is prepared). */
+  environment(): Record<string, string> {
+    return this.prepared ? this.workspaces.environment(this.plan, this.prepared) : {};
+  }
+
+  finish(result: TaskResult): Promise<TaskResult> {
+    return this.workspaces.finish(this.plan, this.runKey, result);
+  }
+
+  /** The attempt ended without a result: the worktree is kept a while, nothing pushed (best effort). */
+  abandon(): Promise<void> {
+    return this.workspaces.abandon(this.plan, this.runKey).catch(() => undefined);
+  }
+}
+
+/** The result of an attempt whose workspace could not be made: the agent never ran. */
+export function workspaceFailure(provider: string, error: Error): TaskResult {
+  return { outcome: 'fail', summary: `the workspace could not be prepared: ${error.message}`, details: { provider, workspace: { error: error.message } } };
 }
 
 /**
