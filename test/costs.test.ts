@@ -53,6 +53,8 @@ describe('the cost book (pure)', () => {
     });
     expect(budgetHold(book.snapshot(), { 'acme/web': 3 }, 'acme/web', new Date('2026-11-22T00:00:01Z'))).toBeUndefined();
     expect(budgetHold(book.snapshot(), { 'acme/web': 3 }, 'acme/api', now)).toBeUndefined();
+    // A budget of 0 allows nothing: every new task waits.
+    expect(budgetHold(book.snapshot(), { 'acme/api': 0 }, 'acme/api', now)?.reason).toContain('$0.00 of $0.00');
   });
 
   it('a result’s cost and tokens make its ledger entry and its comment line; none when the CLI reported none', () => {

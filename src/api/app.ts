@@ -115,7 +115,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     taskOptions: taskDefaults(config),
     costs,
     async budgetHold(repo) {
-      if (!dailyBudget(config.budgets.dailyUsd, repo)) return undefined;
+      if (dailyBudget(config.budgets.dailyUsd, repo) === undefined) return undefined; // no ledger read without a budget
       return budgetHold(await costs.read(), config.budgets.dailyUsd, repo);
     },
     // Presence that worker processes publish to the host registry (src/host-presence.ts).
