@@ -41,13 +41,13 @@ function runner(id: string, extraArgs: string[] = [], hooks: ConstructorParamete
   );
 }
 
-function context(taskId: string, input: Partial<TaskInput> = {}, signal = new AbortController().signal) {
+function context(taskId: string, input: Partial<TaskInput> = {}, signal = new AbortController().signal, hostId = 'runner-1') {
   const output: string[] = [];
   const progress: string[] = [];
   const ctx: RunContext = {
     taskId,
     attempt: 1,
-    hostId: 'runner-1',
+    hostId,
     input: { agentType: 'dev', kind: 'implement', repo: 'acme/web', number: 1, title: 't', prompt: 'do it', ...input },
     signal,
     runKey: runKey(taskId, 'run-1', 1),
@@ -163,7 +163,7 @@ describe('SSH runner', () => {
   });
 
   it('a connection dropped mid-run fails this try, not the run: the agent goes on, and the next try attaches to it', async () => {
-    const { ctx } = context('drop:1');
+    const { ctx } = context('drop:1', {}, undefined, 'runner-2');
     const failures: Error[] = [];
     const r = runner('runner-2', ['--hold'], { onConnectFailure: (e) => failures.push(e) }, { spareConnection: false });
     // Handled from the start: the try fails while the host's sshd is still being killed.
@@ -186,7 +186,7 @@ describe('SSH runner', () => {
       await fleet.startHost(fleet.host('runner-2'));
     }
     // The next try of the same attempt attaches to the same run: no second agent.
-    const again = context('drop:1');
+    const again = context('drop:1', {}, undefined, 'runner-2');
     const attached = r.run(again.ctx);
     await waitFor(() => (again.progress.some((p) => p.startsWith('agent running')) ? true : undefined), 'the next try to attach');
     expect(again.progress).toContain('attaching to the run started before');
@@ -217,10 +217,10 @@ describe('SSH runner', () => {
 
   it('a spare connection that died with its host is replaced by a fresh one', async () => {
     const r = runner('runner-2');
-    const first = context('spare:1');
+    const first = context('spare:1', {}, undefined, 'runner-2');
     expect((await r.run(first.ctx)).outcome).toBe('success'); // leaves a spare connection behind
     await fleet.restart('runner-2'); // the spare dies with the old sshd
-    const second = context('spare:2');
+    const second = context('spare:2', {}, undefined, 'runner-2');
     expect((await r.run(second.ctx)).outcome).toBe('success');
     expect(recordOf('runner-2', 'spare:2')).toBeDefined();
     r.close();
