@@ -4,7 +4,8 @@ import { readFileSync } from 'node:fs';
 import { type Static, Type as T } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { parse as parseYaml } from 'yaml';
-import type { TaskOptions } from './model';
+import { TASK_KINDS, type TaskKind, type TaskOptions } from './model';
+import { DEFAULT_KIND_PRIORITIES, PRIORITY_RANGE } from './workflows/priority';
 import { TASK_ID_PATTERN } from './names';
 import { parseHostKeyPins } from './ssh/host-key';
 import { checkPromptTemplates } from './prompts';
@@ -103,6 +104,14 @@ const TaskDefaultsSection = T.Object(
     runTimeout: Duration,
     cancelGrace: Duration,
     fenceGrace: Duration,
+    /**
+     * Temporal priority key (1 first … 5 last) per task kind, over the defaults: fix_ci and
+     * address_review 2, review and merge 3, implement and custom 4.
+     */
+    priorities: T.Object(
+      Object.fromEntries(TASK_KINDS.map((kind) => [kind, T.Optional(T.Integer({ minimum: PRIORITY_RANGE.first, maximum: PRIORITY_RANGE.last }))])),
+      { additionalProperties: false, default: {} },
+    ),
   },
   { additionalProperties: false, default: {} },
 );
@@ -453,6 +462,11 @@ export function workspaceSettings(config: DroverConfig): Omit<WorkspaceSettings,
 }
 
 /** Task options from the config's defaults. */
+/** The priority key a new task of `kind` gets: the config's, else the kind's default. */
+export function kindPriority(config: DroverConfig, kind: TaskKind): number {
+  return (config.tasks.priorities as Partial<Record<TaskKind, number>>)[kind] ?? DEFAULT_KIND_PRIORITIES[kind];
+}
+
 export function taskDefaults(config: DroverConfig): TaskOptions & Record<string, number> {
   return {
     matchWindowMs: durationMs(config.tasks.matchWindow),

@@ -15,6 +15,16 @@ export interface DevServerOptions {
   metricsPort?: number;
 }
 
+/**
+ * Dynamic config Drover needs of its Temporal server: task-queue priority (the new matcher) and
+ * fairness across repositories, both off by default in server 1.29. A cluster sets the same in
+ * its dynamic config file (docker/temporal-dynamicconfig.yaml).
+ */
+export const DROVER_DYNAMIC_CONFIG: Readonly<Record<string, boolean | number | string>> = {
+  'matching.useNewMatcher': true,
+  'matching.enableFairness': true,
+};
+
 export async function startDevServer(options: DevServerOptions = {}): Promise<TestWorkflowEnvironment> {
   const cli = ensureTemporalCli();
   return TestWorkflowEnvironment.createLocal({
@@ -26,7 +36,12 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<Te
       ui: options.uiPort !== undefined,
       uiPort: options.uiPort,
       namespace: options.namespace,
-      extraArgs: ['--log-level', 'error', ...(options.metricsPort ? ['--metrics-port', String(options.metricsPort)] : [])],
+      extraArgs: [
+        '--log-level',
+        'error',
+        ...Object.entries(DROVER_DYNAMIC_CONFIG).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${JSON.stringify(value)}`]),
+        ...(options.metricsPort ? ['--metrics-port', String(options.metricsPort)] : []),
+      ],
     },
   });
 }

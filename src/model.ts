@@ -86,6 +86,12 @@ export interface TaskInput {
   checkout?: TaskCheckout;
   /** Not dispatched before `until` (a daily budget spent when the task was made). */
   hold?: TaskHold;
+  /**
+   * Temporal's priority key for the task's offers and SSH attempts: 1 goes first, 5 last. Set
+   * when the task is made (the kind's configured priority, or the enqueue's own); tasks made
+   * before priorities existed take their kind's default.
+   */
+  priority?: number;
   options?: Partial<TaskOptions>;
 }
 

@@ -24,6 +24,19 @@ export function runQueue(hostId: string): string {
   return `drover.run.${hostId}`;
 }
 
+/**
+ * Pull agents' queue for an agent type: each pending task offers itself here, and an API process
+ * polls it only while one of its agents of that type waits. Temporal's matching is the pull match.
+ */
+export function pullQueue(agentType: string): string {
+  return `drover.pull.${agentType}`;
+}
+
+/** One pull agent's own queue, for tasks a coordinator assigned to it: polled wherever it waits. */
+export function agentPullQueue(agentId: string): string {
+  return `drover.agent.${agentId}`;
+}
+
 export const TASK_WORKFLOW_TYPE = 'taskWorkflow';
 
 export const SA = {

@@ -197,9 +197,15 @@ export class TaskClient {
     }
   }
 
-  /** A pull agent's claim; `requestId` names the dequeue it serves (one Update per dequeue and task). */
-  claim(taskId: string, claimant: Claimant, requestId: string = randomUUID()): Promise<ClaimGrant> {
-    return this.update(taskId, updateIds.claim(claimant, requestId), (h, id) => h.executeUpdate(claimUpdate, { args: [{ claimant }], updateId: id }));
+  /**
+   * A pull agent's claim; `requestId` names the delivery it serves (one Update per delivery and
+   * task), `offer` the task's offer it came through.
+   */
+  claim(taskId: string, claimant: Claimant, options: { requestId?: string; offer?: number } = {}): Promise<ClaimGrant> {
+    const { requestId = randomUUID(), offer } = options;
+    return this.update(taskId, updateIds.claim(claimant, requestId), (h, id) =>
+      h.executeUpdate(claimUpdate, { args: [{ claimant, ...(offer !== undefined ? { offer } : {}) }], updateId: id }),
+    );
   }
 
   /** `output`: the agent's output since its last report, for the task's live log. */

@@ -280,3 +280,80 @@ describe('hold (a spent daily budget)', () => {
     expect(m.claim({ claimant: agent() }, T0 + 2)).toMatchObject({ attempt: 1 });
   });
 });
+
+describe('pull offers', () => {
+  test('a pending task keeps one offer out on its type queue beside its SSH attempt; a host claim withdraws it', () => {
+    const m = machine();
+    expect(m.dueOffer(T0)).toEqual({ offer: 1 });
+    expect(m.dueOffer(T0)).toBeUndefined(); // one at a time
+    expect(m.dueSshDispatch(T0)).toMatchObject({ dispatch: 1 });
+    m.claim({ claimant: host(), dispatch: 1 }, T0 + 5);
+    expect(m.takeEffects()).toEqual([{ type: 'report', event: 'started' }, { type: 'withdrawOffer', offer: 1 }]);
+    m.offerEnded({ offer: 1, error: 'cancelled' }, T0 + 6); // the withdrawn offer's end is old news
+    expect(m.dueOffer(T0 + 6)).toBeUndefined();
+  });
+
+  test('a claim through the offer leaves the offer to end by itself; another claim withdraws it and cancels the SSH attempt', () => {
+    const through = machine();
+    through.dueOffer(T0);
+    through.dueSshDispatch(T0);
+    through.claim({ claimant: agent(), offer: 1 }, T0 + 1);
+    expect(through.takeEffects()).toEqual([{ type: 'report', event: 'started' }, { type: 'cancelAttempt', dispatch: 1 }]);
+    through.offerEnded({ offer: 1, outcome: { kind: 'claimed', attempt: 1, agentId: 'a1' } }, T0 + 2);
+
+    const around = machine();
+    around.dueOffer(T0);
+    around.claim({ claimant: agent() }, T0 + 1);
+    expect(around.takeEffects()).toContainEqual({ type: 'withdrawOffer', offer: 1 });
+  });
+
+  test('a task given back is offered again; a held or cancelled one is not', () => {
+    const m = machine();
+    m.dueOffer(T0);
+    m.claim({ claimant: agent(), offer: 1 }, T0 + 1);
+    m.offerEnded({ offer: 1, outcome: { kind: 'claimed', attempt: 1, agentId: 'a1' } }, T0 + 2);
+    expect(m.dueOffer(T0 + 2)).toBeUndefined(); // running
+    m.release({ holder: agent(), attempt: 1 }, T0 + 3);
+    expect(m.dueOffer(T0 + 3)).toEqual({ offer: 2 });
+    m.cancel({}, T0 + 4);
+    expect(m.takeEffects()).toContainEqual({ type: 'withdrawOffer', offer: 2 });
+    expect(m.dueOffer(T0 + 5)).toBeUndefined();
+
+    const input: TaskInput = { agentType: 'dev', kind: 'implement', repo: 'acme/web', number: 1, title: 't', prompt: 'p', hold: { reason: 'budget', until: new Date(T0 + 1_000).toISOString() } };
+    const held = TaskMachine.create('x', input, T0, 'run-1');
+    expect(held.dueOffer(T0)).toBeUndefined();
+    held.expire(T0 + 1_000);
+    expect(held.dueOffer(T0 + 1_000)).toEqual({ offer: 1 });
+  });
+
+  test('assigned to a pull agent: the type queue’s offer is withdrawn and the next goes to the agent’s own queue; to a host: none', () => {
+    const m = machine();
+    m.dueOffer(T0);
+    m.assign({ target: agent('a7') }, T0 + 1);
+    expect(m.takeEffects()).toContainEqual({ type: 'withdrawOffer', offer: 1 });
+    expect(m.dueOffer(T0 + 1)).toEqual({ offer: 2, agentId: 'a7' });
+    m.assign({ target: host('h2') }, T0 + 2);
+    expect(m.takeEffects()).toContainEqual({ type: 'withdrawOffer', offer: 2 });
+    expect(m.dueOffer(T0 + 2)).toBeUndefined();
+  });
+
+  test('offers that end unclaimed while the task waits are made again at once, then with a growing backoff', () => {
+    const m = machine();
+    const lost = { kind: 'lost' as const, rejection: { code: 'reserved_for_other' as const, message: 'x' } };
+    m.dueOffer(T0);
+    m.offerEnded({ offer: 1, outcome: lost }, T0 + 10);
+    expect(m.dueOffer(T0 + 10)).toEqual({ offer: 2 });
+    m.offerEnded({ offer: 2, outcome: lost }, T0 + 20);
+    expect(m.dueOffer(T0 + 20)).toBeUndefined();
+    expect(m.wakeAt()).toBe(T0 + 20 + 1_000);
+    expect(m.dueOffer(T0 + 1_020)).toEqual({ offer: 3 });
+  });
+
+  test('the offer count survives continue-as-new, so that a new run’s offers have new numbers', () => {
+    const m = machine();
+    m.dueOffer(T0);
+    m.withdrawOffer();
+    const resumed = TaskMachine.resume(structuredClone(m.snapshot()));
+    expect(resumed.dueOffer(T0 + 1)).toEqual({ offer: 2 });
+  });
+});

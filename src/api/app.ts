@@ -8,15 +8,17 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
 import type { Client } from '@temporalio/client';
+import type { NativeConnection } from '@temporalio/worker';
 import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyServerOptions } from 'fastify';
 import { durationMs, taskDefaults, type DroverConfig } from '../config';
 import { ForgejoApi } from '../forgejo/api';
+import { connectNative } from '../temporal-connection';
 import type { ClaimGrant } from '../model';
 import { TaskClient } from '../task-client';
 import { agentsPlugin } from './agents';
 import { adminGuard, hashToken } from './auth';
 import type { ApiContext, HostPresence, PluginOptions } from './context';
-import { DequeueHub, type HubAgent } from './dequeue-hub';
+import { PullMatcher, type PullAgent } from './pull-matcher';
 import { AgentDirectory } from './directory';
 import { ApiError, frameworkErrors, installErrorHandlers } from './errors';
 import { healthPlugin } from './health';
@@ -48,7 +50,9 @@ export interface AppDeps {
   /** Agent registry workflow id (tests isolate theirs). */
   registryWorkflowId?: string;
   /** Test seam: runs after a dequeue claim is won, before the grant is handed to the agent. */
-  afterClaim?: (grant: ClaimGrant, agent: HubAgent) => Promise<void>;
+  afterClaim?: (grant: ClaimGrant, agent: PullAgent) => Promise<void>;
+  /** The pull queues' worker connection (default: to config.temporal). */
+  connectWorker?: () => Promise<NativeConnection>;
 }
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
@@ -95,11 +99,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const metrics = new ApiMetrics(tasks, costs);
   metrics.install(app);
   const directory = new AgentDirectory({ config, client, log: app.log, workflowId: deps.registryWorkflowId });
-  const hub = new DequeueHub({
+  const pull = new PullMatcher({
+    connect: deps.connectWorker ?? (() => connectNative(config.temporal)),
+    namespace: config.temporal.namespace,
     tasks,
     log: app.log,
-    pollIntervalMs: durationMs(config.api.dequeuePollInterval),
-    metrics: metrics.hub(),
+    metrics: metrics.pull(),
     afterClaim: deps.afterClaim,
   });
   const ctx: ApiContext = {
@@ -107,7 +112,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     client,
     tasks,
     directory,
-    hub,
+    pull,
     metrics,
     forgejo: config.forgejo.url ? new ForgejoApi({ url: config.forgejo.url, token: config.forgejo.token, timeoutMs: durationMs(config.forgejo.timeout) }) : undefined,
     admin: adminGuard(config.api.adminToken ? hashToken(config.api.adminToken) : undefined),
@@ -157,7 +162,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   // End long-polls before Fastify waits for in-flight requests; flush presence last.
   app.addHook('preClose', async () => {
-    await hub.close();
+    await pull.close();
   });
   app.addHook('onClose', async () => {
     await directory.close();

@@ -1,4 +1,4 @@
-// What every API plugin gets: config, the Temporal clients, the agent directory, the dequeue hub.
+// What every API plugin gets: config, the Temporal clients, the agent directory, the pull matcher.
 import type { CostLedgerReader } from '../costs';
 import type { TaskHold } from '../model';
 import type { Client } from '@temporalio/client';
@@ -7,7 +7,7 @@ import type { DroverConfig } from '../config';
 import type { ForgejoApi } from '../forgejo/api';
 import type { TaskOptions } from '../model';
 import type { TaskClient } from '../task-client';
-import type { DequeueHub } from './dequeue-hub';
+import type { PullMatcher } from './pull-matcher';
 import type { AgentDirectory } from './directory';
 import type { ApiMetrics } from './metrics';
 
@@ -23,7 +23,7 @@ export interface ApiContext {
   client: Client;
   tasks: TaskClient;
   directory: AgentDirectory;
-  hub: DequeueHub;
+  pull: PullMatcher;
   metrics: ApiMetrics;
   /** Set when forgejo.url is configured: commit statuses need it to find their pull request. */
   forgejo?: ForgejoApi;

@@ -5,7 +5,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { TASK_STATES } from '../model';
 import type { CostLedgerReader } from '../costs';
 import type { TaskClient } from '../task-client';
-import type { HubMetrics } from './dequeue-hub';
+import type { PullMetrics } from './pull-matcher';
 
 /** How long the task counts of one scrape serve the next ones. */
 export const TASK_COUNTS_TTL_MS = 5_000;
@@ -41,6 +41,11 @@ export class ApiMetrics {
     name: 'drover_claims_total',
     help: 'Claims made for dequeuing agents, by result (won, lost) and rejection code',
     labelNames: ['result', 'code'] as const,
+    registers: [this.registry],
+  });
+  readonly offersReturned = new Counter({
+    name: 'drover_offers_returned_total',
+    help: 'Task offers this process polled for an agent that had left, and gave back to the queue',
     registers: [this.registry],
   });
   readonly webhooks = new Counter({
@@ -109,11 +114,12 @@ export class ApiMetrics {
     });
   }
 
-  hub(): HubMetrics {
+  pull(): PullMetrics {
     return {
       claimWon: () => this.claims.inc({ result: 'won', code: '' }),
       claimLost: (code) => this.claims.inc({ result: 'lost', code }),
       waiting: (count) => this.dequeueWaiting.set(count),
+      offerReturned: () => this.offersReturned.inc(),
     };
   }
 

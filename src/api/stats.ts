@@ -88,7 +88,7 @@ async function compute(ctx: ApiContext) {
       configured: agents.filter((a) => a.source === 'config').length,
       runtime: agents.filter((a) => a.source === 'runtime').length,
       online: agents.filter((a) => lastSeen.has(a.id) && now - Date.parse(lastSeen.get(a.id)!) <= onlineWithinMs).length,
-      waiting_here: ctx.hub.waitingCount,
+      waiting_here: ctx.pull.waitingCount,
     },
     cost: costWindows(costs),
     at: new Date().toISOString(),

@@ -1,5 +1,6 @@
 // Tasks for the operator (admin token): enqueue by hand, list, and inspect one task.
-import { remoteUrlTemplate } from '../config';
+import { kindPriority, remoteUrlTemplate } from '../config';
+import { PRIORITY_RANGE } from '../workflows/priority';
 import { taskCheckout } from '../workspace/plan';
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import { Type as T } from '@sinclair/typebox';
@@ -49,7 +50,7 @@ const REF_PATTERN = '^[A-Za-z0-9._/+-]{1,200}$';
 
 export const tasksAdminPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { ctx }) => {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
-  const { tasks, hub, config } = ctx;
+  const { tasks, config } = ctx;
   const pageTokens = pageTokenCodec(config.api.adminToken);
 
   // Every route here is the admin's.
@@ -74,6 +75,13 @@ export const tasksAdminPlugin: FastifyPluginAsync<PluginOptions> = async (fastif
             url: T.Optional(HttpUrl),
             callback_url: T.Optional(HttpUrl),
             session_key: T.Optional(T.String({ minLength: 1, maxLength: 200 })),
+            priority: T.Optional(
+              T.Integer({
+                minimum: PRIORITY_RANGE.first,
+                maximum: PRIORITY_RANGE.last,
+                description: 'Temporal priority key, 1 first … 5 last (default: the kind’s, tasks.priorities)',
+              }),
+            ),
             task_id: T.Optional(T.String({ pattern: '^[A-Za-z0-9_.:-]{1,200}$', description: 'default: kind:owner:repo:number:agent_type, or kind:<uuid> without a repository' })),
             checkout: T.Optional(
               T.Object(
@@ -147,11 +155,11 @@ export const tasksAdminPlugin: FastifyPluginAsync<PluginOptions> = async (fastif
           ...(body.session_key ? { sessionKey: body.session_key } : {}),
           ...(checkout ? { checkout } : {}),
           ...(hold ? { hold } : {}),
+          priority: body.priority ?? kindPriority(config, kind),
           options,
         },
         { taskId: id },
       );
-      hub.hint({ taskId: started.taskId, agentType: body.agent_type });
       return reply.code(started.created ? 201 : 200).send({ task_id: started.taskId, created: started.created });
     },
   );

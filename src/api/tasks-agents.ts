@@ -12,7 +12,7 @@ const agentAuth = [{ agentToken: [] }];
 
 export const tasksAgentsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { ctx }) => {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
-  const { tasks, hub, directory, metrics } = ctx;
+  const { tasks, pull, directory, metrics } = ctx;
 
   /** The agent named in the request, if the bearer token is its own; it is seen now. */
   const asAgent = async (agentId: string, token: string | undefined) => {
@@ -74,18 +74,18 @@ export const tasksAgentsPlugin: FastifyPluginAsync<PluginOptions> = async (fasti
       // It may have gone while the agent was being authenticated: then it waits for nothing.
       if (reply.raw.destroyed) gone.abort();
       const started = performance.now();
-      const outcome = await hub.wait({ id: agent.id, types: agent.types }, waitMs, gone.signal);
+      const outcome = await pull.wait({ id: agent.id, types: agent.types }, waitMs, gone.signal);
       reply.raw.off('close', onClose);
       metrics.dequeueWait.observe({ outcome: outcome.kind }, (performance.now() - started) / 1000);
       if (outcome.kind === 'task') {
         const { grant } = outcome;
         if (gone.signal.aborted || reply.raw.destroyed) {
-          await hub.giveBack(grant, agent);
+          await pull.giveBack(grant, agent);
           return reply.code(204).send(null);
         }
         // If the connection dies before the answer is fully written, give the task back.
         reply.raw.once('close', () => {
-          if (!finished) void hub.giveBack(grant, agent);
+          if (!finished) void pull.giveBack(grant, agent);
         });
         request.log.info({ taskId: grant.taskId, agent: agent.id, attempt: grant.attempt }, 'task dequeued');
         return reply.code(200).send(grantView(grant, ctx.taskOptions.leaseMs));
@@ -212,9 +212,7 @@ export const tasksAgentsPlugin: FastifyPluginAsync<PluginOptions> = async (fasti
     },
     async (request) => {
       const agent = await asAgent(request.body.agent_id, bearerToken(request));
-      const status = await tasks.release(request.params.id, holder(agent.id), request.body.attempt);
-      if (status.state === 'pending') hub.hint({ taskId: status.taskId, agentType: status.input.agentType });
-      return taskView(status);
+      return taskView(await tasks.release(request.params.id, holder(agent.id), request.body.attempt));
     },
   );
 };

@@ -12,7 +12,7 @@ const admin = [{ adminToken: [] }];
 
 export const tasksCoordinatorPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { ctx }) => {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
-  const { tasks, hub, directory } = ctx;
+  const { tasks, directory } = ctx;
 
   // Every route here is the admin's.
   app.addHook('onRequest', ctx.admin);
@@ -48,9 +48,7 @@ export const tasksCoordinatorPlugin: FastifyPluginAsync<PluginOptions> = async (
       }
       const target: Claimant = host ? { kind: 'host', id: host.id, types: host.types } : { kind: 'agent', id: agent!.id, types: agent!.types };
       try {
-        const status = await tasks.assign(request.params.id, target, 'api', request.headers['idempotency-key']);
-        if (!host) hub.hint({ taskId: status.taskId, agentType: status.input.agentType, assignee: target.id });
-        return taskView(status);
+        return taskView(await tasks.assign(request.params.id, target, 'api', request.headers['idempotency-key']));
       } catch (error) {
         if (error instanceof TaskError) {
           throw fromTaskError(error, { task_not_pending: 400, task_closed: 400, wrong_agent_type: 400, reserved_for_other: 400 });

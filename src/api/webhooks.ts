@@ -1,6 +1,6 @@
 // POST /api/v1/webhooks/forgejo — Forgejo and Gitea deliveries become tasks (DESIGN.md's mapping).
 // The signature is checked over the raw body before anything in it is read.
-import { remoteUrlTemplate } from '../config';
+import { kindPriority, remoteUrlTemplate } from '../config';
 import { DeliveryReceipts, deliveryKey } from '../deliveries';
 import { taskCheckout } from '../workspace/plan';
 import { Type as T } from '@sinclair/typebox';
@@ -36,7 +36,7 @@ function parseJson(text: string): unknown {
 }
 
 export const webhooksPlugin: FastifyPluginAsync<PluginOptions> = async (app, { ctx }) => {
-  const { config, tasks, hub, metrics } = ctx;
+  const { config, tasks, metrics } = ctx;
   const deliveries = new DeliveryReceipts(ctx.client);
   // Keep the raw bytes: the signature is over them. Forgejo sends JSON, or a form with `payload=`.
   app.removeContentTypeParser(['application/json', 'text/plain']);
@@ -125,13 +125,13 @@ export const webhooksPlugin: FastifyPluginAsync<PluginOptions> = async (app, { c
           const hold = await ctx.budgetHold(decision.input.repo);
           let started;
           try {
-            started = await tasks.start({ ...decision.input, ...(checkout ? { checkout } : {}), ...(hold ? { hold } : {}), options: ctx.taskOptions }, { taskId: decision.taskId });
+            const priority = kindPriority(config, decision.input.kind);
+            started = await tasks.start({ ...decision.input, ...(checkout ? { checkout } : {}), ...(hold ? { hold } : {}), priority, options: ctx.taskOptions }, { taskId: decision.taskId });
           } catch (error) {
             await deliveries.giveBack(key).catch((e: unknown) => request.log.warn({ err: e, delivery }, 'could not give the delivery receipt back'));
             throw error;
           }
           await deliveries.confirm(key).catch((e: unknown) => request.log.warn({ err: e, delivery }, 'could not confirm the delivery receipt'));
-          hub.hint({ taskId: started.taskId, agentType: decision.input.agentType });
           metrics.webhooks.inc({ event: eventLabel, result: started.created ? 'created' : 'existing' });
           return reply.code(202).send({
             status: started.created ? 'created' : 'existing',

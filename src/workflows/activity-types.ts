@@ -52,6 +52,33 @@ export interface AttemptActivities {
   runClaimed(request: RunRequest): Promise<AttemptOutcome>;
 }
 
+/** A pending task's offer to the pull agents of its type (or to the one agent it is reserved for). */
+export interface OfferRequest {
+  taskId: string;
+  agentType: string;
+  /** Which offer of the task this is; the claim names it. */
+  offer: number;
+  /** Set when the task is reserved for this pull agent: the offer is on the agent's own queue. */
+  agentId?: string;
+}
+
+export type OfferOutcome =
+  /** A waiting agent won the claim; the grant went to it. */
+  | { kind: 'claimed'; attempt: number; agentId: string }
+  /** The claim was rejected (an SSH host won, the task moved on, or it is reserved for another). */
+  | { kind: 'lost'; rejection: Rejection };
+
+export interface OfferActivities {
+  /**
+   * Runs in an API process where an agent the offer suits waits (it polls the queue only then),
+   * and claims the task for that agent through the workflow's claim Update.
+   */
+  offerTask(request: OfferRequest): Promise<OfferOutcome>;
+}
+
+/** The failure type of an offer given back untried (its agent left before it came): offered again. */
+export const OFFER_RETURNED = 'offer_returned';
+
 /** A task event that people should hear about (a Forgejo comment, the task's callback URL). */
 export interface TaskEvent {
   type: 'started' | 'succeeded' | 'forked' | 'failed' | 'cancelled';

@@ -6,6 +6,8 @@ export interface ClaimRequest {
   claimant: Claimant;
   /** SSH attempts pass the dispatch number they were scheduled with. */
   dispatch?: number;
+  /** A pull agent's claim through a task's offer names the offer (so that the offer is not cancelled as a rival). */
+  offer?: number;
 }
 export interface HolderRequest {
   holder: InstanceRef;

@@ -5,7 +5,7 @@
 // Deterministic code only: imported by workflow code.
 import type { AttemptEnd, ClaimGrant, HeartbeatAnswer, InstanceRef, TaskInput, TaskResult, TaskState, TaskStatus } from '../model';
 import { DEFAULT_TASK_OPTIONS, isClosed, MAX_KEPT_ATTEMPTS } from '../model';
-import type { AttemptOutcome, TaskEvent } from './activity-types';
+import type { AttemptOutcome, OfferOutcome, TaskEvent } from './activity-types';
 import type { Rejection } from './claim-rules';
 import { attemptsExhausted, checkAssign, checkCancel, checkClaim, checkHolder, describeInstance } from './claim-rules';
 import type { AssignRequest, CancelRequest, ClaimRequest, CompleteRequest, FailRequest, HolderRequest } from './messages';
@@ -31,6 +31,12 @@ export interface TaskMachineState {
   claimedDispatch?: number;
   /** Where that attempt is: its claim activity running, its run due, or its run activity running. */
   runPhase?: RunPhase;
+  /** Bumped for every pull offer scheduled. */
+  offers?: number;
+  /** Offers in a row that ended without a claim while the task waited. */
+  fruitlessOffers?: number;
+  /** While set, the next offer waits until then. */
+  reofferAt?: number;
 }
 
 export type RunPhase = 'claiming' | 'due' | 'running';
@@ -53,6 +59,20 @@ export interface SshDispatch {
   scheduleToStartMs?: number;
 }
 
+/** A pull offer the shell must schedule: on the type's pull queue, or on the reserved agent's own. */
+export interface PullOffer {
+  offer: number;
+  /** Set when the task is reserved for a pull agent. */
+  agentId?: string;
+}
+
+export interface OfferEndReport {
+  offer: number;
+  outcome?: OfferOutcome;
+  /** Set when the offer's activity failed or was cancelled. */
+  error?: string;
+}
+
 /** How an SSH attempt ended without an outcome, in the machine's terms (the shell classifies Temporal's failures). */
 export interface AttemptError {
   kind:
@@ -71,7 +91,10 @@ export interface AttemptEndReport {
 }
 
 /** What the machine asks the shell to do, in order. */
-export type TaskEffect = { type: 'report'; event: TaskEvent['type'] } | { type: 'cancelAttempt'; dispatch: number };
+export type TaskEffect =
+  | { type: 'report'; event: TaskEvent['type'] }
+  | { type: 'cancelAttempt'; dispatch: number }
+  | { type: 'withdrawOffer'; offer: number };
 
 /** A message the machine refused, with the stable code the caller sees. */
 export class TaskRejection extends Error {
@@ -92,6 +115,11 @@ export class TaskMachine {
   private outstanding: number | undefined;
   private claimedDispatch: number | undefined;
   private runPhase: RunPhase | undefined;
+  private offers: number;
+  /** The pull offer in flight, if any; only one at a time. */
+  private outstandingOffer: number | undefined;
+  private fruitlessOffers: number;
+  private reofferAt: number | undefined;
   private effects: TaskEffect[] = [];
 
   private constructor(state: TaskMachineState) {
@@ -102,6 +130,9 @@ export class TaskMachine {
     this.redispatchAt = state.redispatchAt;
     this.claimedDispatch = state.claimedDispatch;
     this.runPhase = state.runPhase;
+    this.offers = state.offers ?? 0;
+    this.fruitlessOffers = state.fruitlessOffers ?? 0;
+    this.reofferAt = state.reofferAt;
   }
 
   /** A new task; `runId` names this run of the task id (event ids are unique per run). */
@@ -140,6 +171,9 @@ export class TaskMachine {
       redispatchAt: this.redispatchAt,
       claimedDispatch: this.claimedDispatch,
       runPhase: this.runPhase,
+      offers: this.offers,
+      fruitlessOffers: this.fruitlessOffers,
+      reofferAt: this.reofferAt,
     };
   }
 
@@ -194,7 +228,15 @@ export class TaskMachine {
     if (claimant.kind === 'host') {
       this.claimedDispatch = request.dispatch;
       this.runPhase = 'claiming';
-    } else this.cancelOutstanding(); // a pull agent won: the SSH attempt still scheduled for this task lost
+      this.withdrawOffer();
+    } else {
+      // A pull agent won: the SSH attempt still scheduled for this task lost. So did the task's
+      // offer, unless the claim came through it (its activity then ends by itself).
+      this.cancelSshAttempt();
+      if (request.offer === undefined || request.offer !== this.outstandingOffer) this.withdrawOffer();
+    }
+    this.fruitlessOffers = 0;
+    this.reofferAt = undefined;
     this.touch(now);
     return { taskId: s.taskId, runId: s.runId, attempt: s.attempt, leaseExpiresAt: s.leaseExpiresAt, input: s.input };
   }
@@ -251,8 +293,11 @@ export class TaskMachine {
     delete this.status.hold;
     this.status.reservedFor = { kind: target.kind, id: target.id };
     this.status.mode = target.kind === 'host' ? 'ssh_cli' : 'http_pull';
-    // The attempt scheduled on the type's queue must not run now: the host's own queue takes over.
+    // The attempt scheduled on the type's queue must not run now, nor the offer to the type's pull
+    // agents: the target's own queue takes over.
     this.cancelOutstanding();
+    this.fruitlessOffers = 0;
+    this.reofferAt = undefined;
     this.resetBackoff(); // a new target gets its first try at once
     this.touch(now);
     return this.status;
@@ -327,6 +372,43 @@ export class TaskMachine {
       attempt: s.attempt,
       runDeadline: Date.parse(s.claimedAt!) + s.options.runTimeoutMs,
     };
+  }
+
+  // ---- pull offers ---------------------------------------------------------------------------
+
+  /**
+   * The pull offer to schedule now, if one is due: a pending task not reserved for a host always
+   * has one out, so that a waiting pull agent's poll of the queue finds it (and Temporal's
+   * matching orders them: priority, then fairness across repositories, then age).
+   */
+  dueOffer(now: number): PullOffer | undefined {
+    if (!this.wantsOffer()) return undefined;
+    if (this.reofferAt !== undefined && now < this.reofferAt) return undefined;
+    this.reofferAt = undefined;
+    this.offers += 1;
+    this.outstandingOffer = this.offers;
+    const reserved = this.status.reservedFor;
+    return { offer: this.offers, ...(reserved?.kind === 'agent' ? { agentId: reserved.id } : {}) };
+  }
+
+  /** A pull offer's activity ended: claimed, lost, or withdrawn. */
+  offerEnded(end: OfferEndReport, now: number): void {
+    if (this.outstandingOffer !== end.offer) return; // withdrawn before: already forgotten
+    this.outstandingOffer = undefined;
+    if (end.outcome?.kind === 'claimed' || !this.wantsOffer()) return;
+    // Claimed by nobody while the task still waits (a claim that raced a move of the task): offered
+    // again at once the first time, then with a growing backoff, so that nothing loops hot.
+    this.fruitlessOffers += 1;
+    if (this.fruitlessOffers >= 2) {
+      this.reofferAt = now + Math.min(REDISPATCH_BACKOFF_MS.initial * 2 ** (this.fruitlessOffers - 2), REDISPATCH_BACKOFF_MS.max);
+    }
+  }
+
+  /** Withdraws the pull offer in flight, if any (the task was claimed, reassigned, or is closing). */
+  withdrawOffer(): void {
+    if (this.outstandingOffer === undefined) return;
+    this.effects.push({ type: 'withdrawOffer', offer: this.outstandingOffer });
+    this.outstandingOffer = undefined;
   }
 
   /** An SSH attempt's activity ended: its claim's, or its run's. */
@@ -406,11 +488,12 @@ export class TaskMachine {
     if (s.state === 'running' && s.mode === 'http_pull' && s.leaseExpiresAt) {
       return Math.min(Date.parse(s.leaseExpiresAt), s.runDeadlineAt ? Date.parse(s.runDeadlineAt) : Infinity);
     }
+    const reoffer = this.reofferAt !== undefined && this.wantsOffer() ? this.reofferAt : Infinity;
     if (this.redispatchAt !== undefined && this.wantsSshAttempt()) {
       const windowEnd = !s.reservedFor && this.windowDeadline !== undefined ? this.windowDeadline : Infinity;
-      return Math.min(this.redispatchAt, windowEnd);
+      return Math.min(this.redispatchAt, windowEnd, reoffer);
     }
-    return undefined;
+    return reoffer === Infinity ? undefined : reoffer;
   }
 
   /** Applies what time has decided: a pull agent's run deadline or lapsed lease. */
@@ -436,17 +519,29 @@ export class TaskMachine {
     return 'failed';
   }
 
-  /** Cancels any SSH attempt still in flight (the task closed). */
+  /** Cancels any SSH attempt and withdraws any offer still in flight (the task closed or was reassigned). */
   cancelOutstanding(): void {
-    if (this.outstanding === undefined) return;
-    this.effects.push({ type: 'cancelAttempt', dispatch: this.outstanding });
-    this.outstanding = undefined;
+    this.cancelSshAttempt();
+    this.withdrawOffer();
   }
 
   // ---- internals ----------------------------------------------------------------------------
 
   private mustPass(rejection: Rejection | null): void {
     if (rejection) throw new TaskRejection(rejection);
+  }
+
+  private cancelSshAttempt(): void {
+    if (this.outstanding === undefined) return;
+    this.effects.push({ type: 'cancelAttempt', dispatch: this.outstanding });
+    this.outstanding = undefined;
+  }
+
+  private wantsOffer(): boolean {
+    const s = this.status;
+    if (s.state !== 'pending' || s.cancelRequested || s.hold || this.outstandingOffer !== undefined) return false;
+    if (s.reservedFor) return s.reservedFor.kind === 'agent';
+    return s.mode !== 'ssh_cli';
   }
 
   private wantsSshAttempt(): boolean {

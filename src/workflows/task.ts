@@ -6,8 +6,8 @@ import * as wf from '@temporalio/workflow';
 import { ActivityCancellationType, ActivityFailure, isCancellation, TimeoutFailure } from '@temporalio/workflow';
 import { TimeoutType } from '@temporalio/common';
 import type { TaskInput, TaskStatus } from '../model';
-import { hostQueue, runQueue, SA, taskSummary, typeQueue } from '../names';
-import { RUN_LOST, type AttemptActivities, type AttemptOutcome, type ReportActivities, type TaskEvent } from './activity-types';
+import { agentPullQueue, hostQueue, pullQueue, runQueue, SA, taskSummary, typeQueue } from '../names';
+import { RUN_LOST, type AttemptActivities, type AttemptOutcome, type OfferActivities, type OfferOutcome, type ReportActivities, type TaskEvent } from './activity-types';
 import type { Rejection } from './claim-rules';
 import { describeInstance } from './claim-rules';
 import {
@@ -20,8 +20,15 @@ import {
   releaseUpdate,
   statusQuery,
 } from './messages';
-import type { AttemptError, SshDispatch, SshRun, TaskMachineState } from './task-machine';
+import { taskPriority } from './priority';
+import type { AttemptError, PullOffer, SshDispatch, SshRun, TaskMachineState } from './task-machine';
 import { TaskMachine } from './task-machine';
+
+/**
+ * Pull offers (activities on the pull queues) came with this patch: histories from before it have
+ * none, and replay without them.
+ */
+export const PULL_OFFERS_PATCH = 'pull-offers';
 
 export interface TaskWorkflowArgs {
   taskId: string;
@@ -57,6 +64,9 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
   let dirty = false;
   const attemptScopes = new Map<number, wf.CancellationScope>();
   const attemptEnds: Array<{ dispatch: number; outcome?: AttemptOutcome; error?: unknown }> = [];
+  const offerScopes = new Map<number, wf.CancellationScope>();
+  const offerEnds: Array<{ offer: number; outcome?: OfferOutcome; error?: string }> = [];
+  const priority = taskPriority(status.input);
 
   // Reports go out in the background and are retried without limit: a Forgejo outage delays a
   // comment but never loses it and never fails the task. The workflow waits for them before closing.
@@ -89,6 +99,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       heartbeatTimeout: options.sshHeartbeatTimeoutMs,
       retry: { maximumAttempts: 1 },
       cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+      priority,
     });
     trackAttempt(next.dispatch, () => activities.runAttempt({ taskId: status.taskId, agentType: status.input.agentType, dispatch: next.dispatch }));
   }
@@ -108,6 +119,36 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       });
   }
 
+  /**
+   * Offers the task to pull agents: an activity on the type's pull queue (or the reserved agent's
+   * own), which only an API process with a suitable agent waiting polls. An API process that gets
+   * it after its agent left gives it back (OFFER_RETURNED) and Temporal offers it again at once.
+   */
+  function scheduleOffer(next: PullOffer): void {
+    const activities = wf.proxyActivities<OfferActivities>({
+      taskQueue: next.agentId ? agentPullQueue(next.agentId) : pullQueue(status.input.agentType),
+      // The offer waits in the queue for as long as the task is pending: no schedule-to-start limit.
+      startToCloseTimeout: '1 minute',
+      retry: { initialInterval: '100 milliseconds', backoffCoefficient: 2, maximumInterval: '5 seconds' },
+      // A withdrawn offer must not hold the task up: it is gone from the queue at once, and one an
+      // API process is claiming with loses its claim in the validator.
+      cancellationType: ActivityCancellationType.TRY_CANCEL,
+      priority,
+    });
+    const scope = new wf.CancellationScope();
+    offerScopes.set(next.offer, scope);
+    scope
+      .run(() => activities.offerTask({ taskId: status.taskId, agentType: status.input.agentType, offer: next.offer, ...(next.agentId ? { agentId: next.agentId } : {}) }))
+      .then(
+        (outcome) => offerEnds.push({ offer: next.offer, outcome }),
+        (error: unknown) => offerEnds.push({ offer: next.offer, error: error instanceof Error ? error.message : String(error) }),
+      )
+      .finally(() => {
+        offerScopes.delete(next.offer);
+        dirty = true;
+      });
+  }
+
   /** The run of a claimed SSH attempt, on the host's own queue: retried there, so that a restarted worker attaches to it again. */
   function scheduleSshRun(next: SshRun): void {
     const activities = wf.proxyActivities<AttemptActivities>({
@@ -120,6 +161,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       heartbeatTimeout: options.sshHeartbeatTimeoutMs,
       retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '10 seconds', maximumAttempts: 20, nonRetryableErrorTypes: [RUN_LOST] },
       cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+      priority,
     });
     const request = {
       taskId: status.taskId,
@@ -137,6 +179,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
   function applyEffects(): void {
     for (const effect of machine.takeEffects()) {
       if (effect.type === 'report') report(effect.event);
+      else if (effect.type === 'withdrawOffer') offerScopes.get(effect.offer)?.cancel();
       else attemptScopes.get(effect.dispatch)?.cancel();
     }
   }
@@ -153,6 +196,11 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     const result = transition(apply);
     dirty = true;
     return result;
+  }
+
+  /** Not memoized: a run from before the patch offers too once it replays past its history. */
+  function offersEnabled(): boolean {
+    return wf.patched(PULL_OFFERS_PATCH);
   }
 
   function historyFull(): boolean {
@@ -222,6 +270,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     const holderOrReserved = status.assignee ?? status.reservedFor;
     const key = [status.state, status.mode, holderOrReserved?.id ?? ''].join('|');
     if (key === published) return;
+    const previous = published;
     published = key;
     wf.upsertSearchAttributes([
       { key: SA.state, value: status.state },
@@ -241,6 +290,10 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       if (next) scheduleSshAttempt(next);
       const run = machine.dueSshRun();
       if (run) scheduleSshRun(run);
+      if (offersEnabled()) {
+        const offer = machine.dueOffer(Date.now());
+        if (offer) scheduleOffer(offer);
+      }
       publish();
       dirty = false;
       const wakeAt = machine.wakeAt();
@@ -251,11 +304,17 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
         const end = attemptEnds.shift()!;
         transition((now) => machine.attemptEnded({ dispatch: end.dispatch, outcome: end.outcome, error: end.error === undefined ? undefined : attemptError(end.error) }, now));
       }
+      while (offerEnds.length > 0) {
+        const end = offerEnds.shift()!;
+        transition((now) => machine.offerEnded(end, now));
+      }
       transition((now) => machine.expire(now));
 
       // Not while an activity is in flight: continuing as new would abandon it.
       if (!machine.closed && !machine.attemptInFlight && reportsInFlight === 0 && historyFull()) {
-        // Long-held tasks (many heartbeats) start a fresh history, carrying everything over.
+        // Long-held tasks (many heartbeats) start a fresh history, carrying everything over. The
+        // offer of a pending one is withdrawn: the next run offers the task anew.
+        transition(() => machine.withdrawOffer());
         await wf.condition(wf.allHandlersFinished);
         publish();
         await wf.continueAsNew<typeof taskWorkflow>({ taskId: args.taskId, input: args.input, resume: machine.snapshot() });
