@@ -17,12 +17,17 @@ export interface DevServerOptions {
 
 /**
  * Dynamic config Drover needs of its Temporal server: task-queue priority (the new matcher) and
- * fairness across repositories, both off by default in server 1.29. A cluster sets the same in
- * its dynamic config file (docker/temporal-dynamicconfig.yaml).
+ * fairness across repositories, both off by default in server 1.29; and one partition per task
+ * queue, without which a queue's backlog is spread over four partitions polled at random and
+ * offers of one priority and repository no longer come out oldest first. One partition matches
+ * hundreds of tasks a second, far more than agents that run for minutes take. A cluster sets the
+ * same in its dynamic config file (docker/temporal-dynamicconfig.yaml).
  */
 export const DROVER_DYNAMIC_CONFIG: Readonly<Record<string, boolean | number | string>> = {
   'matching.useNewMatcher': true,
   'matching.enableFairness': true,
+  'matching.numTaskqueueReadPartitions': 1,
+  'matching.numTaskqueueWritePartitions': 1,
 };
 
 export async function startDevServer(options: DevServerOptions = {}): Promise<TestWorkflowEnvironment> {

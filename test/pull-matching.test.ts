@@ -1,0 +1,168 @@
+// Pull agents matched by Temporal's task queues (src/api/pull-matcher.ts), against the real dev
+// server with its priority matcher and fairness on: the order agents get tasks in (FIFO within a
+// priority, priority first, fairness across repositories), and matching across API processes.
+import { once } from 'node:events';
+import { request as httpRequest } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import type { FastifyInstance } from 'fastify';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { adminAuth, agent, dequeue, enqueue, startHarness, taskUrl, type Harness } from './support/http';
+import { uniqueRepo, waitFor } from './support/temporal';
+
+const FIFO = agent('fifo-1', ['fifo']);
+const PRIO = agent('prio-1', ['prio']);
+const FAIR = agent('fair-1', ['fair']);
+const WAKE = agent('wake-1', ['wake']);
+const CHOSEN = agent('chosen-1', ['reserve']);
+const OTHER = agent('other-1', ['reserve']);
+const LEAVER = agent('leaver-1', ['stale']);
+const STAYER = agent('stayer-1', ['stale']);
+const DROPPER = agent('dropper-1', ['drop']);
+const CATCHER = agent('catcher-1', ['drop']);
+
+let h: Harness;
+let one: FastifyInstance;
+let two: FastifyInstance;
+
+beforeAll(async () => {
+  h = await startHarness({
+    types: ['dev', 'reviewer', 'boss', 'fifo', 'prio', 'fair', 'wake', 'reserve', 'stale', 'drop'],
+    agents: [FIFO, PRIO, FAIR, WAKE, CHOSEN, OTHER, LEAVER, STAYER, DROPPER, CATCHER].map((a) => a.config),
+  });
+  await h.startWorker();
+  one = await h.app();
+  two = await h.app();
+});
+afterAll(async () => {
+  await h?.close();
+});
+
+/** Resolves once the task's offer is on its queue (its activity scheduled). */
+async function offered(taskId: string): Promise<void> {
+  await waitFor(async () => {
+    const description = await h.client.workflow.getHandle(taskId).describe();
+    return description.raw.pendingActivities?.some((a) => a.activityType?.name === 'offerTask') ? true : undefined;
+  }, `the offer of ${taskId}`);
+}
+
+/** Enqueues one task and waits for its offer, so that offers are queued in this order. */
+async function enqueueOffered(app: FastifyInstance, body: Record<string, unknown>): Promise<string> {
+  const taskId = await enqueue(app, body);
+  await offered(taskId);
+  return taskId;
+}
+
+/** Dequeues `count` tasks one after another, giving each back as done; the task ids in order. */
+async function drain(app: FastifyInstance, who: typeof FIFO, count: number): Promise<string[]> {
+  const order: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const res = await dequeue(app, who, 10);
+    expect(res.statusCode).toBe(200);
+    const grant = res.json();
+    order.push(grant.task_id);
+    const done = await app.inject({
+      method: 'POST',
+      url: taskUrl(grant.task_id, 'complete'),
+      headers: who.auth,
+      payload: { agent_id: who.id, attempt: grant.attempt, outcome: 'success', summary: 'done' },
+    });
+    expect(done.statusCode).toBe(200);
+  }
+  return order;
+}
+
+async function metric(app: FastifyInstance, name: string): Promise<number> {
+  const res = await app.inject({ method: 'GET', url: '/metrics' });
+  return Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(res.body)?.[1] ?? NaN);
+}
+
+describe('the order agents get tasks in', () => {
+  test('FIFO within one priority: oldest first, however many wait', async () => {
+    const repo = uniqueRepo();
+    const ids: string[] = [];
+    for (let n = 1; n <= 12; n++) ids.push(await enqueueOffered(one, { agent_type: 'fifo', kind: 'implement', repo, number: n, title: `t${n}`, prompt: 'p' }));
+    expect(await drain(two, FIFO, 12)).toEqual(ids);
+  });
+
+  test('priority first: an urgent task and a CI fix go before older new work', async () => {
+    const repo = uniqueRepo();
+    const work = [];
+    for (let n = 1; n <= 3; n++) work.push(await enqueueOffered(one, { agent_type: 'prio', kind: 'implement', repo, number: n, title: `work ${n}`, prompt: 'p' }));
+    const ciFix = await enqueueOffered(one, { agent_type: 'prio', kind: 'fix_ci', repo, number: 10, title: 'ci', prompt: 'p' });
+    const urgent = await enqueueOffered(one, { agent_type: 'prio', kind: 'implement', repo, number: 11, title: 'urgent', prompt: 'p', priority: 1 });
+    expect(await drain(one, PRIO, 5)).toEqual([urgent, ciFix, ...work]);
+  });
+
+  test('fairness across repositories: a repository with a backlog does not starve one with a single task', async () => {
+    const busy = uniqueRepo();
+    const quiet = uniqueRepo();
+    for (let n = 1; n <= 30; n++) await enqueueOffered(one, { agent_type: 'fair', kind: 'review', repo: busy, number: n, title: `busy ${n}`, prompt: 'p' });
+    const single = await enqueueOffered(one, { agent_type: 'fair', kind: 'review', repo: quiet, number: 1, title: 'quiet', prompt: 'p' });
+    const firstTen = await drain(two, FAIR, 10);
+    expect(firstTen).toContain(single);
+    // Strict FIFO would have served it 31st.
+    expect(firstTen.indexOf(single)).toBeLessThan(3);
+  });
+});
+
+describe('across API processes', () => {
+  test('a task enqueued on one process wakes the agent waiting on another', async () => {
+    const polling = dequeue(two, WAKE, 20);
+    await waitFor(async () => ((await metric(two, 'drover_dequeue_waiting')) >= 1 ? true : undefined), 'the agent waiting');
+    const taskId = await enqueue(one, { agent_type: 'wake', title: 'wake', prompt: 'p' });
+    const res = await polling;
+    expect(res.statusCode).toBe(200);
+    expect(res.json().task_id).toBe(taskId);
+  });
+
+  test('a task assigned to one pull agent reaches it on whichever process it polls, and no other agent', async () => {
+    const taskId = await enqueueOffered(one, { agent_type: 'reserve', title: 'reserved', prompt: 'p', options: { match_window_ms: 0 } });
+    const assigned = await one.inject({ method: 'POST', url: taskUrl(taskId, 'assign'), headers: adminAuth, payload: { agent_id: CHOSEN.id } });
+    expect(assigned.statusCode).toBe(200);
+    const [other, chosen] = await Promise.all([dequeue(one, OTHER, 3), dequeue(two, CHOSEN, 15)]);
+    expect(other.statusCode).toBe(204);
+    expect(chosen.statusCode).toBe(200);
+    expect(chosen.json().task_id).toBe(taskId);
+  });
+
+  test('an offer polled for an agent that left is given back, and taken by an agent on another process', async () => {
+    // The agent's poll ends while its process still polls the queue for it (a poll in flight
+    // cannot be called back): the offer that poll brings finds nobody, and goes back to the queue.
+    expect((await dequeue(one, LEAVER, 0)).statusCode).toBe(204);
+    const returnedBefore = await metric(one, 'drover_offers_returned_total');
+    const taskId = await enqueue(two, { agent_type: 'stale', title: 'stale poll', prompt: 'p' });
+    await waitFor(async () => ((await metric(one, 'drover_offers_returned_total')) > returnedBefore ? true : undefined), 'the offer given back');
+    const res = await dequeue(two, STAYER, 15);
+    expect(res.statusCode).toBe(200);
+    expect(res.json().task_id).toBe(taskId);
+  });
+
+  test('an agent that disconnects mid-offer gives the task back at once: another agent gets it', async () => {
+    let clientRequest: import('node:http').ClientRequest | undefined;
+    let serverSocket: Socket | undefined;
+    const dropping = await h.app({
+      afterClaim: async () => {
+        clientRequest!.destroy(); // claimed for it; it goes away before it hears of it
+        if (!serverSocket!.destroyed) await once(serverSocket!, 'close');
+      },
+    });
+    await dropping.listen({ host: '127.0.0.1', port: 0 });
+    dropping.server.once('connection', (socket: Socket) => (serverSocket = socket));
+    const errored = new Promise<void>((resolve) => {
+      clientRequest = httpRequest(`http://127.0.0.1:${(dropping.server.address() as AddressInfo).port}/api/v1/tasks/dequeue?agent_id=${DROPPER.id}&wait=10`, { headers: DROPPER.auth });
+      clientRequest.on('error', () => resolve());
+      clientRequest.end();
+    });
+    await waitFor(() => (serverSocket ? true : undefined), 'the agent connected');
+    const taskId = await enqueue(one, { agent_type: 'drop', title: 'dropped', prompt: 'p' });
+    await errored;
+    const res = await dequeue(two, CATCHER, 15);
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toMatchObject({ task_id: taskId, attempt: 2 });
+    const status = await h.tasks.status(taskId);
+    expect(status.attempts.map((a) => [a.holder.id, a.end])).toEqual([
+      [DROPPER.id, 'released'],
+      [CATCHER.id, 'running'],
+    ]);
+  });
+});
