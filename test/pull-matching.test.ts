@@ -7,6 +7,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { adminAuth, agent, dequeue, enqueue, startHarness, taskUrl, type Harness } from './support/http';
+import { recordHistory } from './support/histories';
 import { uniqueRepo, waitFor } from './support/temporal';
 
 const FIFO = agent('fifo-1', ['fifo']);
@@ -52,21 +53,26 @@ async function enqueueOffered(app: FastifyInstance, body: Record<string, unknown
   return taskId;
 }
 
-/** Dequeues `count` tasks one after another, giving each back as done; the task ids in order. */
+/** Completes a dequeued task; resolves once its workflow has closed. */
+async function finish(app: FastifyInstance, who: typeof FIFO, grant: { task_id: string; attempt: number }): Promise<void> {
+  const done = await app.inject({
+    method: 'POST',
+    url: taskUrl(grant.task_id, 'complete'),
+    headers: who.auth,
+    payload: { agent_id: who.id, attempt: grant.attempt, outcome: 'success', summary: 'done' },
+  });
+  expect(done.statusCode).toBe(200);
+  await h.client.workflow.getHandle(grant.task_id).result();
+}
+
+/** Dequeues `count` tasks one after another, completing each; the task ids in order. */
 async function drain(app: FastifyInstance, who: typeof FIFO, count: number): Promise<string[]> {
   const order: string[] = [];
   for (let i = 0; i < count; i++) {
     const res = await dequeue(app, who, 10);
     expect(res.statusCode).toBe(200);
-    const grant = res.json();
-    order.push(grant.task_id);
-    const done = await app.inject({
-      method: 'POST',
-      url: taskUrl(grant.task_id, 'complete'),
-      headers: who.auth,
-      payload: { agent_id: who.id, attempt: grant.attempt, outcome: 'success', summary: 'done' },
-    });
-    expect(done.statusCode).toBe(200);
+    order.push(res.json().task_id);
+    await finish(app, who, res.json());
   }
   return order;
 }
@@ -113,6 +119,8 @@ describe('across API processes', () => {
     const res = await polling;
     expect(res.statusCode).toBe(200);
     expect(res.json().task_id).toBe(taskId);
+    await finish(two, WAKE, res.json());
+    await recordHistory(h, 'pull-offer-claim', taskId);
   });
 
   test('a task assigned to one pull agent reaches it on whichever process it polls, and no other agent', async () => {
@@ -123,6 +131,8 @@ describe('across API processes', () => {
     expect(other.statusCode).toBe(204);
     expect(chosen.statusCode).toBe(200);
     expect(chosen.json().task_id).toBe(taskId);
+    await finish(two, CHOSEN, chosen.json());
+    await recordHistory(h, 'pull-offer-assign-agent', taskId);
   });
 
   test('an offer polled for an agent that left is given back, and taken by an agent on another process', async () => {

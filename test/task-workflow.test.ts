@@ -125,6 +125,8 @@ describe('phase 1: host match', () => {
     expect(final.attempts).toMatchObject([{ attempt: 1, holder: { kind: 'host', id: `h-${type}` }, mode: 'ssh_cli', end: 'completed' }]);
     expect(runner.runs.map((r) => r.taskId)).toEqual([taskId]);
     await recordHistory(t, 'ssh-match', taskId);
+    // Since pull offers: the host's claim withdraws the task's offer.
+    await recordHistory(t, 'ssh-match-offer-withdrawn', taskId);
   });
 
   test('a host that serves another type never sees the task', async () => {
