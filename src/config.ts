@@ -104,6 +104,7 @@ const TaskDefaultsSection = T.Object(
     runTimeout: Duration,
     cancelGrace: Duration,
     fenceGrace: Duration,
+    claimConfirm: Duration,
     /**
      * Temporal priority key (1 first … 5 last) per task kind, over the defaults: fix_ci and
      * address_review 2, review and merge 3, implement and custom 4.
@@ -253,6 +254,7 @@ const DURATION_DEFAULTS = {
   'tasks.runTimeout': '6h',
   'tasks.cancelGrace': '30s',
   'tasks.fenceGrace': '60s',
+  'tasks.claimConfirm': '15s',
   'workspaces.keepFailed': '24h',
 } as const;
 
@@ -378,6 +380,7 @@ const DURATION_MINIMUMS: Record<keyof typeof DURATION_DEFAULTS, number> = {
   'tasks.runTimeout': 1_000,
   'tasks.cancelGrace': 0,
   'tasks.fenceGrace': 10_000,
+  'tasks.claimConfirm': 1_000,
   'workspaces.keepFailed': 60_000,
 };
 const HOST_DURATION_MINIMUMS = { healthCheckInterval: 100, connectTimeout: 100, killGrace: 0 } as const;
@@ -477,5 +480,6 @@ export function taskDefaults(config: DroverConfig): TaskOptions & Record<string,
     maxHistoryEvents: 2_000,
     cancelGraceMs: durationMs(config.tasks.cancelGrace),
     fenceGraceMs: durationMs(config.tasks.fenceGrace),
+    claimConfirmMs: durationMs(config.tasks.claimConfirm),
   };
 }

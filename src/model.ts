@@ -55,6 +55,12 @@ export interface TaskOptions {
    * the run it replaces has stopped, and a worker restart within it re-attaches to the run.
    */
   fenceGraceMs: number;
+  /**
+   * A pull agent's claim lasts only this long until its first heartbeat confirms it (the
+   * answer with the grant may never have reached the agent: an API process killed, a dropped
+   * connection); then the lease is `leaseMs`. Unset (tasks made before it existed): none.
+   */
+  claimConfirmMs?: number;
 }
 
 export const DEFAULT_TASK_OPTIONS: TaskOptions = {
@@ -188,6 +194,8 @@ export interface ClaimGrant {
   runId: string;
   attempt: number;
   leaseExpiresAt?: string;
+  /** The lease granted with the claim (ms): the confirm window, when the task has one. */
+  leaseMs?: number;
   input: TaskInput;
 }
 

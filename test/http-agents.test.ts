@@ -62,13 +62,15 @@ describe('a long-polling agent', () => {
     const got = await polling;
     expect(got.statusCode).toBe(200);
     const grant = got.json();
-    expect(grant).toMatchObject({ task_id: taskId, attempt: 1, agent_type: 'dev', kind: 'implement', repo, number: 42, title: 'Dark mode', lease_ms: 30_000 });
+    expect(grant).toMatchObject({ task_id: taskId, attempt: 1, agent_type: 'dev', kind: 'implement', repo, number: 42, title: 'Dark mode', lease_ms: 15_000 });
     expect(grant.prompt).toContain('Dark mode');
     expect(Date.parse(grant.lease_expires_at)).toBeGreaterThan(Date.now());
 
     const beat = await app.inject({ method: 'POST', url: taskUrl(taskId, 'heartbeat'), headers: A1.auth, payload: { agent_id: 'a1', attempt: 1 } });
     expect(beat.statusCode, beat.body).toBe(200);
     expect(beat.json()).toMatchObject({ task_id: taskId, attempt: 1, cancel_requested: false });
+    // The grant's lease is the confirm window (tasks.claimConfirm); the first heartbeat gives the whole lease (30 s here).
+    expect(beat.json().lease_ms_left).toBeGreaterThan(15_000);
 
     const done = await app.inject({
       method: 'POST',

@@ -357,3 +357,57 @@ describe('pull offers', () => {
     expect(resumed.dueOffer(T0 + 1)).toEqual({ offer: 2 });
   });
 });
+
+describe('a pull agent’s claim confirmed by its first heartbeat', () => {
+  test('until then, the lease is the confirm window; a claim nobody confirms comes back then, not after a whole lease', () => {
+    const m = machine({ leaseMs: 60_000, claimConfirmMs: 15_000 });
+    const grant = m.claim({ claimant: agent() }, T0);
+    expect(grant).toMatchObject({ leaseMs: 15_000, leaseExpiresAt: new Date(T0 + 15_000).toISOString() });
+    expect(m.wakeAt()).toBe(T0 + 15_000);
+    m.expire(T0 + 15_000);
+    expect(m.status).toMatchObject({ state: 'pending', lostAttempts: 1, attempts: [{ end: 'lease_lapsed' }] });
+    expect(m.status.attempts[0]!.reason).toMatch(/never confirmed its claim \(no heartbeat within 15 s\)/);
+  });
+
+  test('the first heartbeat gives the whole lease; a lapse after it is an ordinary one', () => {
+    const m = machine({ leaseMs: 60_000, claimConfirmMs: 15_000 });
+    m.claim({ claimant: agent() }, T0);
+    expect(m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 1_000).leaseMsLeft).toBe(60_000);
+    m.expire(T0 + 61_000);
+    expect(m.status.attempts[0]!.reason).toBe('lease of pull agent a1 lapsed');
+  });
+
+  test('a task made before the confirm window existed keeps the whole lease from its claim', () => {
+    const m = machine({ leaseMs: 60_000 });
+    expect(m.claim({ claimant: agent() }, T0)).toMatchObject({ leaseMs: 60_000 });
+  });
+});
+
+describe('a lease that lapsed while nothing could reach the task (an outage)', () => {
+  test('noticed late: one more lease from then, in which the agent may still report; on time: lost as ever', () => {
+    const m = heldByAgent({ leaseMs: 10_000, runTimeoutMs: 600_000 });
+    m.expire(T0 + 10_000 + 45_000, { lateWakeGrace: true }); // Temporal was down 45 s past the lease's end
+    expect(m.status).toMatchObject({ state: 'running', lostAttempts: 0, leaseExpiresAt: new Date(T0 + 65_000).toISOString() });
+    m.complete({ holder: agent(), attempt: 1, result: { outcome: 'success', summary: 'finished during the outage' } }, T0 + 56_000);
+    expect(m.status).toMatchObject({ state: 'completed', attempts: [{ end: 'completed' }] });
+
+    const onTime = heldByAgent({ leaseMs: 10_000 });
+    onTime.expire(T0 + 10_100, { lateWakeGrace: true });
+    expect(onTime.status).toMatchObject({ state: 'pending', lostAttempts: 1 });
+
+    const withoutPatch = heldByAgent({ leaseMs: 10_000 });
+    withoutPatch.expire(T0 + 60_000);
+    expect(withoutPatch.status).toMatchObject({ state: 'pending', lostAttempts: 1 });
+  });
+
+  test('the grace never outlasts the run deadline, and a task being cancelled gets none', () => {
+    const m = heldByAgent({ leaseMs: 10_000, runTimeoutMs: 30_000 });
+    m.expire(T0 + 25_000, { lateWakeGrace: true });
+    expect(m.status.leaseExpiresAt).toBe(new Date(T0 + 30_000).toISOString());
+
+    const cancelled = heldByAgent({ leaseMs: 10_000, cancelGraceMs: 5_000 });
+    cancelled.cancel({}, T0 + 1_000);
+    cancelled.expire(T0 + 30_000, { lateWakeGrace: true });
+    expect(cancelled.status.state).toBe('cancelled');
+  });
+});

@@ -50,6 +50,8 @@ interface CurrentTask {
   output: PendingOutput;
   /** Why the run is being stopped, when it is. */
   stopReason?: 'cancel' | 'lease_lost' | 'lease_expired' | 'shutdown';
+  /** Set once the command has ended and its outcome is being reported. */
+  reporting?: boolean;
 }
 
 /**
@@ -151,7 +153,9 @@ export class PullAgent {
     // The first goes at once: it confirms the grant, and starts the lease's reckoning by this
     // agent's own clock (the fence below).
     const beating = new AbortController();
-    const everyMs = Math.max(250, Math.min(10_000, Math.floor(grant.lease_ms / 3)));
+    // A third of the lease; the grant's may be only the confirm window, so each answer's is used.
+    const beatEvery = (leaseMs: number) => Math.max(250, Math.min(10_000, Math.floor(leaseMs / 3)));
+    let everyMs = beatEvery(grant.lease_ms);
     const fence = new LeaseFence(grant.lease_ms, this.options.killGraceMs, () => {
       if (current.stopReason) return;
       taskLog.warn({ unansweredMs: fence.unansweredMs }, 'no heartbeat answered for the whole lease: stopping the command before the lease runs out');
@@ -170,6 +174,7 @@ export class PullAgent {
           const answer = await client.heartbeat(grant.task_id, grant.attempt, upload.output);
           current.output.ack(upload.upTo);
           fence.extend(sentAt, answer.lease_ms_left);
+          everyMs = beatEvery(answer.lease_ms_left);
           if (answer.cancel_requested && !current.stopReason) {
             current.stopReason = 'cancel';
             taskLog.info('cancel requested: stopping the command');
@@ -177,7 +182,12 @@ export class PullAgent {
           }
         } catch (error) {
           if (error instanceof HttpError && error.leaseLost) {
-            taskLog.warn({ err: error.message }, 'lease lost: stopping the command');
+            if (current.reporting) {
+              // The command is over; its report (see report()) tells what became of the task.
+              taskLog.info({ code: error.code }, 'heartbeats end: the task is no longer running (its report may already be applied)');
+              break;
+            }
+            taskLog.warn({ err: error.message, code: error.code }, 'lease lost: stopping the command');
             current.stopReason = 'lease_lost';
             current.abort.abort(new Error('lease lost'));
             break;
@@ -189,6 +199,7 @@ export class PullAgent {
 
     try {
       const outcome = await this.execute(grant, current, taskLog);
+      current.reporting = true;
       fence.stop();
       await this.report(grant, current, outcome, taskLog);
     } finally {
@@ -330,6 +341,8 @@ export class PullAgent {
     }
     const deadline = Date.now() + (this.options.reportRetryMs ?? 10 * 60_000);
     let delay = this.options.backoff?.initialMs ?? 500;
+    /** A try whose answer never came may have been applied all the same. */
+    let unanswered = false;
     for (;;) {
       try {
         await send();
@@ -337,9 +350,14 @@ export class PullAgent {
         return;
       } catch (error) {
         if (error instanceof HttpError && error.leaseLost) {
-          taskLog.warn({ err: error.message }, `could not report ${what}: the task is no longer ours`);
+          if (unanswered && error.code === 'task_closed') {
+            taskLog.info({ code: error.code }, `reported: ${what} — most likely by an earlier try whose answer was lost: the task is closed`);
+          } else {
+            taskLog.warn({ err: error.message, code: error.code }, `could not report ${what}: the task is no longer ours`);
+          }
           return;
         }
+        if (isTransient(error)) unanswered = true; // no answer, or a gateway's: it may have reached the task all the same
         if (!isTransient(error) || Date.now() > deadline) {
           taskLog.error({ err: (error as Error).message }, `could not report ${what}; giving up`);
           return;

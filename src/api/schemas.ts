@@ -181,7 +181,10 @@ export const GrantSchema = T.Object({
   run_id: T.String({ description: 'the task’s run: with the attempt, names the attempt’s worktree' }),
   attempt: T.Integer({ description: 'pass it back with heartbeat, complete, fail and release' }),
   lease_expires_at: nullable(T.String()),
-  lease_ms: T.Integer({ description: 'heartbeat well within this' }),
+  lease_ms: T.Integer({
+    description:
+      'the lease granted with the task (ms). Until a first heartbeat confirms the claim, only the confirm window (tasks.claimConfirm, 15 s): heartbeat at once, then well within each answer’s lease_ms_left',
+  }),
   ...TaskInputFields,
 });
 
@@ -191,7 +194,7 @@ export function grantView(grant: ClaimGrant, leaseMs: number): Static<typeof Gra
     run_id: grant.runId,
     attempt: grant.attempt,
     lease_expires_at: grant.leaseExpiresAt ?? null,
-    lease_ms: grant.input.options?.leaseMs ?? leaseMs,
+    lease_ms: grant.leaseMs ?? grant.input.options?.leaseMs ?? leaseMs,
     ...inputFields(grant.input),
   };
 }

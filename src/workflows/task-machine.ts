@@ -13,6 +13,12 @@ import type { AssignRequest, CancelRequest, ClaimRequest, CompleteRequest, FailR
 /** The latest output of a pull agent the task keeps (its status, and so every query, carries it). */
 export const PULL_LOG_CHARS = 16 * 1024;
 
+/**
+ * A lease timer that fires this much later than the lease's end did not fire on time: Temporal or
+ * every workflow worker was down, and no heartbeat or report could reach the task meanwhile.
+ */
+export const LATE_WAKE_MS = 5_000;
+
 /** SSH attempts that end unclaimed again and again are dispatched again after this backoff. */
 export const REDISPATCH_BACKOFF_MS = { initial: 1_000, max: 60_000 } as const;
 
@@ -37,6 +43,8 @@ export interface TaskMachineState {
   fruitlessOffers?: number;
   /** While set, the next offer waits until then. */
   reofferAt?: number;
+  /** A pull agent's claim not yet confirmed by its first heartbeat. */
+  awaitingConfirm?: boolean;
 }
 
 export type RunPhase = 'claiming' | 'due' | 'running';
@@ -120,6 +128,7 @@ export class TaskMachine {
   private outstandingOffer: number | undefined;
   private fruitlessOffers: number;
   private reofferAt: number | undefined;
+  private awaitingConfirm: boolean;
   private effects: TaskEffect[] = [];
 
   private constructor(state: TaskMachineState) {
@@ -133,6 +142,7 @@ export class TaskMachine {
     this.offers = state.offers ?? 0;
     this.fruitlessOffers = state.fruitlessOffers ?? 0;
     this.reofferAt = state.reofferAt;
+    this.awaitingConfirm = state.awaitingConfirm ?? false;
   }
 
   /** A new task; `runId` names this run of the task id (event ids are unique per run). */
@@ -174,6 +184,7 @@ export class TaskMachine {
       offers: this.offers,
       fruitlessOffers: this.fruitlessOffers,
       reofferAt: this.reofferAt,
+      awaitingConfirm: this.awaitingConfirm,
     };
   }
 
@@ -210,8 +221,13 @@ export class TaskMachine {
     s.assignee = holder;
     s.reservedFor = undefined;
     s.claimedAt = iso(now);
+    let leaseMs: number | undefined;
     if (claimant.kind === 'agent') {
-      s.leaseExpiresAt = iso(now + s.options.leaseMs);
+      // Until the agent's first heartbeat, only the confirm window: a grant that never reached its
+      // agent comes back then, not after a whole lease.
+      leaseMs = s.options.claimConfirmMs ? Math.min(s.options.claimConfirmMs, s.options.leaseMs) : s.options.leaseMs;
+      this.awaitingConfirm = s.options.claimConfirmMs !== undefined;
+      s.leaseExpiresAt = iso(now + leaseMs);
       // A pull agent's run is bounded as an SSH attempt's is (there, by the activity's start-to-close timeout).
       s.runDeadlineAt = iso(now + s.options.runTimeoutMs);
     } else {
@@ -238,7 +254,7 @@ export class TaskMachine {
     this.fruitlessOffers = 0;
     this.reofferAt = undefined;
     this.touch(now);
-    return { taskId: s.taskId, runId: s.runId, attempt: s.attempt, leaseExpiresAt: s.leaseExpiresAt, input: s.input };
+    return { taskId: s.taskId, runId: s.runId, attempt: s.attempt, leaseExpiresAt: s.leaseExpiresAt, ...(leaseMs !== undefined ? { leaseMs } : {}), input: s.input };
   }
 
   validateHolder(request: HolderRequest): Rejection | null {
@@ -248,6 +264,7 @@ export class TaskMachine {
   /** Keeps a pull agent's lease. No wake-up of the workflow is needed: the lease timer re-arms itself. */
   heartbeat(request: HolderRequest, now: number): HeartbeatAnswer {
     this.mustPass(this.validateHolder(request));
+    this.awaitingConfirm = false;
     this.recordOutput(request.output);
     const s = this.status;
     let expires = now + s.options.leaseMs;
@@ -496,8 +513,13 @@ export class TaskMachine {
     return reoffer === Infinity ? undefined : reoffer;
   }
 
-  /** Applies what time has decided: a pull agent's run deadline or lapsed lease. */
-  expire(now: number): void {
+  /**
+   * Applies what time has decided: a pull agent's run deadline or lapsed lease. With
+   * `lateWakeGrace`, a lease whose end this wake-up comes well after (Temporal or the workflow
+   * workers were down: nothing could reach the task) gets one more lease from now, so that an
+   * agent that finished during the outage can still report, rather than its work being run again.
+   */
+  expire(now: number, options: { lateWakeGrace?: boolean } = {}): void {
     const s = this.status;
     if (s.hold && now >= Date.parse(s.hold.until)) {
       delete s.hold;
@@ -506,7 +528,18 @@ export class TaskMachine {
     if (s.state !== 'running' || s.mode !== 'http_pull') return;
     if (s.runDeadlineAt && now >= Date.parse(s.runDeadlineAt)) this.runTimedOut(now);
     else if (s.leaseExpiresAt && now >= Date.parse(s.leaseExpiresAt)) {
-      this.loseAttempt('lease_lapsed', `lease of ${describeInstance(s.assignee!)} lapsed`, now);
+      const lateMs = now - Date.parse(s.leaseExpiresAt);
+      if (options.lateWakeGrace && lateMs >= LATE_WAKE_MS && !s.cancelRequested) {
+        const expires = Math.min(now + s.options.leaseMs, s.runDeadlineAt ? Date.parse(s.runDeadlineAt) : Infinity);
+        s.leaseExpiresAt = iso(expires);
+        this.touch(now);
+        return;
+      }
+      const who = describeInstance(s.assignee!);
+      const why = this.awaitingConfirm
+        ? `${who} never confirmed its claim (no heartbeat within ${formatMs(s.options.claimConfirmMs!)}): the answer with the task may not have reached it`
+        : `lease of ${who} lapsed`;
+      this.loseAttempt('lease_lapsed', why, now);
     }
   }
 
@@ -624,6 +657,7 @@ export class TaskMachine {
   /** Back to pending/undecided for a fresh dispatch. */
   private requeue(now: number): void {
     const s = this.status;
+    this.awaitingConfirm = false;
     s.state = 'pending';
     s.mode = 'undecided';
     s.assignee = undefined;

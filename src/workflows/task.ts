@@ -30,6 +30,9 @@ import { TaskMachine } from './task-machine';
  */
 export const PULL_OFFERS_PATCH = 'pull-offers';
 
+/** A lease lapse noticed late (an outage) got one more lease with this patch (TaskMachine.expire). */
+export const LATE_WAKE_GRACE_PATCH = 'late-wake-grace';
+
 export interface TaskWorkflowArgs {
   taskId: string;
   input: TaskInput;
@@ -270,7 +273,6 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     const holderOrReserved = status.assignee ?? status.reservedFor;
     const key = [status.state, status.mode, holderOrReserved?.id ?? ''].join('|');
     if (key === published) return;
-    const previous = published;
     published = key;
     wf.upsertSearchAttributes([
       { key: SA.state, value: status.state },
@@ -308,7 +310,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
         const end = offerEnds.shift()!;
         transition((now) => machine.offerEnded(end, now));
       }
-      transition((now) => machine.expire(now));
+      transition((now) => machine.expire(now, { lateWakeGrace: wf.patched(LATE_WAKE_GRACE_PATCH) }));
 
       // Not while an activity is in flight: continuing as new would abandon it.
       if (!machine.closed && !machine.attemptInFlight && reportsInFlight === 0 && historyFull()) {
