@@ -1,0 +1,78 @@
+// Global setup of the cluster tier (vitest.cluster.config.ts): Temporal server 1.29.1 on
+// PostgreSQL, set up by scripts/cluster.sh, in place of the dev server; the tests get the same
+// provided values as from global-setup.ts.
+// - DROVER_TEST_TEMPORAL_ADDRESS set: that server is used as it is (namespaces and search
+//   attributes already set up, e.g. by `scripts/cluster.sh start` elsewhere).
+// - Otherwise the script builds the server if needed and reuses a running cluster as it is, or
+//   starts one from an empty state dir (about 15 s) and stops it after the run, unless
+//   DROVER_CLUSTER_KEEP=1.
+import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { TestProject } from 'vitest/node';
+import { bundleWorkflows } from '../../src/workers/task-worker';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    temporalAddress: string;
+    workflowBundlePath: string;
+    /** The namespace scripts/cluster.sh creates beside `default` (DROVER_CLUSTER_NAMESPACE). */
+    clusterNamespace: string;
+  }
+}
+
+const SCRIPT = fileURLToPath(new URL('../../scripts/cluster.sh', import.meta.url));
+
+/** Runs scripts/cluster.sh; resolves with its stdout and exit status. Its stderr passes through. */
+function run(...args: string[]): Promise<{ stdout: string; status: number }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('bash', [SCRIPT, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let stdout = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+    child.on('error', reject);
+    child.on('close', (status) => resolve({ stdout, status: status ?? 1 }));
+  });
+}
+
+async function cluster(...args: string[]): Promise<string> {
+  const { stdout, status } = await run(...args);
+  if (status !== 0) throw new Error(`scripts/cluster.sh ${args.join(' ')} failed (exit ${status})`);
+  return stdout;
+}
+
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const bundling = bundleWorkflows();
+  bundling.catch(() => undefined); // awaited below; a failed cluster start must not leave it unhandled
+  let startedHere = false;
+  let address = process.env.DROVER_TEST_TEMPORAL_ADDRESS;
+  if (!address) {
+    await cluster('build');
+    const running = (await run('status')).status === 0;
+    // A cluster of its own starts from empty databases: open workflows of an earlier run (older
+    // workflow code) would otherwise come back to this run's workers.
+    if (!running) await cluster('destroy');
+    await cluster('start');
+    startedHere = !running;
+    const env = Object.fromEntries(
+      (await cluster('env'))
+        .split('\n')
+        .filter((line) => line.includes('='))
+        .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
+    );
+    address = env.DROVER_TEST_TEMPORAL_ADDRESS;
+    if (!address) throw new Error('scripts/cluster.sh env printed no DROVER_TEST_TEMPORAL_ADDRESS');
+  }
+  const bundle = await bundling;
+  const dir = join(tmpdir(), `drover-test-${process.pid}`);
+  mkdirSync(dir, { recursive: true });
+  const bundlePath = join(dir, 'workflow-bundle.js');
+  writeFileSync(bundlePath, bundle.code);
+  project.provide('temporalAddress', address);
+  project.provide('workflowBundlePath', bundlePath);
+  project.provide('clusterNamespace', process.env.DROVER_CLUSTER_NAMESPACE || 'drover');
+  return async () => {
+    if (startedHere && process.env.DROVER_CLUSTER_KEEP !== '1') await cluster('stop');
+  };
+}
