@@ -55,7 +55,27 @@ export async function registerSearchAttributes(connection: Connection, namespace
     if (!full) throw error;
     throw new SearchAttributesFullError(namespace, Number(full[1]), full[2]!, existing.customAttributes ?? {}, missing);
   }
+  await searchAttributesInUse(connection, namespace, missing.map((d) => d.name));
   return missing.map((d) => d.name);
+}
+
+/**
+ * Waits until queries may name the new attributes: on SQL visibility the frontend answers
+ * `no mapping defined for search attribute` for a second or so after they were added, and a
+ * workflow started then with them fails.
+ */
+async function searchAttributesInUse(connection: Connection, namespace: string, names: string[], timeoutMs = 30_000): Promise<void> {
+  const query = names.map((name) => `${name} IS NULL`).join(' AND ');
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await connection.workflowService.countWorkflowExecutions({ namespace, query });
+      return;
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
 }
 
 /** The namespace has no room for Drover's search attributes: says which are in use and what to do. */

@@ -731,6 +731,42 @@ describe('cancel', () => {
   });
 });
 
+describe('reports', () => {
+  test('go out in the order of their events: a slow `started` is not overtaken by the closing one', async () => {
+    const type = uniqueType();
+    const queue = `drover.tasks.ordered-reports-${type}`;
+    const delivered: string[] = [];
+    const worker = await Worker.create({
+      connection: t.nativeConnection,
+      namespace: t.namespace,
+      taskQueue: queue,
+      workflowBundle: { codePath: inject('workflowBundlePath') },
+      activities: {
+        reportTaskEvent: async (event: { type: string }) => {
+          if (event.type === 'started') await new Promise((r) => setTimeout(r, 2_000)); // Forgejo slow to answer
+          delivered.push(event.type);
+        },
+      },
+    });
+    const running = worker.run();
+    try {
+      const taskId = `implement:ordered-reports:${type}:1`;
+      const handle = await t.client.workflow.start<typeof taskWorkflow>('taskWorkflow', {
+        taskQueue: queue,
+        workflowId: taskId,
+        args: [{ taskId, input: input(type, { matchWindowMs: 60_000 }) }],
+      });
+      const grant = await t.tasks.claim(taskId, agent('a-ordered', type));
+      await t.tasks.complete(taskId, { kind: 'agent', id: 'a-ordered' }, grant.attempt, { outcome: 'success', summary: 'quick' });
+      await handle.result();
+      expect(delivered).toEqual(['started', 'succeeded']);
+    } finally {
+      worker.shutdown();
+      await running;
+    }
+  });
+});
+
 describe('search attributes', () => {
   test('state, mode, type, assignee, repo, number and kind are visible to list queries', async () => {
     const type = uniqueType();

@@ -33,6 +33,9 @@ export const PULL_OFFERS_PATCH = 'pull-offers';
 /** A lease lapse noticed late (an outage) got one more lease with this patch (TaskMachine.expire). */
 export const LATE_WAKE_GRACE_PATCH = 'late-wake-grace';
 
+/** Reports (comments, callbacks) go out one after another, in the order of their events, with this patch. */
+export const ORDERED_REPORTS_PATCH = 'ordered-reports';
+
 export interface TaskWorkflowArgs {
   taskId: string;
   input: TaskInput;
@@ -80,16 +83,20 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
   let reportsInFlight = 0;
   /** Set by a cancel requested through Temporal once the task is closed: stop waiting for reports. */
   let reportsAbandoned = false;
+  /** The last report on its way: the next one goes out after it, so that events arrive in order. */
+  let lastReport: Promise<void> = Promise.resolve();
   function report(type: TaskEvent['type']): void {
     const snapshot: TaskStatus = { ...status, attempts: status.attempts.map((a) => ({ ...a, logTail: undefined })) };
     reportsInFlight += 1;
     // Not cancellable: a cancel requested through Temporal must not drop a report on its way.
-    void wf.CancellationScope.nonCancellable(() => reports.reportTaskEvent({ type, status: snapshot }))
-      .catch(() => undefined)
-      .finally(() => {
-        reportsInFlight -= 1;
-        dirty = true; // a continue-as-new may have been waiting for it
-      });
+    const send = () => wf.CancellationScope.nonCancellable(() => reports.reportTaskEvent({ type, status: snapshot }));
+    // Before the patch, reports went out side by side (a `started` could arrive after `forked`).
+    const sending = (wf.patched(ORDERED_REPORTS_PATCH) ? lastReport.then(send) : send()).catch(() => undefined);
+    lastReport = sending;
+    void sending.finally(() => {
+      reportsInFlight -= 1;
+      dirty = true; // a continue-as-new may have been waiting for it
+    });
   }
 
   function scheduleSshAttempt(next: SshDispatch): void {
