@@ -1,10 +1,13 @@
-// GET /api/v1/stats — task counts by state × type × mode (Temporal visibility counts), hosts, agents.
+// GET /api/v1/stats — task counts by state × type × mode (from the task tally workflow, one query:
+// src/task-tally.ts), hosts, agents, cost.
 import { Type as T } from '@sinclair/typebox';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyPluginAsync } from 'fastify';
 import { durationMs } from '../config';
 import { costWindows } from '../costs';
-import { EXECUTION_MODES, TASK_STATES } from '../model';
+import { TASK_STATES } from '../model';
+import { countTasksFromVisibility, TaskTallyReader } from '../task-tally';
+import { TaskTallyBook, type TaskCount } from '../workflows/task-tally-book';
 import type { ApiContext, PluginOptions } from './context';
 import { errorResponses } from './schemas';
 
@@ -34,40 +37,11 @@ const StatsView = T.Object({
   at: T.String(),
 });
 
-/** Runs `work` over `items`, at most `concurrency` at once. */
-async function pool<I>(items: I[], concurrency: number, work: (item: I) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (next < items.length) await work(items[next++]!);
-    }),
-  );
-}
-
-const CLOSED_STATES = TASK_STATES.filter((s) => s !== 'pending' && s !== 'running');
-
-async function compute(ctx: ApiContext) {
-  // Visibility counts cannot group by custom attributes: open tasks are listed (there are few),
-  // closed ones counted per state × type × mode.
-  const rows: Array<{ state: string; type: string; mode: string; count: number }> = [];
-  const byState: Record<string, number> = Object.fromEntries(TASK_STATES.map((s) => [s, 0]));
-  const add = (state: string, type: string, mode: string, count: number) => {
-    if (count <= 0) return;
-    const row = rows.find((r) => r.state === state && r.type === type && r.mode === mode);
-    if (row) row.count += count;
-    else rows.push({ state, type, mode, count });
-    byState[state] = (byState[state] ?? 0) + count;
-  };
-  const combos = ctx.config.types.flatMap((type) => CLOSED_STATES.flatMap((state) => EXECUTION_MODES.map((mode) => ({ type, state, mode }))));
-  const [open] = await Promise.all([
-    ctx.tasks.list({ openOnly: true }, 100_000),
-    pool(combos, 16, async ({ type, state, mode }) => add(state, type, mode, await ctx.tasks.count({ state, mode, agentType: type }))),
-  ]);
-  for (const task of open) {
-    // A workflow still open but already closed in state is finishing its reports: counted above.
-    if (task.state === 'pending' || task.state === 'running') add(task.state, task.agentType ?? '', task.mode ?? '', 1);
-  }
+async function compute(ctx: ApiContext, taskCounts: () => Promise<TaskCount[]>) {
+  const rows = (await taskCounts()).map(({ state, type, mode, count }) => ({ state, type, mode, count })).filter((row) => row.count > 0);
   rows.sort((a, b) => a.type.localeCompare(b.type) || a.state.localeCompare(b.state) || a.mode.localeCompare(b.mode));
+  const byState: Record<string, number> = Object.fromEntries(TASK_STATES.map((s) => [s, 0]));
+  for (const row of rows) byState[row.state] = (byState[row.state] ?? 0) + row.count;
   const [costs, agents, lastSeen, hostStates] = await Promise.all([
     ctx.costs.read(),
     ctx.directory.all(),
@@ -96,7 +70,17 @@ async function compute(ctx: ApiContext) {
 }
 
 export const statsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { ctx }) => {
-  // Many counts per answer: share one computation between callers for a moment.
+  const tally = new TaskTallyReader({ client: ctx.client, tasks: ctx.tasks, types: ctx.config.types, log: fastify.log });
+  const taskCounts = async (): Promise<TaskCount[]> => {
+    try {
+      return await tally.read();
+    } catch (error) {
+      // No worker runs the tally yet (or it is slow to answer): count the expensive way, this once.
+      fastify.log.warn({ err: error }, 'task tally unavailable: counting tasks from visibility instead (many visibility calls)');
+      return new TaskTallyBook(await countTasksFromVisibility(ctx.tasks, ctx.config.types)).counts();
+    }
+  };
+  // Several reads per answer: share one computation between callers for a moment.
   let cached: { at: number; value: Promise<Awaited<ReturnType<typeof compute>>> } | undefined;
   fastify.withTypeProvider<TypeBoxTypeProvider>().get(
     '/api/v1/stats',
@@ -111,7 +95,7 @@ export const statsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
     },
     async () => {
       if (!cached || Date.now() - cached.at > 1_000) {
-        const value = compute(ctx);
+        const value = compute(ctx, taskCounts);
         cached = { at: Date.now(), value };
         value.catch(() => {
           cached = undefined;

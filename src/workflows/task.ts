@@ -23,6 +23,7 @@ import {
 import { taskPriority } from './priority';
 import type { AttemptError, PullOffer, SshDispatch, SshRun, TaskMachineState } from './task-machine';
 import { TaskMachine } from './task-machine';
+import { TASK_TALLY_PATCH, TASK_TALLY_WORKFLOW_ID, taskTransitionSignal } from './task-tally';
 
 /**
  * Pull offers (activities on the pull queues) came with this patch: histories from before it have
@@ -280,6 +281,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     const holderOrReserved = status.assignee ?? status.reservedFor;
     const key = [status.state, status.mode, holderOrReserved?.id ?? ''].join('|');
     if (key === published) return;
+    const previous = published;
     published = key;
     wf.upsertSearchAttributes([
       { key: SA.state, value: status.state },
@@ -291,6 +293,31 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     // A run started by continue-as-new has no static summary: its details carry it.
     const summary = args.resume ? `${taskSummary(status.input)}\n\n` : '';
     wf.setCurrentDetails(`${summary}**${status.state}** (${status.mode})${who}${attempt}${status.result ? ` · ${status.result.outcome}: ${status.result.summary}` : ''}`);
+
+    // The task tally (./task-tally.ts) counts tasks by state × type × mode for the stats: tell it
+    // where the task is now, when its state or mode changed. A run's first publish always does: a
+    // new task gets counted, and a run started by continue-as-new restates where the task is, in
+    // case the previous run's last signal was dropped (the server drops a signal sent in the
+    // workflow task that ends the run). The tally keeps open tasks by id: a restated place is not
+    // counted twice. Patched: histories from before the tally replay without the signal.
+    const [wasState, wasMode] = previous.split('|');
+    if ((previous === '' || wasState !== status.state || wasMode !== status.mode) && wf.patched(TASK_TALLY_PATCH)) {
+      const type = status.input.agentType;
+      const transition = {
+        taskId: status.taskId,
+        ...(previous === '' ? {} : { from: { state: wasState!, type, mode: wasMode! } }),
+        to: { state: status.state, type, mode: status.mode },
+      };
+      // Waited for like a report: the task closes, or continues-as-new, only once the tally has it.
+      reportsInFlight += 1;
+      void wf.CancellationScope.nonCancellable(() => wf.getExternalWorkflowHandle(TASK_TALLY_WORKFLOW_ID).signal(taskTransitionSignal, [transition]))
+        // No tally (nobody has asked for the stats yet, or it was terminated): never the task's concern.
+        .catch(() => undefined)
+        .finally(() => {
+          reportsInFlight -= 1;
+          if (historyFull()) dirty = true; // a continue-as-new may be waiting for it
+        });
+    }
   }
 
   return wf.CancellationScope.nonCancellable(async () => {

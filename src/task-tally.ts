@@ -1,0 +1,141 @@
+// Task counts by state × agent type × mode, for GET /api/v1/stats: read from the task tally
+// workflow (src/workflows/task-tally.ts) with one query, no visibility call. Visibility is counted
+// only to seed a tally where there is none yet, and by the stats when the tally cannot answer.
+import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { EXECUTION_MODES, TASK_STATES } from './model';
+import { TASKS_QUEUE } from './names';
+import type { TaskClient } from './task-client';
+import { isOpenState, placeKey, TaskTallyBook, type TaskCount, type TaskTallyState } from './workflows/task-tally-book';
+import { TASK_TALLY_WORKFLOW_ID, TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, type taskTallyWorkflow } from './workflows/task-tally';
+
+/** Runs `work` over `items`, at most `concurrency` at once. */
+async function pool<I>(items: I[], concurrency: number, work: (item: I) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < items.length) await work(items[next++]!);
+    }),
+  );
+}
+
+/**
+ * Counts tasks from Temporal visibility, the expensive way. Visibility cannot group by custom
+ * search attributes: open tasks are listed (there are few), closed ones counted per closed state ×
+ * configured type × mode — 1 + 9 × types calls, seconds on a production namespace (about 10
+ * visibility calls a second). Closed tasks of types no longer configured are not counted.
+ */
+export async function countTasksFromVisibility(tasks: TaskClient, types: readonly string[]): Promise<TaskTallyState> {
+  const closedStates = TASK_STATES.filter((state) => !isOpenState(state));
+  const combos = types.flatMap((type) => closedStates.flatMap((state) => EXECUTION_MODES.map((mode) => ({ type, state, mode }))));
+  const closed = new Map<string, number>();
+  const [open] = await Promise.all([
+    tasks.list({ openOnly: true }, 100_000),
+    pool(combos, 16, async ({ type, state, mode }) => {
+      const count = await tasks.count({ state, mode, agentType: type });
+      if (count > 0) closed.set(placeKey({ state, type, mode }), count);
+    }),
+  ]);
+  const openTasks = new Map<string, string>();
+  for (const task of open) {
+    // A workflow still open but already closed in state is finishing its reports: counted above.
+    if (task.state && isOpenState(task.state)) openTasks.set(task.taskId, placeKey({ state: task.state, type: task.agentType ?? '', mode: task.mode ?? '' }));
+  }
+  return { open: Object.fromEntries(openTasks), closed: Object.fromEntries(closed) };
+}
+
+/** The little of a logger this needs (pino and Fastify's logger both fit). */
+interface InfoLogger {
+  info(obj: object, msg: string): void;
+}
+
+export interface TaskTallyReaderOptions {
+  client: Client;
+  tasks: TaskClient;
+  /** The configured agent types: what seeding counts closed tasks of. */
+  types: readonly string[];
+  /** How long a query may take before the read fails (the stats then count from visibility). */
+  queryTimeoutMs?: number;
+  /** How often to check that the tally still runs (a describe, not a visibility call). */
+  checkEveryMs?: number;
+  log?: InfoLogger;
+}
+
+/**
+ * Reads the task tally: one query. Where there is none yet (a new deployment, or one from before the
+ * tally), the first reader counts from visibility and starts the tally with those counts. Many
+ * API processes may find none at once: the workflow id decides — the one whose start succeeds
+ * seeded it, the others query it. Concurrent reads share one answer.
+ */
+export class TaskTallyReader {
+  private inFlight: Promise<TaskCount[]> | undefined;
+  private checkedAt = -Infinity;
+
+  constructor(private readonly options: TaskTallyReaderOptions) {}
+
+  read(): Promise<TaskCount[]> {
+    if (!this.inFlight) {
+      this.inFlight = this.load().finally(() => {
+        this.inFlight = undefined;
+      });
+    }
+    return this.inFlight;
+  }
+
+  private async load(): Promise<TaskCount[]> {
+    // A tally that has ended (an operator terminated it) takes no more signals: now and then, make
+    // sure it runs, and start a new one if not. A describe reads the workflow's own record.
+    if (Date.now() - this.checkedAt >= (this.options.checkEveryMs ?? 60_000)) {
+      const running = await this.running();
+      this.checkedAt = Date.now();
+      if (!running) return this.seed();
+    }
+    try {
+      return await this.query();
+    } catch (error) {
+      if (error instanceof WorkflowNotFoundError) return this.seed();
+      throw error;
+    }
+  }
+
+  private async running(): Promise<boolean> {
+    try {
+      const description = await this.options.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID).describe();
+      return description.status.name === 'RUNNING';
+    } catch (error) {
+      if (error instanceof WorkflowNotFoundError) return false;
+      throw error;
+    }
+  }
+
+  private query(): Promise<TaskCount[]> {
+    const { client } = this.options;
+    return client.withDeadline(Date.now() + (this.options.queryTimeoutMs ?? 2_000), () => client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID).query(taskCountsQuery));
+  }
+
+  /**
+   * Counts from visibility, then starts the tally with those counts. A task that moves between the
+   * count and the start is a small, known inaccuracy: its signal finds no tally. One that moved
+   * between open states stays where the count saw it until its next move; one created meanwhile is
+   * not counted until its next move; one that closed meanwhile stays counted open for good. Seeding
+   * happens once per namespace, and the window is the few seconds the count takes.
+   */
+  private async seed(): Promise<TaskCount[]> {
+    const { client, tasks, types, log } = this.options;
+    const state = await countTasksFromVisibility(tasks, types);
+    try {
+      await client.workflow.start<typeof taskTallyWorkflow>(TASK_TALLY_WORKFLOW_TYPE, {
+        workflowId: TASK_TALLY_WORKFLOW_ID,
+        taskQueue: TASKS_QUEUE,
+        args: [{ state }],
+        // The default conflict policy: a running tally makes this start fail, so only one seeds.
+        staticSummary: 'Drover task tally: tasks by state, agent type and mode, for the stats',
+      });
+    } catch (error) {
+      if (!(error instanceof WorkflowExecutionAlreadyStartedError)) throw error;
+      // Another process seeded it first: its counts stand.
+      return this.query();
+    }
+    log?.info({ openTasks: Object.keys(state.open).length }, 'started the task tally, seeded from visibility');
+    return new TaskTallyBook(state).counts();
+  }
+}

@@ -1,0 +1,114 @@
+// Task counts by state × agent type × mode: the pure state the task tally workflow keeps
+// (./task-tally.ts), so that tests drive it without Temporal. Imported by workflow code: no I/O.
+//
+// Each transition names the task and where it is now (`to`); the book takes the task out of where
+// it had it and puts it there. Open tasks (pending, running) are kept by id, so the book always
+// knows what to decrement: a transition sent twice changes nothing, and one that was lost is mended
+// by the task's next one. That matters because the server drops a signal sent in the workflow task
+// that ends the sending run (a task's last publish before it continues-as-new): the next run
+// restates where the task is. Closed tasks never move again: they are only counted. So no count
+// can fall below zero.
+
+/** Where a task is: its state, agent type and execution mode. */
+export interface TaskPlace {
+  state: string;
+  type: string;
+  mode: string;
+}
+
+export interface TaskTransition {
+  taskId: string;
+  /** Where the task was, as its workflow last published it: informative only (see above). */
+  from?: TaskPlace;
+  to: TaskPlace;
+}
+
+export interface TaskCount extends TaskPlace {
+  count: number;
+}
+
+export interface TaskTallyState {
+  /** Open tasks: task id → place key (see placeKey). */
+  open: Record<string, string>;
+  /** Closed tasks counted, by place key. */
+  closed: Record<string, number>;
+}
+
+export const OPEN_TASK_STATES: readonly string[] = ['pending', 'running'];
+
+export function isOpenState(state: string): boolean {
+  return OPEN_TASK_STATES.includes(state);
+}
+
+export function placeKey(place: TaskPlace): string {
+  return JSON.stringify([place.state, place.type, place.mode]);
+}
+
+function placeOf(key: string): TaskPlace | undefined {
+  try {
+    const parsed: unknown = JSON.parse(key);
+    if (Array.isArray(parsed) && parsed.length === 3 && parsed.every((part) => typeof part === 'string')) {
+      const [state, type, mode] = parsed as [string, string, string];
+      return { state, type, mode };
+    }
+  } catch {
+    // not a key this book wrote
+  }
+  return undefined;
+}
+
+const validPlace = (place: unknown): place is TaskPlace =>
+  !!place &&
+  typeof place === 'object' &&
+  typeof (place as TaskPlace).state === 'string' &&
+  (place as TaskPlace).state !== '' &&
+  typeof (place as TaskPlace).type === 'string' &&
+  typeof (place as TaskPlace).mode === 'string';
+
+const countOf = (n: unknown): number => (typeof n === 'number' && Number.isInteger(n) && n > 0 ? n : 0);
+
+export class TaskTallyBook {
+  // Maps, not objects: a task id may be any string the id pattern allows, `__proto__` included.
+  private readonly open: Map<string, string>;
+  private readonly closed: Map<string, number>;
+
+  constructor(state?: Partial<TaskTallyState>) {
+    this.open = new Map(Object.entries(state?.open ?? {}).filter(([, key]) => typeof key === 'string' && placeOf(key) !== undefined));
+    this.closed = new Map(Object.entries(state?.closed ?? {}).filter(([key, n]) => countOf(n) > 0 && placeOf(key) !== undefined));
+  }
+
+  /** A plain copy, for continue-as-new and for seeding a new tally. */
+  snapshot(): TaskTallyState {
+    return { open: Object.fromEntries(this.open), closed: Object.fromEntries(this.closed) };
+  }
+
+  /** Moves a task to `to`. False when nothing changed (a repeat) or the transition is malformed. */
+  apply(transition: TaskTransition): boolean {
+    if (!transition || typeof transition.taskId !== 'string' || transition.taskId === '' || !validPlace(transition.to)) return false;
+    const to = placeKey(transition.to);
+    const was = this.open.get(transition.taskId);
+    if (was === to) return false;
+    this.open.delete(transition.taskId);
+    if (isOpenState(transition.to.state)) this.open.set(transition.taskId, to);
+    else this.closed.set(to, (this.closed.get(to) ?? 0) + 1);
+    return true;
+  }
+
+  /** Non-zero counts, by type, state and mode (code-point order). */
+  counts(): TaskCount[] {
+    const sums = new Map(this.closed);
+    for (const key of this.open.values()) sums.set(key, (sums.get(key) ?? 0) + 1);
+    const rows: TaskCount[] = [];
+    for (const [key, count] of sums) {
+      const place = placeOf(key);
+      if (place && count > 0) rows.push({ ...place, count });
+    }
+    const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+    return rows.sort((a, b) => cmp(a.type, b.type) || cmp(a.state, b.state) || cmp(a.mode, b.mode));
+  }
+
+  /** How many open tasks the book holds by id (what continue-as-new carries). */
+  get openTasks(): number {
+    return this.open.size;
+  }
+}

@@ -1,0 +1,482 @@
+// The task tally: task counts by state × type × mode that the task workflows publish themselves,
+// so that GET /api/v1/stats needs no visibility call. The book (pure), then the tally through
+// Drover on the real dev server: seeding from visibility, counts that follow tasks and match what
+// visibility says, and a task that continues-as-new counted once.
+import { Writable } from 'node:stream';
+import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { NativeConnection, type Worker } from '@temporalio/worker';
+import type { FastifyInstance } from 'fastify';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { buildApp } from '../src/api/app';
+import type { Claimant, TaskInput, TaskOptions } from '../src/model';
+import { SA } from '../src/names';
+import { TaskClient } from '../src/task-client';
+import { countTasksFromVisibility, TaskTallyReader } from '../src/task-tally';
+import { TaskTallyBook, type TaskPlace } from '../src/workflows/task-tally-book';
+import { TASK_TALLY_WORKFLOW_ID, taskCountsQuery } from '../src/workflows/task-tally';
+import { ensureTemporalCli } from '../src/temporal-cli';
+import { createTaskWorker } from '../src/workers/task-worker';
+import { adminAuth, enqueue, startHarness, testConfig, type Harness } from './support/http';
+import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
+
+const at = (state: string, type = 'dev', mode = 'undecided'): TaskPlace => ({ state, type, mode });
+
+describe('the task tally book (pure)', () => {
+  it('counts a task where it is now: new, moved, closed; a repeat changes nothing', () => {
+    const book = new TaskTallyBook();
+    expect(book.apply({ taskId: 't1', to: at('pending') })).toBe(true);
+    expect(book.apply({ taskId: 't2', to: at('pending') })).toBe(true);
+    expect(book.apply({ taskId: 't3', to: at('pending', 'reviewer') })).toBe(true);
+    expect(book.counts()).toEqual([
+      { state: 'pending', type: 'dev', mode: 'undecided', count: 2 },
+      { state: 'pending', type: 'reviewer', mode: 'undecided', count: 1 },
+    ]);
+    expect(book.apply({ taskId: 't1', from: at('pending'), to: at('running', 'dev', 'http_pull') })).toBe(true);
+    expect(book.apply({ taskId: 't1', from: at('pending'), to: at('running', 'dev', 'http_pull') })).toBe(false); // a repeat
+    expect(book.apply({ taskId: 't1', to: at('completed', 'dev', 'http_pull') })).toBe(true);
+    expect(book.apply({ taskId: 't2', to: at('cancelled') })).toBe(true);
+    expect(book.counts()).toEqual([
+      { state: 'cancelled', type: 'dev', mode: 'undecided', count: 1 },
+      { state: 'completed', type: 'dev', mode: 'http_pull', count: 1 },
+      { state: 'pending', type: 'reviewer', mode: 'undecided', count: 1 },
+    ]);
+    expect(book.openTasks).toBe(1);
+  });
+
+  it('decrements where it had the task, whatever `from` says: a lost transition is mended by the next, and no count goes below zero', () => {
+    const book = new TaskTallyBook();
+    book.apply({ taskId: 't1', to: at('pending') });
+    // t1's move to running/http_pull was lost (sent in the workflow task that continued-as-new);
+    // the next run restates where the task is.
+    book.apply({ taskId: 't1', from: at('running', 'dev', 'http_pull'), to: at('pending', 'dev', 'http_pull') });
+    expect(book.counts()).toEqual([{ state: 'pending', type: 'dev', mode: 'http_pull', count: 1 }]);
+    // A task the book never had: counted where it is, nothing taken from where it says it was.
+    book.apply({ taskId: 'unknown', from: at('pending', 'dev', 'http_pull'), to: at('running', 'dev', 'http_pull') });
+    expect(book.counts()).toEqual([
+      { state: 'pending', type: 'dev', mode: 'http_pull', count: 1 },
+      { state: 'running', type: 'dev', mode: 'http_pull', count: 1 },
+    ]);
+    expect(book.counts().every((row) => row.count > 0)).toBe(true);
+  });
+
+  it('a run started by continue-as-new restating the same place counts nothing again', () => {
+    const book = new TaskTallyBook();
+    book.apply({ taskId: 't1', to: at('pending') });
+    book.apply({ taskId: 't1', from: at('pending'), to: at('running', 'dev', 'http_pull') });
+    expect(book.apply({ taskId: 't1', to: at('running', 'dev', 'http_pull') })).toBe(false);
+    expect(book.counts()).toEqual([{ state: 'running', type: 'dev', mode: 'http_pull', count: 1 }]);
+  });
+
+  it('snapshot and restore (continue-as-new, seeding) keep everything; malformed input is skipped', () => {
+    const book = new TaskTallyBook();
+    book.apply({ taskId: '__proto__', to: at('pending') });
+    book.apply({ taskId: 'constructor', to: at('running', 'boss', 'ssh_cli') });
+    book.apply({ taskId: 't3', to: at('failed', 'boss', 'ssh_cli') });
+    const restored = new TaskTallyBook(JSON.parse(JSON.stringify(book.snapshot())));
+    expect(restored.counts()).toEqual(book.counts());
+    expect(restored.counts()).toHaveLength(3);
+    restored.apply({ taskId: '__proto__', to: at('completed') });
+    expect(restored.counts().find((row) => row.state === 'pending')).toBeUndefined();
+
+    const bad = new TaskTallyBook({ open: { t1: 'not a key', t2: JSON.stringify(['pending', 'dev', 'undecided']) }, closed: { x: 3, [JSON.stringify(['failed', 'dev', 'ssh_cli'])]: -2 } });
+    expect(bad.counts()).toEqual([{ state: 'pending', type: 'dev', mode: 'undecided', count: 1 }]);
+    for (const malformed of [undefined, {}, { taskId: '' , to: at('pending') }, { taskId: 't9' }, { taskId: 't9', to: { state: 'pending' } }]) {
+      expect(bad.apply(malformed as never)).toBe(false);
+    }
+  });
+});
+
+/** A client whose visibility calls (list, count, scan) are counted. */
+async function countingClient(
+  namespace: string,
+  address: string = inject('temporalAddress'),
+): Promise<{ client: Client; tasks: TaskClient; visibilityCalls: () => number; close: () => Promise<void> }> {
+  const connection = await Connection.connect({ address });
+  let calls = 0;
+  const service = connection.workflowService as unknown as Record<string, (...args: unknown[]) => unknown>;
+  for (const name of ['listWorkflowExecutions', 'countWorkflowExecutions', 'scanWorkflowExecutions', 'listOpenWorkflowExecutions', 'listClosedWorkflowExecutions']) {
+    const original = service[name]!.bind(service);
+    service[name] = (...args: unknown[]) => {
+      calls += 1;
+      return original(...args);
+    };
+  }
+  const client = new Client({ connection, namespace });
+  return { client, tasks: new TaskClient(client), visibilityCalls: () => calls, close: () => connection.close() };
+}
+
+let numbers = 0;
+function input(agentType: string, options: Partial<TaskOptions> = {}): TaskInput {
+  numbers += 1;
+  return { agentType, kind: 'implement', repo: uniqueRepo(), number: numbers, title: `tally ${numbers}`, prompt: 'p', options: { matchWindowMs: 60_000, ...options } };
+}
+const pullAgent = (id: string, type: string): Claimant => ({ kind: 'agent', id, types: [type] });
+
+type Row = { state: string; type: string; mode: string; count: number };
+const plain = (rows: Row[]): Row[] => rows.map(({ state, type, mode, count }) => ({ state, type, mode, count }));
+const ofTypes = (rows: Row[], types: string[]) => plain(rows.filter((row) => types.includes(row.type)));
+
+async function statsOf(app: FastifyInstance): Promise<{ total: number; by_state: Record<string, number>; by_state_type_mode: Row[] }> {
+  const answer = await app.inject({ method: 'GET', url: '/api/v1/stats', headers: adminAuth });
+  expect(answer.statusCode, answer.body).toBe(200);
+  return answer.json().tasks;
+}
+
+/** What visibility says about tasks of `types`, the expensive way. */
+async function visibilityRows(h: Harness, types: string[] = h.config.types): Promise<Row[]> {
+  return ofTypes(new TaskTallyBook(await countTasksFromVisibility(h.tasks, types)).counts(), types);
+}
+
+describe('the task tally through Drover', () => {
+  let h: Harness;
+  let app: FastifyInstance;
+  let counting: Awaited<ReturnType<typeof countingClient>>;
+  beforeAll(async () => {
+    h = await startHarness({ types: ['dev', 'reviewer', 'boss'] });
+    await h.startWorker();
+    counting = await countingClient(h.namespace);
+    app = await h.app({ client: counting.client, tasks: counting.tasks });
+  });
+  afterAll(async () => {
+    await h?.close();
+    await counting?.close();
+  });
+
+  it('a namespace with tasks and no tally: the first readers (two at once) seed one tally from visibility, once; it then follows the tasks', async () => {
+    const a1 = pullAgent('seed-a1', 'reviewer');
+    const pending = await Promise.all([1, 2, 3].map(() => h.tasks.start(input('dev')).then((s) => s.taskId)));
+    const running = (await h.tasks.start(input('reviewer'))).taskId;
+    await h.tasks.claim(running, a1);
+    const cancelled = (await h.tasks.start(input('dev'))).taskId;
+    await h.tasks.cancel(cancelled);
+    const completed = (await h.tasks.start(input('reviewer'))).taskId;
+    const grant = await h.tasks.claim(completed, a1);
+    await h.tasks.complete(completed, { kind: 'agent', id: a1.id }, grant.attempt, { outcome: 'success', summary: 'done' });
+    await h.tasks.result(completed);
+    await h.tasks.result(cancelled);
+    const expected = [
+      { state: 'cancelled', type: 'dev', mode: 'undecided', count: 1 },
+      { state: 'pending', type: 'dev', mode: 'undecided', count: 3 },
+      { state: 'completed', type: 'reviewer', mode: 'http_pull', count: 1 },
+      { state: 'running', type: 'reviewer', mode: 'http_pull', count: 1 },
+    ];
+    // The tasks' signals found no tally; visibility has them all.
+    await expect(h.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID).describe()).rejects.toBeInstanceOf(WorkflowNotFoundError);
+    await waitFor(async () => (JSON.stringify(await visibilityRows(h)) === JSON.stringify(expected) ? true : undefined), 'visibility to show the tasks');
+
+    const readers = [1, 2].map(() => new TaskTallyReader({ client: h.client, tasks: h.tasks, types: h.config.types }));
+    const [first, second] = await Promise.all(readers.map((reader) => reader.read()));
+    expect(plain(first!)).toEqual(expected);
+    expect(plain(second!)).toEqual(expected);
+    // One tally, one run, seeded once: what it answers is not doubled.
+    const tally = h.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID);
+    expect(plain(await tally.query(taskCountsQuery))).toEqual(expected);
+    expect((await tally.describe()).status.name).toBe('RUNNING');
+
+    // From now on the tasks' own signals move them.
+    await h.tasks.claim(pending[0]!, pullAgent('seed-a2', 'dev'));
+    await h.tasks.cancel(pending[1]!);
+    await h.tasks.cancel(running);
+    await h.tasks.fail(running, { kind: 'agent', id: a1.id }, 1, 'stopped on cancel');
+    await h.tasks.result(pending[1]!);
+    await h.tasks.result(running);
+    const moved = [
+      { state: 'cancelled', type: 'dev', mode: 'undecided', count: 2 },
+      { state: 'pending', type: 'dev', mode: 'undecided', count: 1 },
+      { state: 'running', type: 'dev', mode: 'http_pull', count: 1 },
+      { state: 'cancelled', type: 'reviewer', mode: 'http_pull', count: 1 },
+      { state: 'completed', type: 'reviewer', mode: 'http_pull', count: 1 },
+    ];
+    const stats = await waitFor(async () => {
+      const tasks = await statsOf(app);
+      return JSON.stringify(plain(tasks.by_state_type_mode)) === JSON.stringify(moved) ? tasks : undefined;
+    }, 'the stats to follow the tasks');
+    expect(stats.by_state).toEqual({ pending: 1, running: 1, completed: 1, failed: 0, cancelled: 3 });
+    expect(stats.total).toBe(6);
+    await waitFor(async () => (JSON.stringify(await visibilityRows(h)) === JSON.stringify(moved) ? true : undefined), 'visibility to agree');
+    await h.tasks.cancel(pending[0]!);
+    await h.tasks.fail(pending[0]!, { kind: 'agent', id: 'seed-a2' }, 1, 'stopped on cancel');
+    await h.tasks.cancel(pending[2]!);
+  });
+
+  it('counts follow tasks enqueued, claimed, completed, failed and cancelled, match visibility, and cost no visibility call', async () => {
+    const type = 'boss';
+    const holder = (id: string) => ({ kind: 'agent' as const, id });
+    const ids = [];
+    for (let i = 0; i < 6; i++) ids.push(await enqueue(app, { agent_type: type, kind: 'implement', repo: uniqueRepo(), number: i + 1, title: `b${i}`, prompt: 'p' }));
+    const [toComplete, toFail, toCancelRunning, toCancelPending, stayRunning] = ids;
+    for (const [taskId, who] of [
+      [toComplete, 'b1'],
+      [toFail, 'b2'],
+      [toCancelRunning, 'b3'],
+      [stayRunning, 'b4'],
+    ] as const) {
+      await h.tasks.claim(taskId!, pullAgent(who, type));
+    }
+    await h.tasks.complete(toComplete!, holder('b1'), 1, { outcome: 'success', summary: 'ok' });
+    await h.tasks.fail(toFail!, holder('b2'), 1, 'broke');
+    await h.tasks.cancel(toCancelRunning!);
+    await h.tasks.fail(toCancelRunning!, holder('b3'), 1, 'stopped on cancel'); // the agent stops: the task ends cancelled
+    await h.tasks.cancel(toCancelPending!);
+    for (const taskId of [toComplete, toFail, toCancelRunning, toCancelPending]) await h.tasks.result(taskId!);
+    const expected = [
+      { state: 'cancelled', type, mode: 'http_pull', count: 1 },
+      { state: 'cancelled', type, mode: 'undecided', count: 1 },
+      { state: 'completed', type, mode: 'http_pull', count: 1 },
+      { state: 'failed', type, mode: 'http_pull', count: 1 },
+      { state: 'pending', type, mode: 'undecided', count: 1 },
+      { state: 'running', type, mode: 'http_pull', count: 1 },
+    ];
+    const rows = await waitFor(async () => {
+      const got = ofTypes((await statsOf(app)).by_state_type_mode, [type]);
+      return JSON.stringify(got) === JSON.stringify(expected) ? got : undefined;
+    }, 'the stats to follow the tasks');
+    expect(rows).toEqual(expected);
+    await waitFor(async () => (JSON.stringify(await visibilityRows(h, [type])) === JSON.stringify(expected) ? true : undefined), 'visibility to agree');
+
+    // Once the tally runs, an answer is one query: no visibility call at all.
+    await new Promise((r) => setTimeout(r, 1_100)); // past the shared cache
+    const before = counting.visibilityCalls();
+    await statsOf(app);
+    expect(counting.visibilityCalls() - before).toBe(0);
+    await h.tasks.cancel(stayRunning!);
+    await h.tasks.cancel(ids[5]!);
+  });
+
+  it('a task that continues-as-new is counted once, before and after', async () => {
+    const type = uniqueType('tally');
+    const { taskId } = await h.tasks.start(input(type, { leaseMs: 30_000, maxHistoryEvents: 40 }));
+    const firstRun = (await h.client.workflow.getHandle(taskId).describe()).runId;
+    const grant = await h.tasks.claim(taskId, pullAgent('can-a1', type));
+    for (let i = 0; i < 30; i++) {
+      await h.tasks.heartbeat(taskId, { kind: 'agent', id: 'can-a1' }, grant.attempt);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const runs = await waitFor(async () => {
+      const { runId } = await h.client.workflow.getHandle(taskId).describe();
+      return runId !== firstRun ? runId : undefined;
+    }, 'a continue-as-new');
+    expect(runs).not.toBe(firstRun);
+    // The new run restated where the task is: a signal the tally takes as a repeat.
+    await waitFor(async () => {
+      const secondRun = await h.client.workflow.getHandle(taskId, runs).fetchHistory();
+      return secondRun.events?.some((e) => e.signalExternalWorkflowExecutionInitiatedEventAttributes?.signalName === 'taskTransition') ? true : undefined;
+    }, 'the new run to restate where the task is');
+    const running = await waitFor(async () => {
+      const rows = ofTypes((await statsOf(app)).by_state_type_mode, [type]);
+      return rows.length > 0 ? rows : undefined;
+    }, 'the running task in the stats');
+    expect(running).toEqual([{ state: 'running', type, mode: 'http_pull', count: 1 }]);
+    await h.tasks.complete(taskId, { kind: 'agent', id: 'can-a1' }, grant.attempt, { outcome: 'success', summary: 'after a continue-as-new' });
+    await h.tasks.result(taskId);
+    const done = await waitFor(async () => {
+      const rows = ofTypes((await statsOf(app)).by_state_type_mode, [type]);
+      return rows.length === 1 && rows[0]!.state === 'completed' ? rows : undefined;
+    }, 'the completed task in the stats');
+    expect(done).toEqual([{ state: 'completed', type, mode: 'http_pull', count: 1 }]);
+  });
+
+  it('a move signalled in the workflow task that continues-as-new is dropped by the server, and the next run mends it', async () => {
+    const type = uniqueType('tally');
+    const who = (n: number) => ({ kind: 'agent' as const, id: `drop-a${n}` });
+    const runningCount = async () => ofTypes((await statsOf(app)).by_state_type_mode, [type]).find((row) => row.state === 'running')?.count ?? 0;
+    /** Waits until the histories stop growing: their lengths then. */
+    const settle = async (taskIds: string[]) => {
+      let lengths = '';
+      return waitFor(async () => {
+        await new Promise((r) => setTimeout(r, 300));
+        const now = await Promise.all(taskIds.map(async (id) => (await h.client.workflow.getHandle(id).fetchHistory()).events?.length ?? 0));
+        const settled = JSON.stringify(now) === lengths ? now : undefined;
+        lengths = JSON.stringify(now);
+        return settled;
+      }, 'settled histories');
+    };
+    // A probe measures how long the history of a claimed task is once all is delivered...
+    const probe = (await h.tasks.start(input(type))).taskId;
+    await h.tasks.claim(probe, pullAgent(who(0).id, type));
+    await waitFor(async () => ((await runningCount()) === 1 ? true : undefined), 'the running probe');
+    const [length] = await settle([probe]);
+    await h.tasks.release(probe, who(0), 1);
+    await h.tasks.cancel(probe);
+    // ...so that tasks whose history is full about when their holder gives them back can be made:
+    // for some, the release (running → pending), its signal and the continue-as-new share one
+    // workflow task. (How long a history is varies by a few events with timing: several tries.)
+    const limits = Array.from({ length: 8 }, (_, i) => length! - 3 + i);
+    const taskIds = await Promise.all(limits.map(async (limit) => (await h.tasks.start(input(type, { maxHistoryEvents: limit }))).taskId));
+    const firstRuns = await Promise.all(taskIds.map(async (id) => (await h.client.workflow.getHandle(id).describe()).runId));
+    await Promise.all(taskIds.map((id, n) => h.tasks.claim(id, pullAgent(who(n + 1).id, type))));
+    await waitFor(async () => ((await runningCount()) === taskIds.length ? true : undefined), 'the running tasks');
+    await settle(taskIds);
+    await Promise.all(taskIds.map(async (id, n) => h.tasks.release(id, who(n + 1), (await h.tasks.status(id)).attempt)));
+    const rows = await waitFor(async () => {
+      const got = ofTypes((await statsOf(app)).by_state_type_mode, [type]);
+      return got.find((row) => row.state === 'pending')?.count === taskIds.length ? got : undefined;
+    }, 'the tally to see the tasks pending');
+    // Given back, a task waits for any instance again: pending/undecided.
+    expect(rows).toEqual([
+      { state: 'cancelled', type, mode: 'undecided', count: 1 },
+      { state: 'pending', type, mode: 'undecided', count: taskIds.length },
+    ]);
+    await waitFor(async () => (JSON.stringify(await visibilityRows(h, [type])) === JSON.stringify(rows) ? true : undefined), 'visibility to agree');
+    // The case this is about happened: a first run that ended right after a signal never delivered.
+    const dropped = await Promise.all(
+      taskIds.map(async (id, n) => {
+        const events = (await h.client.workflow.getHandle(id, firstRuns[n]).fetchHistory()).events ?? [];
+        if (!events.at(-1)?.workflowExecutionContinuedAsNewEventAttributes) return false;
+        const lastSignal = events.map((e) => !!e.signalExternalWorkflowExecutionInitiatedEventAttributes).lastIndexOf(true);
+        return lastSignal > 0 && !events.slice(lastSignal).some((e) => e.externalWorkflowExecutionSignaledEventAttributes || e.signalExternalWorkflowExecutionFailedEventAttributes);
+      }),
+    );
+    expect(dropped.filter(Boolean).length).toBeGreaterThan(0);
+    for (const id of taskIds) await h.tasks.cancel(id);
+  });
+
+  it('with no worker to answer for the tally, the stats count from visibility, and say so in the log', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk, _encoding, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    });
+    // A harness of its own: stopping its only worker leaves the tally without one.
+    const lone = await startHarness();
+    try {
+      const worker: Worker = await lone.startWorker();
+      const loneApp = await lone.app({ logger: pino({ level: 'info' }, sink) });
+      const type = 'dev';
+      await lone.tasks.start(input(type));
+      await waitFor(async () => ((await visibilityRows(lone)).length === 1 ? true : undefined), 'the task in visibility');
+      expect(ofTypes((await statsOf(loneApp)).by_state_type_mode, [type])).toEqual([{ state: 'pending', type, mode: 'undecided', count: 1 }]);
+      expect(lines.some((line) => line.includes('started the task tally'))).toBe(true);
+      worker.shutdown();
+      await waitFor(() => (worker.getState() === 'STOPPED' ? true : undefined), 'the worker to stop');
+      await new Promise((r) => setTimeout(r, 1_100)); // past the shared cache
+      expect(ofTypes((await statsOf(loneApp)).by_state_type_mode, [type])).toEqual([{ state: 'pending', type, mode: 'undecided', count: 1 }]);
+      expect(lines.some((line) => line.includes('task tally unavailable: counting tasks from visibility'))).toBe(true);
+    } finally {
+      await lone.close();
+    }
+  });
+});
+
+// Figures, not a test: DROVER_TALLY_BENCH=1 npx vitest run test/task-tally.test.ts -t 'stats latency'
+// ~200 tasks in all states, on the shared dev server (visibility limit raised to 100 calls/s) and on
+// a dev server of its own with a production namespace's visibility limit (10 calls/s).
+describe.runIf(process.env.DROVER_TALLY_BENCH)('stats latency, before (visibility) and after (the tally)', () => {
+  const TASKS = Number(process.env.DROVER_TALLY_BENCH_TASKS ?? 200);
+  const summary = (ms: number[]) => {
+    const sorted = [...ms].sort((a, b) => a - b);
+    return { n: sorted.length, p50: Math.round(sorted[Math.floor(sorted.length / 2)]!), max: Math.round(sorted.at(-1)!) };
+  };
+
+  async function measure(address: string, label: string): Promise<void> {
+    const namespace = 'default';
+    const config = testConfig(namespace, { temporal: { address, namespace } });
+    const counting = await countingClient(namespace, address);
+    const nativeConnection = await NativeConnection.connect({ address });
+    const worker = await createTaskWorker({ connection: nativeConnection, namespace, workflowBundle: { codePath: inject('workflowBundlePath') } });
+    const running = worker.run();
+    const app = await buildApp({ config, client: counting.client, tasks: counting.tasks, logger: false });
+    try {
+      // A fresh tally for this run (the shared server's default namespace may have one from before).
+      await counting.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID).terminate('bench').catch(() => undefined);
+      const types = config.types;
+      const started: string[] = [];
+      const run = `${Date.now()}`;
+      await Promise.all(
+        Array.from({ length: 16 }, async (_, lane) => {
+          for (let i = lane; i < TASKS; i += 16) {
+            const type = types[i % types.length]!;
+            started.push((await counting.tasks.start({ ...input(type), repo: `bench/tally-${run}`, number: i + 1 })).taskId);
+          }
+        }),
+      );
+      const agentOf = (i: number) => ({ kind: 'agent' as const, id: `bench-${i}` });
+      await Promise.all(
+        started.map(async (taskId, i) => {
+          const part = i % 10; // 4/10 stay pending, 1/10 running, 2/10 completed, 1/10 failed, 2/10 cancelled
+          if (part < 4) return;
+          if (part >= 8) return void (await counting.tasks.cancel(taskId));
+          const type = taskId.split(':').at(-1)!;
+          const grant = await counting.tasks.claim(taskId, { ...agentOf(i), types: [type] });
+          if (part === 5 || part === 6) await counting.tasks.complete(taskId, agentOf(i), grant.attempt, { outcome: 'success', summary: 'ok' });
+          if (part === 7) await counting.tasks.fail(taskId, agentOf(i), grant.attempt, 'no');
+        }),
+      );
+      await new Promise((r) => setTimeout(r, 2_000));
+
+      // Before: the task counts of every answer came from visibility.
+      const before: number[] = [];
+      const beforeCalls: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        const calls = counting.visibilityCalls();
+        const t0 = performance.now();
+        await countTasksFromVisibility(counting.tasks, types);
+        before.push(performance.now() - t0);
+        beforeCalls.push(counting.visibilityCalls() - calls);
+      }
+      // The first answer finds no tally: it counts from visibility and seeds one.
+      let calls = counting.visibilityCalls();
+      let t0 = performance.now();
+      const first = await statsOf(app);
+      const seeding = { ms: Math.round(performance.now() - t0), visibilityCalls: counting.visibilityCalls() - calls };
+      // After: every answer is one query of the tally.
+      const after: number[] = [];
+      const afterCalls: number[] = [];
+      let last = first;
+      for (let i = 0; i < 10; i++) {
+        await new Promise((r) => setTimeout(r, 1_100)); // past the shared cache
+        calls = counting.visibilityCalls();
+        t0 = performance.now();
+        last = await statsOf(app);
+        after.push(performance.now() - t0);
+        afterCalls.push(counting.visibilityCalls() - calls);
+      }
+      const visibility = new TaskTallyBook(await countTasksFromVisibility(counting.tasks, types)).counts();
+      console.log(
+        JSON.stringify({
+          label,
+          tasks: last.total,
+          by_state: last.by_state,
+          agrees_with_visibility: JSON.stringify(plain(last.by_state_type_mode)) === JSON.stringify(plain(visibility.sort((a, b) => a.type.localeCompare(b.type) || a.state.localeCompare(b.state) || a.mode.localeCompare(b.mode)))),
+          before_visibility_counts_ms: summary(before),
+          before_visibility_calls_per_answer: beforeCalls,
+          first_answer_seeding: seeding,
+          after_stats_answer_ms: summary(after),
+          after_visibility_calls_per_answer: afterCalls,
+        }),
+      );
+      expect(afterCalls.every((n) => n === 0)).toBe(true);
+      await Promise.all(started.map((taskId) => counting.tasks.cancel(taskId).catch(() => undefined)));
+    } finally {
+      await app.close();
+      worker.shutdown();
+      await running.catch(() => undefined);
+      await nativeConnection.close();
+      await counting.close();
+    }
+  }
+
+  it('on the shared dev server (100 visibility calls/s)', async () => {
+    await measure(inject('temporalAddress'), 'dev server, visibility 100/s');
+  }, 600_000);
+
+  it('on a dev server with a production namespace’s visibility limit (10 calls/s)', async () => {
+    const cli = ensureTemporalCli();
+    const env = await TestWorkflowEnvironment.createLocal({
+      server: {
+        executable: cli ? { type: 'existing-path', path: cli } : { type: 'cached-download' },
+        searchAttributes: Object.values(SA),
+        extraArgs: ['--log-level', 'error', '--dynamic-config-value', 'frontend.namespaceRPS.visibility=10'],
+      },
+    });
+    try {
+      await measure(env.address, 'dev server, visibility 10/s (production default)');
+    } finally {
+      await env.teardown();
+    }
+  }, 600_000);
+});
