@@ -2,6 +2,7 @@
 import type { Client } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
 import type { TaskClient } from '../src/task-client';
+import type { Summary } from './stats';
 
 export interface BenchContext {
   address: string;
@@ -13,5 +14,9 @@ export interface BenchContext {
   metricsUrl: string;
   /** Trivial workflows started and completed per second on this server, measured first. */
   trivialPerSecond: number;
+  /** A trivial workflow's round trip (start → result, one at a time) on this server, measured first. */
+  trivialRoundTrip: Summary;
+  /** Measures that round trip again now (`samples` workflows, one at a time), to set beside a figure. */
+  measureTrivialRoundTrip(samples?: number): Promise<Summary>;
   log(line: string): void;
 }

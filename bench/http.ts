@@ -1,13 +1,15 @@
 // The HTTP face's benchmark, called by bench/run.ts: a signed Forgejo webhook received → a
 // waiting pull agent's dequeue returns it, with K agents long-polling over real HTTP.
 //   1. latency, one task at a time, agents on the API process that received the webhook
-//      (the local wake-up path);
-//   2. the same with the agents on a second API process (the shared visibility watcher's path);
+//      (its offer is matched to that same process's poll);
+//   2. the same with the agents on a second API process (Temporal's task-queue matching: the
+//      task's offer reaches the process where its agent waits, src/api/pull-matcher.ts);
 //   3. throughput: webhook → dequeue → complete for many tasks sent concurrently.
 //   BENCH_TASKS (default 200), BENCH_AGENTS (default 8)
 import type { AddressInfo } from 'node:net';
 import { buildApp } from '../src/api/app';
 import { parseConfig } from '../src/config';
+import { taskId as makeTaskId } from '../src/names';
 import { forgejoRequest, issueAssigned } from '../test/support/forgejo-fixtures';
 import type { BenchContext } from './context';
 import { pool, round, summarize } from './stats';
@@ -27,7 +29,7 @@ export async function benchHttp(ctx: BenchContext): Promise<Record<string, unkno
   const config = parseConfig(
     {
       temporal: { address: ctx.address, namespace: 'default' },
-      api: { adminToken: 'bench-admin-token', maxDequeueWait: '60s', dequeuePollInterval: '250ms' },
+      api: { adminToken: 'bench-admin-token', maxDequeueWait: '60s' },
       webhook: { secret: SECRET, mergeType: type },
       types: [type],
       logins: { 'bench-dev': type },
@@ -85,7 +87,7 @@ export async function benchHttp(ctx: BenchContext): Promise<Record<string, unkno
   async function deliver(target: string): Promise<string> {
     number += 1;
     const { body, headers } = forgejoRequest(issueAssigned(repo, number, ['bench-dev']), SECRET);
-    const taskId = `implement:${repo.replace('/', ':')}:${number}`;
+    const taskId = makeTaskId('implement', repo, number, type);
     const finished = new Promise<void>((resolve) => waiters.set(taskId, resolve));
     sentAt.set(taskId, performance.now());
     const res = await fetch(`${target}/api/v1/webhooks/forgejo`, { method: 'POST', headers, body });
@@ -117,7 +119,7 @@ export async function benchHttp(ctx: BenchContext): Promise<Record<string, unkno
       await allWaiting(receiverUrl);
       local.push(await deliver(receiverUrl));
     }
-    ctx.log(`http: local wake-up path done (${TASKS} tasks)`);
+    ctx.log(`http: same-process path done (${TASKS} tasks)`);
 
     // 2. One at a time, agents waiting on another API process.
     await switchTo(otherUrl);
@@ -147,10 +149,12 @@ export async function benchHttp(ctx: BenchContext): Promise<Record<string, unkno
 
     return {
       agents: AGENTS,
-      'webhook → dequeue ms, agents on the receiving API (local wake-up)': summarize(latencies(local)),
-      'webhook → dequeue ms, agents on another API process (visibility watcher, 250 ms poll)': summarize(latencies(cross)),
+      'webhook → dequeue ms, agents on the receiving API process': summarize(latencies(local)),
+      'webhook → dequeue ms, agents on another API process (task-queue matching)': summarize(latencies(cross)),
       'tasks/s end to end (webhook → dequeue → complete, 16 senders)': round(perSecond),
       'webhook → dequeue ms under that load': summarize(latencies(burst)),
+      'trivial workflow round trip ms (same server, one at a time, at start of run)': ctx.trivialRoundTrip,
+      'ratio cross-process p99 / round trip p99 (target ≤ 2)': round(summarize(latencies(cross)).p99 / ctx.trivialRoundTrip.p99, 2),
       'trivial workflows/s (same server)': round(ctx.trivialPerSecond),
       'ratio http/trivial': round(perSecond / ctx.trivialPerSecond, 2),
     };

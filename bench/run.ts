@@ -1,7 +1,9 @@
 // `npm run bench`: Drover's figures beside the engine's own limit, measured in one run on one
 // embedded dev server. Not a test: these machines are shared, so read ratios, not absolutes.
 //   BENCH_TASKS (default 200), BENCH_CLAIMANTS (default 8), BENCH_BASELINE_CONCURRENCY (default 32),
-//   BENCH_ONLY=core,http,ssh,workspace,reconnect (BENCH_WORKSPACE_RUNS, default 20; BENCH_OUTAGE_MS, default 30000)
+//   BENCH_ROUND_TRIPS (default 50: the trivial workflow's round trip, one at a time),
+//   BENCH_ONLY=core,http,pull,ssh,workspace,reconnect (BENCH_WORKSPACE_RUNS, default 20; BENCH_OUTAGE_MS, default 30000;
+//   pull: BENCH_BACKLOGS, default 0,1000,10000, and the settings in bench/pull.ts)
 import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -12,15 +14,18 @@ import { TASKS_QUEUE } from '../src/names';
 import { TaskClient } from '../src/task-client';
 import { createReportActivities } from '../src/activities/report';
 import type { BenchContext } from './context';
-import { pool, round, summarize } from './stats';
+import { pool, round, summarize, type Summary } from './stats';
 
 const TASKS = Number(process.env.BENCH_TASKS ?? 200);
 const CLAIMANTS = Number(process.env.BENCH_CLAIMANTS ?? 8);
 /** The engine's limit is a throughput at saturation: start and complete trivial workflows this many at a time. */
 const BASELINE_CONCURRENCY = Number(process.env.BENCH_BASELINE_CONCURRENCY ?? 32);
-const ONLY = new Set((process.env.BENCH_ONLY ?? 'core,http,ssh,workspace,reconnect').split(','));
+const ROUND_TRIPS = Number(process.env.BENCH_ROUND_TRIPS ?? 50);
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'core,http,pull,ssh,workspace,reconnect').split(','));
 
-async function trivialBaseline(ctx: Omit<BenchContext, 'trivialPerSecond'>): Promise<number> {
+type BaseContext = Omit<BenchContext, 'trivialPerSecond' | 'trivialRoundTrip'>;
+
+async function trivialBaseline(ctx: BaseContext): Promise<number> {
   const ids = Array.from({ length: TASKS }, (_, i) => `bench-trivial-${Date.now()}-${i}`);
   const started = performance.now();
   await pool(ids, BASELINE_CONCURRENCY, async (workflowId) => {
@@ -28,6 +33,17 @@ async function trivialBaseline(ctx: Omit<BenchContext, 'trivialPerSecond'>): Pro
   });
   const seconds = (performance.now() - started) / 1000;
   return TASKS / seconds;
+}
+
+/** The engine's latency on this server: trivial workflows started and awaited one at a time. */
+async function trivialRoundTrip(client: BenchContext['client'], samples = ROUND_TRIPS): Promise<Summary> {
+  const times: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const t0 = performance.now();
+    await client.workflow.execute('trivialWorkflow', { taskQueue: TASKS_QUEUE, workflowId: `bench-round-trip-${Date.now()}-${i}` });
+    times.push(performance.now() - t0);
+  }
+  return summarize(times);
 }
 
 /** Start → claimed → completed with N concurrent claimants (claims are the workflow's Updates). */
@@ -115,18 +131,30 @@ async function main(): Promise<void> {
   });
   const running = worker.run();
   try {
-    const base = { address: env.address, metricsUrl: `http://127.0.0.1:${metricsPort}/metrics`, client: env.client, tasks: new TaskClient(env.client), nativeConnection: env.nativeConnection, workflowBundle, log };
+    const base: BaseContext = {
+      address: env.address,
+      metricsUrl: `http://127.0.0.1:${metricsPort}/metrics`,
+      client: env.client,
+      tasks: new TaskClient(env.client),
+      nativeConnection: env.nativeConnection,
+      workflowBundle,
+      measureTrivialRoundTrip: (samples) => trivialRoundTrip(env.client, samples),
+      log,
+    };
     // Warm up the worker's workflow cache and the server's queues before measuring anything.
     await pool(Array.from({ length: 20 }, (_, i) => i), 4, async (i) => {
       await env.client.workflow.execute('trivialWorkflow', { taskQueue: TASKS_QUEUE, workflowId: `bench-warmup-${Date.now()}-${i}` });
     });
     const trivialPerSecond = await trivialBaseline(base);
-    const ctx: BenchContext = { ...base, trivialPerSecond };
+    const roundTrip = await trivialRoundTrip(env.client);
+    const ctx: BenchContext = { ...base, trivialPerSecond, trivialRoundTrip: roundTrip };
     log(`engine baseline: ${round(trivialPerSecond)} trivial workflows/s (${TASKS} workflows, ${BASELINE_CONCURRENCY} at a time)`);
+    log(`engine round trip: p50 ${roundTrip.p50} ms, p99 ${roundTrip.p99} ms (${roundTrip.n} trivial workflows, one at a time)`);
     const report: Record<string, unknown> = {};
     if (ONLY.has('core')) report.core = await coreThroughput(ctx);
     for (const [name, file, fn] of [
       ['http', './http.ts', 'benchHttp'],
+      ['pull', './pull.ts', 'benchPull'],
       ['ssh', './ssh.ts', 'benchSsh'],
       ['workspace', './workspace.ts', 'benchWorkspace'],
       ['reconnect', './reconnect.ts', 'benchReconnect'],

@@ -22,6 +22,7 @@ const STAYER = agent('stayer-1', ['stale']);
 const DROPPER = agent('dropper-1', ['drop']);
 const CATCHER = agent('catcher-1', ['drop']);
 const RESCUER = agent('rescuer-1', ['confirm']);
+const PATIENT = agent('patient-1', ['slow']);
 
 let h: Harness;
 let one: FastifyInstance;
@@ -29,8 +30,8 @@ let two: FastifyInstance;
 
 beforeAll(async () => {
   h = await startHarness({
-    types: ['dev', 'reviewer', 'boss', 'fifo', 'prio', 'fair', 'wake', 'reserve', 'stale', 'drop', 'confirm'],
-    agents: [FIFO, PRIO, FAIR, WAKE, CHOSEN, OTHER, LEAVER, STAYER, DROPPER, CATCHER, RESCUER].map((a) => a.config),
+    types: ['dev', 'reviewer', 'boss', 'fifo', 'prio', 'fair', 'wake', 'reserve', 'stale', 'drop', 'confirm', 'slow'],
+    agents: [FIFO, PRIO, FAIR, WAKE, CHOSEN, OTHER, LEAVER, STAYER, DROPPER, CATCHER, RESCUER, PATIENT].map((a) => a.config),
   });
   await h.startWorker();
   one = await h.app();
@@ -203,5 +204,17 @@ describe('across API processes', () => {
     const status = await h.tasks.status(taskId);
     expect(status.attempts[0]).toMatchObject({ holder: { id: 'ghost-1' }, end: 'lease_lapsed' });
     expect(status.attempts[0]!.reason).toMatch(/never confirmed its claim/);
+  });
+
+  test('a wait ends on time even while its claim is slow to be answered: the task, once won, goes back and comes with the next poll', async () => {
+    const slow = await h.app({ afterClaim: () => new Promise((r) => setTimeout(r, 4_000)) }); // a workflow slow to answer
+    const polling = dequeue(slow, PATIENT, 2);
+    await waitFor(async () => ((await metric(slow, 'drover_dequeue_waiting')) >= 1 ? true : undefined), 'the agent waiting');
+    const taskId = await enqueue(one, { agent_type: 'slow', title: 'slow claim', prompt: 'p' });
+    expect((await polling).statusCode).toBe(204); // its own wait, not the claim's
+    const again = await dequeue(two, PATIENT, 20);
+    expect(again.statusCode).toBe(200);
+    expect(again.json()).toMatchObject({ task_id: taskId, attempt: 2 });
+    expect((await h.tasks.status(taskId)).attempts[0]).toMatchObject({ holder: { id: PATIENT.id }, end: 'released' });
   });
 });

@@ -56,6 +56,8 @@ export interface PullMatcherOptions {
 interface Waiter {
   agent: PullAgent;
   queues: string[];
+  /** When the agent's wait ends (epoch ms). */
+  deadline: number;
   state: 'waiting' | 'claiming' | 'done';
   /** The agent's connection closed while its claim was on its way: the task goes back. */
   abandoned: boolean;
@@ -101,9 +103,11 @@ export class PullMatcher {
     if (signal?.aborted) return Promise.resolve({ kind: 'aborted' });
     return new Promise<WaitOutcome>((resolve) => {
       const queues = [agentPullQueue(agent.id), ...agent.types.map(pullQueue)];
+      const waitFor = Math.max(waitMs, this.options.minWaitMs ?? 1_000);
       const waiter: Waiter = {
         agent,
         queues,
+        deadline: Date.now() + waitFor,
         state: 'waiting',
         abandoned: false,
         resolve: (outcome) => {
@@ -114,9 +118,12 @@ export class PullMatcher {
           resolve(outcome);
         },
       };
+      // The wait ends on time even while a claim for the agent is on its way (a task workflow slow
+      // to answer under load): the claim, if it wins, then gives the task back.
       const timer = setTimeout(() => {
-        if (waiter.state === 'waiting') waiter.resolve({ kind: 'timeout' });
-      }, Math.max(waitMs, this.options.minWaitMs ?? 1_000));
+        if (waiter.state === 'claiming') waiter.abandoned = true;
+        waiter.resolve({ kind: 'timeout' });
+      }, waitFor);
       signal?.addEventListener(
         'abort',
         () => {
@@ -354,6 +361,7 @@ export class PullMatcher {
       if (waiter.state === 'claiming') {
         if (waiter.abandoned) waiter.resolve({ kind: 'aborted' });
         else if (this.closed) waiter.resolve({ kind: 'shutdown' });
+        else if (Date.now() >= waiter.deadline) waiter.resolve({ kind: 'timeout' });
         else {
           waiter.state = 'waiting';
           this.wakeReservations();
