@@ -7,7 +7,14 @@ import { Command, Option } from 'commander';
 import { ConfigError, loadConfig } from './config';
 import { startDevServer } from './dev-server';
 import { createLogger } from './log';
-import { connectClient, connectNative, registerSearchAttributes, SearchAttributesFullError } from './temporal-connection';
+import {
+  connectClient,
+  connectNative,
+  installTemporalRuntimeLog,
+  registerSearchAttributes,
+  routeTemporalRuntimeLog,
+  SearchAttributesFullError,
+} from './temporal-connection';
 import { ensureTemporalCli } from './temporal-cli';
 import { startWorkers } from './workers/main';
 import { buildApp } from './api/app';
@@ -52,13 +59,15 @@ program
   .action(async (opts: { config?: string }) => {
     const config = loadConfig(opts.config);
     const log = createLogger(config.log.level);
-    const { client, connection } = await connectClient(config.temporal);
+    routeTemporalRuntimeLog(log); // the SDK's and its core's logs, from the first NativeConnection on
+    const { client, connection, temporalHealth } = await connectClient(config.temporal, { log });
     const native = await connectNative(config.temporal);
     const workers = await startWorkers({ config, client, connection: native, log });
     const signal = await Promise.race([untilSignal(), workers.done.then(() => undefined)]);
     if (signal) log.info({ signal }, 'shutting down');
     await workers.shutdown();
     await native.close();
+    temporalHealth.stop();
     await connection.close();
   });
 
@@ -69,13 +78,15 @@ program
   .action(async (opts: { config?: string }) => {
     const config = loadConfig(opts.config);
     const log = createLogger(config.log.level);
-    const { client, connection } = await connectClient(config.temporal);
-    const app = await buildApp({ config, client, logger: log });
+    routeTemporalRuntimeLog(log); // the pull queues' workers' logs, once an agent waits
+    const { client, connection, temporalHealth } = await connectClient(config.temporal, { log });
+    const app = await buildApp({ config, client, logger: log, temporalHealth });
     const address = await app.listen({ host: config.api.host, port: config.api.port });
     log.info({ address, docs: `${address}/docs`, temporal: config.temporal.address }, 'drover api listening');
     const signal = await untilSignal();
     log.info({ signal }, 'shutting down');
     await app.close();
+    temporalHealth.stop();
     await connection.close();
   });
 
@@ -91,13 +102,16 @@ program
     // The Web UI on the host people reach the API by (api.publicUrl), not a host of its own.
     config.api.temporalUiUrl ??= `${new URL(config.api.publicUrl).protocol}//${new URL(config.api.publicUrl).hostname}:${opts.uiPort}`;
     const log = createLogger(config.log.level);
+    installTemporalRuntimeLog(log); // before the dev server, which starts the SDK's Runtime
     mkdirSync(resolve(opts.db, '..'), { recursive: true });
     log.info('starting the Temporal dev server (the first run builds the Temporal CLI: a few minutes)');
     const env = await startDevServer({ dbFilename: opts.db, port: Number(opts.temporalPort), uiPort: Number(opts.uiPort) });
     config.temporal.address = env.address;
+    // A client of our own (not the dev server's): its calls feed the observer behind /readyz and /metrics.
+    const { client, connection, temporalHealth } = await connectClient(config.temporal, { log });
     const native = await connectNative(config.temporal);
-    const workers = await startWorkers({ config, client: env.client, connection: native, log });
-    const app = await buildApp({ config, client: env.client, logger: log });
+    const workers = await startWorkers({ config, client, connection: native, log });
+    const app = await buildApp({ config, client, logger: log, temporalHealth });
     const api = await app.listen({ host: config.api.host, port: config.api.port });
     console.log(
       `drover dev: API ${api} · OpenAPI UI ${api}/docs · Temporal ${env.address} · Web UI http://localhost:${opts.uiPort} · database ${opts.db}`,
@@ -106,6 +120,8 @@ program
     await app.close();
     await workers.shutdown();
     await native.close();
+    temporalHealth.stop();
+    await connection.close();
     await env.teardown();
   });
 

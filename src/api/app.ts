@@ -32,6 +32,7 @@ import { tasksAdminPlugin } from './tasks-admin';
 import { tasksAgentsPlugin } from './tasks-agents';
 import { tasksCoordinatorPlugin } from './tasks-coordinator';
 import { webhooksPlugin } from './webhooks';
+import { TemporalCallObserver } from '../temporal-health';
 
 export interface AppDeps {
   config: DroverConfig;
@@ -53,6 +54,8 @@ export interface AppDeps {
   afterClaim?: (grant: ClaimGrant, agent: PullAgent) => Promise<void>;
   /** The pull queues' worker connection (default: to config.temporal). */
   connectWorker?: () => Promise<NativeConnection>;
+  /** What `client`'s calls meet (connectClient's observer); default: one that knows nothing. */
+  temporalHealth?: TemporalCallObserver;
 }
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
@@ -98,6 +101,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const costs = new CostLedgerReader(client);
   const metrics = new ApiMetrics(tasks, costs);
   metrics.install(app);
+  const temporalHealth = deps.temporalHealth ?? new TemporalCallObserver();
+  metrics.observeTemporal(temporalHealth);
   const directory = new AgentDirectory({ config, client, log: app.log, workflowId: deps.registryWorkflowId });
   const pull = new PullMatcher({
     connect: deps.connectWorker ?? (() => connectNative(config.temporal)),
@@ -125,6 +130,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
     // Presence that worker processes publish to the host registry (src/host-presence.ts).
     hostPresence: deps.hostPresence ?? createHostPresence(client),
+    temporalHealth,
   };
 
   await app.register(swagger, {

@@ -1,14 +1,22 @@
 // Prometheus metrics of one API process (its own registry, so that several apps can live in one
-// process, as in tests): requests, dequeue waits, claims won and lost, webhooks, tasks by state.
+// process, as in tests): requests, dequeue waits, claims won and lost, webhooks, tasks by state,
+// and what the Temporal client met (throttling, outages).
 import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { TASK_STATES } from '../model';
 import type { CostLedgerReader } from '../costs';
 import type { TaskClient } from '../task-client';
+import type { TemporalCallObserver } from '../temporal-health';
 import type { PullMetrics } from './pull-matcher';
 
 /** How long the task counts of one scrape serve the next ones. */
 export const TASK_COUNTS_TTL_MS = 5_000;
+/**
+ * Longest a scrape waits for Temporal (task counts, the cost ledger). The client retries a call to
+ * an unreachable or throttling server for up to about 20 s, and Prometheus gives up on a scrape
+ * after 10: the whole scrape, drover_temporal_reachable with it, would be lost.
+ */
+export const SCRAPE_TEMPORAL_WAIT_MS = 3_000;
 
 export class ApiMetrics {
   readonly registry = new Registry();
@@ -55,22 +63,27 @@ export class ApiMetrics {
     registers: [this.registry],
   });
 
+  private temporal: TemporalCallObserver | undefined;
+
   constructor(tasks: TaskClient, costs?: CostLedgerReader) {
     collectDefaultMetrics({ register: this.registry, prefix: 'drover_' });
     if (costs) this.costMetrics(costs);
     // /metrics is open: however often it is scraped, Temporal is asked at most once per TTL.
     let counted: { at: number; counts: Promise<Array<PromiseSettledResult<number>>> } | undefined;
+    const scrape = this.scrapeRead.bind(this);
     new Gauge({
       name: 'drover_tasks',
       help: `Tasks by state, from Temporal visibility (read at scrape time, at most every ${TASK_COUNTS_TTL_MS / 1000} s)`,
       labelNames: ['state'] as const,
       registers: [this.registry],
       async collect() {
-        if (!counted || Date.now() - counted.at >= TASK_COUNTS_TTL_MS) {
-          counted = { at: Date.now(), counts: Promise.allSettled(TASK_STATES.map((state) => tasks.count({ state }))) };
-        }
-        const counts = await counted.counts;
-        counts.forEach((result, i) => {
+        const counts = await scrape(() => {
+          if (!counted || Date.now() - counted.at >= TASK_COUNTS_TTL_MS) {
+            counted = { at: Date.now(), counts: Promise.allSettled(TASK_STATES.map((state) => tasks.count({ state }))) };
+          }
+          return counted.counts;
+        });
+        counts?.forEach((result, i) => {
           if (result.status === 'fulfilled') this.set({ state: TASK_STATES[i]! }, result.value);
         });
       },
@@ -82,13 +95,14 @@ export class ApiMetrics {
    * values are the ledger's (every API process shows the same; they never go down).
    */
   private costMetrics(costs: CostLedgerReader): void {
+    const scrape = this.scrapeRead.bind(this);
     new Counter({
       name: 'drover_agent_cost_usd_total',
       help: 'What agent runs cost (USD), as their CLIs reported it, by agent type, repository and provider',
       labelNames: ['type', 'repo', 'provider'] as const,
       registers: [this.registry],
       async collect() {
-        const sums = await costs.read().catch(() => undefined);
+        const sums = await scrape(() => costs.read());
         if (!sums) return;
         this.reset();
         for (const row of Object.values(sums.allTime)) this.inc({ type: row.agentType, repo: row.repo, provider: row.provider }, row.costUsd);
@@ -100,7 +114,7 @@ export class ApiMetrics {
       labelNames: ['type', 'repo', 'provider', 'kind'] as const,
       registers: [this.registry],
       async collect() {
-        const sums = await costs.read().catch(() => undefined);
+        const sums = await scrape(() => costs.read());
         if (!sums) return;
         this.reset();
         for (const row of Object.values(sums.allTime)) {
@@ -112,6 +126,70 @@ export class ApiMetrics {
         }
       },
     });
+  }
+
+  /**
+   * What the API's Temporal client met (src/temporal-health.ts), read at scrape time: throttled and
+   * unavailable calls by method (each retry attempt counts), whether Temporal is reachable, and how
+   * often it came back after an outage.
+   */
+  observeTemporal(observer: TemporalCallObserver): void {
+    this.temporal = observer;
+    const byMethod = (name: string, help: string, read: () => ReadonlyMap<string, number>) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ['method'] as const,
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const [method, count] of read()) this.inc({ method }, count);
+        },
+      });
+    byMethod(
+      'drover_temporal_throttled_total',
+      'Calls to Temporal refused with RESOURCE_EXHAUSTED (a rate limit), by gRPC method; the client retries them',
+      () => observer.throttledByMethod(),
+    );
+    byMethod(
+      'drover_temporal_unavailable_total',
+      'Calls to Temporal that found it unavailable (UNAVAILABLE, no connection), by gRPC method',
+      () => observer.unavailableByMethod(),
+    );
+    new Gauge({
+      name: 'drover_temporal_reachable',
+      help: "1 while Temporal answers this process's calls, 0 while they find it unreachable (until one is answered again)",
+      registers: [this.registry],
+      collect() {
+        this.set(observer.state().status === 'unreachable' ? 0 : 1);
+      },
+    });
+    new Counter({
+      name: 'drover_temporal_reconnects_total',
+      help: 'Times Temporal became reachable again after being unreachable',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(observer.reconnects);
+      },
+    });
+  }
+
+  /**
+   * A read from Temporal for a scrape: none while Temporal is known to be unreachable, and none
+   * past SCRAPE_TEMPORAL_WAIT_MS (the metric keeps its previous values; the read goes on, cached).
+   */
+  private async scrapeRead<T>(read: () => Promise<T>): Promise<T | undefined> {
+    if (this.temporal?.state().status === 'unreachable') return undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), SCRAPE_TEMPORAL_WAIT_MS);
+    });
+    try {
+      return await Promise.race([read().catch(() => undefined), late]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   pull(): PullMetrics {
