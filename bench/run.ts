@@ -5,10 +5,10 @@
 //   BENCH_ONLY=core,http,pull,ssh,workspace,reconnect (BENCH_WORKSPACE_RUNS, default 20; BENCH_OUTAGE_MS, default 30000;
 //   pull: BENCH_BACKLOGS, default 0,1000,10000, and the settings in bench/pull.ts)
 import { existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Runtime, Worker, bundleWorkflowCode } from '@temporalio/worker';
 import { startDevServer } from '../src/dev-server';
+import { freePort } from '../test/support/process';
 import type { Claimant } from '../src/model';
 import { TASKS_QUEUE } from '../src/names';
 import { TaskClient } from '../src/task-client';
@@ -100,17 +100,6 @@ async function coreThroughput(ctx: BenchContext): Promise<Record<string, unknown
     'trivial workflows/s, measured again right after': round(trivialAfter),
     'ratio drover/trivial (against the mean of the two)': round(perSecond / ((ctx.trivialPerSecond + trivialAfter) / 2), 2),
   };
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (address && typeof address === 'object' ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 async function main(): Promise<void> {

@@ -13,6 +13,8 @@ export interface DevServerOptions {
   namespace?: string;
   /** Port of the server's Prometheus `/metrics` (persistence requests and the like); none when omitted. */
   metricsPort?: number;
+  /** More dynamic config, over Drover's own (a test's visibility rate limit, say). */
+  dynamicConfig?: Readonly<Record<string, boolean | number | string>>;
 }
 
 /**
@@ -44,7 +46,7 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<Te
       extraArgs: [
         '--log-level',
         'error',
-        ...Object.entries(DROVER_DYNAMIC_CONFIG).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${JSON.stringify(value)}`]),
+        ...Object.entries({ ...DROVER_DYNAMIC_CONFIG, ...options.dynamicConfig }).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${JSON.stringify(value)}`]),
         ...(options.metricsPort ? ['--metrics-port', String(options.metricsPort)] : []),
       ],
     },

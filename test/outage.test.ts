@@ -2,7 +2,6 @@
 // so that it restarts with its state): the agent that finished during the outage reports when the
 // server is back, and its work is not run again.
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
@@ -12,6 +11,7 @@ import { afterAll, beforeAll, expect, inject, test } from 'vitest';
 import { buildApp } from '../src/api/app';
 import { createReportActivities } from '../src/activities/report';
 import { startDevServer } from '../src/dev-server';
+import { freePort } from './support/process';
 import { TaskClient } from '../src/task-client';
 import { connectClient } from '../src/temporal-connection';
 import { createTaskWorker } from '../src/workers/task-worker';
@@ -30,14 +30,6 @@ let workerRun: Promise<void> | undefined;
 let nativeConnection: NativeConnection | undefined;
 let app: FastifyInstance | undefined;
 let closeClient: (() => Promise<void>) | undefined;
-
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
-  const { port: free } = probe.address() as { port: number };
-  await new Promise((resolve) => probe.close(resolve));
-  return free;
-}
 
 const startServer = async () => {
   server = await startDevServer({ dbFilename: join(dir, 'temporal.db'), port });

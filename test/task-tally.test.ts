@@ -4,19 +4,17 @@
 // visibility says, and a task that continues-as-new counted once.
 import { Writable } from 'node:stream';
 import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
-import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { NativeConnection, type Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { buildApp } from '../src/api/app';
 import type { Claimant, TaskInput, TaskOptions } from '../src/model';
-import { SA } from '../src/names';
+import { startDevServer } from '../src/dev-server';
 import { TaskClient } from '../src/task-client';
 import { countTasksFromVisibility, TaskTallyReader } from '../src/task-tally';
 import { TaskTallyBook, type TaskPlace } from '../src/workflows/task-tally-book';
 import { TASK_TALLY_WORKFLOW_ID, taskCountsQuery, taskTransitionSignal } from '../src/workflows/task-tally';
-import { ensureTemporalCli } from '../src/temporal-cli';
 import { createTaskWorker } from '../src/workers/task-worker';
 import { adminAuth, enqueue, startHarness, testConfig, type Harness } from './support/http';
 import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
@@ -439,14 +437,7 @@ describe.runIf(process.env.DROVER_TALLY_BENCH)('stats latency, before (visibilit
   }, 600_000);
 
   it('on a dev server with a production namespace’s visibility limit (10 calls/s)', async () => {
-    const cli = ensureTemporalCli();
-    const env = await TestWorkflowEnvironment.createLocal({
-      server: {
-        executable: cli ? { type: 'existing-path', path: cli } : { type: 'cached-download' },
-        searchAttributes: Object.values(SA),
-        extraArgs: ['--log-level', 'error', '--dynamic-config-value', 'frontend.namespaceRPS.visibility=10'],
-      },
-    });
+    const env = await startDevServer({ dynamicConfig: { 'frontend.namespaceRPS.visibility': 10 } });
     try {
       await measure(env.address, 'dev server, visibility 10/s (production default)');
     } finally {

@@ -1,4 +1,5 @@
 // Every transition of the task workflow, against the real Temporal dev server.
+import type { WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
@@ -695,27 +696,9 @@ describe('cancel', () => {
 
   test('requested through Temporal while a closed task waits for a report that keeps failing: the run ends without it', async () => {
     // An operator's way out of a report that cannot be delivered (e.g. an unreachable callback URL).
-    const type = uniqueType();
-    const queue = `drover.tasks.stuck-report-${type}`;
-    const worker = await Worker.create({
-      connection: t.nativeConnection,
-      namespace: t.namespace,
-      taskQueue: queue,
-      workflowBundle: { codePath: inject('workflowBundlePath') },
-      activities: {
-        reportTaskEvent: async () => {
-          throw new Error('callback unreachable');
-        },
-      },
-    });
-    const running = worker.run();
-    try {
-      const taskId = `implement:stuck-report:${type}:1`;
-      const handle = await t.client.workflow.start<typeof taskWorkflow>('taskWorkflow', {
-        taskQueue: queue,
-        workflowId: taskId,
-        args: [{ taskId, input: input(type, { matchWindowMs: 60_000 }) }],
-      });
+    await withReportingTask('stuck-report', async () => {
+      throw new Error('callback unreachable');
+    }, async ({ handle }) => {
       await handle.executeUpdate(cancelUpdate, { args: [{ reason: 'not needed' }] });
       await waitFor(async () => ((await handle.describe()).raw.pendingActivities?.some((a) => (a.attempt ?? 0) > 1) ? true : undefined), 'the report retried');
       expect((await handle.describe()).status.name).toBe('RUNNING');
@@ -724,46 +707,56 @@ describe('cancel', () => {
       const final = await Promise.race([handle.result(), new Promise<undefined>((r) => (deadline = setTimeout(() => r(undefined), 30_000)))]);
       clearTimeout(deadline);
       expect(final).toMatchObject({ state: 'cancelled' });
-    } finally {
-      worker.shutdown();
-      await running;
-    }
+    });
   });
 });
 
+/**
+ * Runs `body` with a task on a workflow worker of its own, whose reports go to `reportTaskEvent`
+ * (the shared worker's reports go nowhere a test can see).
+ */
+async function withReportingTask(
+  name: string,
+  reportTaskEvent: (event: { type: string }) => Promise<void>,
+  body: (task: { taskId: string; type: string; handle: WorkflowHandle<typeof taskWorkflow> }) => Promise<void>,
+): Promise<void> {
+  const type = uniqueType();
+  const queue = `drover.tasks.${name}-${type}`;
+  const worker = await Worker.create({
+    connection: t.nativeConnection,
+    namespace: t.namespace,
+    taskQueue: queue,
+    workflowBundle: { codePath: inject('workflowBundlePath') },
+    activities: { reportTaskEvent },
+  });
+  const running = worker.run();
+  try {
+    const taskId = `implement:${name}:${type}:1`;
+    const handle = await t.client.workflow.start<typeof taskWorkflow>('taskWorkflow', {
+      taskQueue: queue,
+      workflowId: taskId,
+      args: [{ taskId, input: input(type, { matchWindowMs: 60_000 }) }],
+    });
+    await body({ taskId, type, handle });
+  } finally {
+    worker.shutdown();
+    await running;
+  }
+}
+
 describe('reports', () => {
   test('go out in the order of their events: a slow `started` is not overtaken by the closing one', async () => {
-    const type = uniqueType();
-    const queue = `drover.tasks.ordered-reports-${type}`;
     const delivered: string[] = [];
-    const worker = await Worker.create({
-      connection: t.nativeConnection,
-      namespace: t.namespace,
-      taskQueue: queue,
-      workflowBundle: { codePath: inject('workflowBundlePath') },
-      activities: {
-        reportTaskEvent: async (event: { type: string }) => {
-          if (event.type === 'started') await new Promise((r) => setTimeout(r, 2_000)); // Forgejo slow to answer
-          delivered.push(event.type);
-        },
-      },
-    });
-    const running = worker.run();
-    try {
-      const taskId = `implement:ordered-reports:${type}:1`;
-      const handle = await t.client.workflow.start<typeof taskWorkflow>('taskWorkflow', {
-        taskQueue: queue,
-        workflowId: taskId,
-        args: [{ taskId, input: input(type, { matchWindowMs: 60_000 }) }],
-      });
+    const report = async (event: { type: string }) => {
+      if (event.type === 'started') await new Promise((r) => setTimeout(r, 2_000)); // Forgejo slow to answer
+      delivered.push(event.type);
+    };
+    await withReportingTask('ordered-reports', report, async ({ taskId, type, handle }) => {
       const grant = await t.tasks.claim(taskId, agent('a-ordered', type));
       await t.tasks.complete(taskId, { kind: 'agent', id: 'a-ordered' }, grant.attempt, { outcome: 'success', summary: 'quick' });
       await handle.result();
       expect(delivered).toEqual(['started', 'succeeded']);
-    } finally {
-      worker.shutdown();
-      await running;
-    }
+    });
   });
 });
 

@@ -2,21 +2,18 @@
 // logic (unit), and a dev server of this file's own (on disk, restartable, with a visibility rate
 // limit of 1 call a second) that throttles a burst of count calls, then goes down and comes back.
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Connection } from '@temporalio/client';
-import { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from 'vitest';
 import { buildApp } from '../src/api/app';
 import { ApiMetrics } from '../src/api/metrics';
-import { DROVER_DYNAMIC_CONFIG } from '../src/dev-server';
-import { SA } from '../src/names';
+import { startDevServer } from '../src/dev-server';
 import type { TaskClient } from '../src/task-client';
-import { ensureTemporalCli } from '../src/temporal-cli';
 import { connectClient } from '../src/temporal-connection';
 import {
   classifyStatus,
@@ -30,6 +27,7 @@ import {
   type LevelLog,
 } from '../src/temporal-health';
 import { testConfig } from './support/http';
+import { freePort } from './support/process';
 import { waitFor } from './support/temporal';
 
 const OK = 0;
@@ -296,32 +294,9 @@ describe('on a dev server of its own', () => {
   const logged: Array<{ level: number; msg: string; [key: string]: unknown }> = [];
   const runtimeLogged = stubLog();
 
-  async function freePort(): Promise<number> {
-    const probe = createServer();
-    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
-    const { port: free } = probe.address() as { port: number };
-    await new Promise((resolve) => probe.close(resolve));
-    return free;
-  }
-
-  /** As startDevServer does, with a visibility rate limit of 1 call a second. */
+  /** With a visibility rate limit of 1 call a second. */
   async function startServer(): Promise<void> {
-    const cli = ensureTemporalCli();
-    server = await TestWorkflowEnvironment.createLocal({
-      server: {
-        executable: cli ? { type: 'existing-path', path: cli } : { type: 'cached-download' },
-        searchAttributes: Object.values(SA),
-        dbFilename: join(dir, 'temporal.db'),
-        port,
-        extraArgs: [
-          '--log-level',
-          'error',
-          ...Object.entries(DROVER_DYNAMIC_CONFIG).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${JSON.stringify(value)}`]),
-          '--dynamic-config-value',
-          'frontend.namespaceRPS.visibility=1',
-        ],
-      },
-    });
+    server = await startDevServer({ dbFilename: join(dir, 'temporal.db'), port, dynamicConfig: { 'frontend.namespaceRPS.visibility': 1 } });
   }
 
   const metric = async (name: string) => {

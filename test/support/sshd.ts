@@ -3,7 +3,8 @@
 // sessions) is a host going offline; restarting it brings the host back.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { connect } from 'node:net';
+import { freePort } from './process';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import type { HostConfig } from '../../src/config';
@@ -20,17 +21,6 @@ export interface SshdHost {
   workdir: string;
   process?: ChildProcess;
   log: string[];
-}
-
-function freePort(address: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, address, () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 function canConnect(address: string, port: number): Promise<boolean> {
