@@ -263,6 +263,17 @@ describe('phase 1: host match', () => {
     return { handle, startWorkflowWorker, attemptStarted };
   }
 
+  /** Waits until the server holds the Update, before any workflow worker has seen it. */
+  const claimAdmitted = (workflowId: string, updateId: string) =>
+    waitFor(async () => {
+      await t.client.workflowService.pollWorkflowExecutionUpdate({
+        namespace: t.namespace,
+        updateRef: { workflowExecution: { workflowId }, updateId },
+        waitPolicy: { lifecycleStage: temporal.api.enums.v1.UpdateWorkflowExecutionLifecycleStage.UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_ADMITTED },
+      });
+      return true;
+    }, `the claim ${updateId} admitted`);
+
   test('a claim that waits out a workflow-worker outage longer than the heartbeat timeout is answered, not lost', async () => {
     const type = uniqueType();
     const { handle, startWorkflowWorker, attemptStarted } = await taskOnOwnQueue(type, { sshHeartbeatTimeoutMs: 2_000, matchWindowMs: 120_000 });
@@ -312,6 +323,8 @@ describe('phase 1: host match', () => {
     const { handle, startWorkflowWorker, attemptStarted } = await taskOnOwnQueue(type, { matchWindowMs: 120_000, maxAttempts: 1 });
     const doomed = await t.startHost(`h-doomed-${type}`, [type], 1, new RecordingRunner());
     await attemptStarted();
+    // A started attempt has not necessarily sent its claim yet; without one, its end is only a host that did not take it.
+    await claimAdmitted(handle.workflowId, updateIds.sshClaim(`h-doomed-${type}`, 1));
     await doomed.shutdown(); // the attempt ends, its claim still unanswered
     // The workflow sees both at once when it is back: the claim (Updates come first), then the end.
     const after = await startWorkflowWorker();
