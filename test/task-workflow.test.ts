@@ -678,7 +678,7 @@ describe('cancel', () => {
     const runner = new RecordingRunner((ctx) => untilAborted(ctx.signal));
     await t.startHost(`h-${type}`, [type], 1, runner);
     const { taskId } = await t.tasks.start(input(type));
-    await statusWhen(taskId, (s) => s.state === 'running', 'running on the host');
+    await waitFor(() => (runner.runs.length > 0 ? true : undefined), 'the runner started'); // running is claimed, not yet started
     await t.tasks.cancel(taskId, 'changed my mind');
     const final = await t.tasks.result(taskId);
     expect(final.state).toBe('cancelled');
@@ -696,7 +696,7 @@ describe('cancel', () => {
     const runner = new RecordingRunner((ctx) => untilAborted(ctx.signal));
     await t.startHost(`h-${type}`, [type], 1, runner);
     const running = await t.tasks.start(input(type));
-    await statusWhen(running.taskId, (s) => s.state === 'running', 'running on the host');
+    await waitFor(() => (runner.runs.length > 0 ? true : undefined), 'the runner started');
     await t.client.workflow.getHandle(running.taskId).cancel();
     const final = await t.tasks.result(running.taskId);
     expect(final).toMatchObject({ state: 'cancelled', attempts: [{ end: 'cancelled' }] });
