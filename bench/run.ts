@@ -103,7 +103,12 @@ async function coreThroughput(ctx: BenchContext): Promise<Record<string, unknown
 }
 
 async function main(): Promise<void> {
-  Runtime.install({ logger: { log: () => {}, trace: () => {}, debug: () => {}, info: () => {}, warn: () => {}, error: (m) => console.error(m) } });
+  // BENCH_WORKER_METRICS=host:port serves the SDK's own worker metrics (sticky cache, schedule-to-start) while it runs.
+  const workerMetrics = process.env.BENCH_WORKER_METRICS;
+  Runtime.install({
+    logger: { log: () => {}, trace: () => {}, debug: () => {}, info: () => {}, warn: () => {}, error: (m) => console.error(m) },
+    ...(workerMetrics ? { telemetryOptions: { metrics: { prometheus: { bindAddress: workerMetrics } } } } : {}),
+  });
   const log = (line: string) => console.log(line);
   log(`bench: starting an in-memory Temporal dev server and bundling workflows…`);
   const metricsPort = await freePort();

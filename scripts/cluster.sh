@@ -7,9 +7,13 @@
 #
 #   scripts/cluster.sh build           build the server and its SQL tool into ~/.cache/drover
 #                                      (first time: a few minutes); install PostgreSQL if missing
-#   scripts/cluster.sh start [--split] start PostgreSQL and Temporal (one process, or --split: four,
-#                                      frontend, history, matching and worker); reuses the state dir
-#   scripts/cluster.sh stop            stop Temporal and PostgreSQL (the state dir stays)
+#   scripts/cluster.sh start [--split|--one]
+#                                      start PostgreSQL and Temporal (one process, or --split: four,
+#                                      frontend, history, matching and worker); reuses the state dir,
+#                                      in the mode it last ran unless told; starts what is stopped
+#   scripts/cluster.sh stop [temporal|postgres]
+#                                      stop Temporal and PostgreSQL, or one of them (a fault, for the
+#                                      cluster tier's fault tests); the state dir stays
 #   scripts/cluster.sh destroy         stop, and delete the state dir
 #   scripts/cluster.sh status          what runs; exits 0 only when all of it does
 #   scripts/cluster.sh env             KEY=value lines for clients (eval-able)
@@ -373,11 +377,12 @@ EOF
 }
 
 start() {
-  local mode=one
+  local mode
   case ${1:-} in
-    --split) mode="split" ;;
-    "") ;;
-    *) die "unknown option to start: $1 (usage: start [--split])" ;;
+    --split) mode=split ;;
+    --one) mode=one ;;
+    "") mode=$(cat "$STATE/mode" 2>/dev/null || echo one) ;;
+    *) die "unknown option to start: $1 (usage: start [--split|--one])" ;;
   esac
   if [ ! -x "$SERVER_BIN" ] || [ ! -x "$SQL_TOOL" ]; then die "the Temporal server is not built: run scripts/cluster.sh build"; fi
   [ -x "$REPO/node_modules/.bin/tsx" ] || die "npm packages missing: run npm run setup"
@@ -387,7 +392,13 @@ start() {
     [ "$running" = "$mode" ] || die "already running as $running; run scripts/cluster.sh stop first"
     return 0
   fi
-  temporal_any_running && die "some Temporal processes of $STATE run, others do not: run scripts/cluster.sh stop first"
+  if temporal_running && [ "$(cat "$STATE/mode" 2>/dev/null || echo one)" = "$mode" ]; then
+    # Only PostgreSQL was stopped (scripts/cluster.sh stop postgres): Temporal reconnects by itself.
+    start_postgres
+    say "PostgreSQL back on 127.0.0.1:$PG_PORT"
+    return 0
+  fi
+  temporal_any_running && die "some Temporal processes of $STATE run, others do not (or in another mode): run scripts/cluster.sh stop first"
   local started=$SECONDS cli
   cli=$(temporal_cli)
   [ -x "$cli" ] || die "no Temporal CLI ($cli)"
@@ -422,7 +433,12 @@ stop_temporal() {
 }
 
 stop() {
-  stop_temporal
+  case ${1:-} in
+    temporal) stop_temporal && return 0 ;;
+    postgres | "") ;;
+    *) die "unknown part to stop: $1 (usage: stop [temporal|postgres])" ;;
+  esac
+  [ "${1:-}" = postgres ] || stop_temporal
   if pg_running; then
     as_pg "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null || die "PostgreSQL did not stop"
   fi
@@ -469,12 +485,12 @@ EOF
 case ${1:-} in
   build) build ;;
   start) start "${2:-}" ;;
-  stop) stop ;;
+  stop) stop "${2:-}" ;;
   destroy) destroy ;;
   status) status ;;
   env) env_lines ;;
   *)
-    echo "usage: scripts/cluster.sh build | start [--split] | stop | destroy | status | env" >&2
+    echo "usage: scripts/cluster.sh build | start [--split|--one] | stop [temporal|postgres] | destroy | status | env" >&2
     exit 2
     ;;
 esac

@@ -20,6 +20,8 @@ declare module 'vitest' {
     workflowBundlePath: string;
     /** The namespace scripts/cluster.sh creates beside `default` (DROVER_CLUSTER_NAMESPACE). */
     clusterNamespace: string;
+    /** True when the server is the one scripts/cluster.sh runs here, which the fault tests stop and start. */
+    clusterControlled: boolean;
   }
 }
 
@@ -72,6 +74,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide('temporalAddress', address);
   project.provide('workflowBundlePath', bundlePath);
   project.provide('clusterNamespace', process.env.DROVER_CLUSTER_NAMESPACE || 'drover');
+  project.provide('clusterControlled', !process.env.DROVER_TEST_TEMPORAL_ADDRESS);
   return async () => {
     if (startedHere && process.env.DROVER_CLUSTER_KEEP !== '1') await cluster('stop');
   };
