@@ -9,6 +9,7 @@ import { startDevServer } from './dev-server';
 import { createLogger } from './log';
 import {
   connectClient,
+  WORKER_IDLE_PROBE_MS,
   connectNative,
   installTemporalRuntimeLog,
   registerSearchAttributes,
@@ -60,7 +61,9 @@ program
     const config = loadConfig(opts.config);
     const log = createLogger(config.log.level);
     routeTemporalRuntimeLog(log); // the SDK's and its core's logs, from the first NativeConnection on
-    const { client, connection, temporalHealth } = await connectClient(config.temporal, { log });
+    // Its pollers are the Rust core's, which logs no recovery: an idle probe puts an outage and its
+    // end in this process's log, as the API's calls do there.
+    const { client, connection, temporalHealth } = await connectClient(config.temporal, { log, idleProbeIntervalMs: WORKER_IDLE_PROBE_MS });
     const native = await connectNative(config.temporal);
     const workers = await startWorkers({ config, client, connection: native, log });
     const signal = await Promise.race([untilSignal(), workers.done.then(() => undefined)]);

@@ -31,6 +31,8 @@ export const RECONNECT_CHANNEL_ARGS = { 'grpc.initial_reconnect_backoff_ms': 100
 
 /** How long the observer's probe (while Temporal is unreachable) waits for an answer. */
 const PROBE_DEADLINE_MS = 1_000;
+/** `drover worker`: how long without a call of its client before it asks Temporal whether it is there. */
+export const WORKER_IDLE_PROBE_MS = 5_000;
 
 /**
  * The API's Temporal client. Its calls are retried by the SDK's own interceptor, and each attempt's
@@ -39,9 +41,9 @@ const PROBE_DEADLINE_MS = 1_000;
  */
 export async function connectClient(
   config: TemporalConfig,
-  options: { log?: HealthLog } = {},
+  options: { log?: HealthLog; idleProbeIntervalMs?: number } = {},
 ): Promise<{ client: Client; connection: Connection; temporalHealth: TemporalCallObserver }> {
-  const temporalHealth = new TemporalCallObserver({ target: config.address, log: options.log });
+  const temporalHealth = new TemporalCallObserver({ target: config.address, log: options.log, idleProbeIntervalMs: options.idleProbeIntervalMs });
   const connection = await Connection.connect({
     address: config.address,
     tls: tlsOptions(config),

@@ -148,6 +148,8 @@ export class TemporalCallObserver {
   private probeTimer: NodeJS.Timeout | undefined;
   private probing = false;
   private stopped = false;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private lastCallAt = -Infinity;
   private readonly now: () => number;
 
   constructor(
@@ -158,6 +160,12 @@ export class TemporalCallObserver {
       now?: () => number;
       logIntervalMs?: number;
       probeIntervalMs?: number;
+      /**
+       * Also probe while reachable, when no call was seen for this long: a process that calls
+       * Temporal only now and then (the worker: its pollers are the Rust core's, unseen here)
+       * then notices an outage, and its end, in its logs. None when omitted.
+       */
+      idleProbeIntervalMs?: number;
     } = {},
   ) {
     this.now = options.now ?? Date.now;
@@ -166,6 +174,7 @@ export class TemporalCallObserver {
 
   /** One call's final status (an attempt's, when the client retries: each attempt is a call here). */
   record(method: string, code: number, details = ''): CallOutcome {
+    this.lastCallAt = this.now();
     const outcome = classifyStatus(code, details);
     if (outcome === 'throttled') this.throttled(method, details);
     else if (outcome === 'unavailable') this.unavailable(method, `${code === GrpcCode.UNAVAILABLE ? 'UNAVAILABLE' : 'DEADLINE_EXCEEDED'}: ${details}`);
@@ -242,6 +251,12 @@ export class TemporalCallObserver {
     this.probe = probe;
     this.stopped = false;
     if (this.status === 'unreachable') this.scheduleProbe();
+    const idleMs = this.options.idleProbeIntervalMs;
+    if (idleMs && !this.idleTimer) {
+      this.idleTimer = setInterval(() => {
+        if (this.status !== 'unreachable' && this.now() - this.lastCallAt >= idleMs) this.runProbe();
+      }, idleMs).unref();
+    }
   }
 
   /** Stops probing and writes pending throttling warnings (the connection is closing). */
@@ -249,6 +264,8 @@ export class TemporalCallObserver {
     this.stopped = true;
     clearTimeout(this.probeTimer);
     this.probeTimer = undefined;
+    clearInterval(this.idleTimer);
+    this.idleTimer = undefined;
     this.throttleLog.close();
   }
 
@@ -298,16 +315,20 @@ export class TemporalCallObserver {
     if (!this.probe || this.stopped || this.probeTimer || this.status !== 'unreachable') return;
     this.probeTimer = setTimeout(() => {
       this.probeTimer = undefined;
-      if (this.probing || this.stopped || this.status !== 'unreachable') return;
-      this.probing = true;
-      // Its outcome reaches the observer through the interceptor; its error is that outcome.
-      void this.probe!()
-        .catch(() => undefined)
-        .finally(() => {
-          this.probing = false;
-          this.scheduleProbe();
-        });
+      if (this.status === 'unreachable') this.runProbe();
     }, this.options.probeIntervalMs ?? PROBE_INTERVAL_MS).unref();
+  }
+
+  private runProbe(): void {
+    if (!this.probe || this.probing || this.stopped) return;
+    this.probing = true;
+    // Its outcome reaches the observer through the interceptor; its error is that outcome.
+    void this.probe()
+      .catch(() => undefined)
+      .finally(() => {
+        this.probing = false;
+        this.scheduleProbe();
+      });
   }
 }
 

@@ -164,6 +164,44 @@ describe('the observer', () => {
     expect(probe).toHaveBeenCalledTimes(4);
   });
 
+  test('with an idle probe: a process that seldom calls notices an outage and its end, and a busy one is not probed', async () => {
+    vi.useFakeTimers({ now: 0 });
+    const lines: string[] = [];
+    const log = { warn: (_: object, message: string) => lines.push(message), info: (_: object, message: string) => lines.push(message) };
+    const observer = new TemporalCallObserver({ log, idleProbeIntervalMs: 5_000 });
+    let serverUp = true;
+    const probe = vi.fn(async () => {
+      observer.record('GetSystemInfo', serverUp ? OK : GrpcCode.UNAVAILABLE, serverUp ? '' : 'No connection established');
+      if (!serverUp) throw new Error('14 UNAVAILABLE');
+    });
+    observer.watch(probe);
+    // Calls every 2 s keep it busy: no probe.
+    for (let i = 0; i < 5; i++) {
+      observer.record(LIST, OK);
+      await vi.advanceTimersByTimeAsync(2_000);
+    }
+    expect(probe).not.toHaveBeenCalled();
+    // Idle: a probe every 5 s, silent while answered.
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(probe).toHaveBeenCalledTimes(2);
+    expect(lines).toEqual([]);
+    // The server goes away: the next idle probe finds it, then probes come every second until it is back.
+    serverUp = false;
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(observer.state().status).toBe('unreachable');
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(probe).toHaveBeenCalledTimes(6);
+    serverUp = true;
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(observer.state().status).toBe('reachable');
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toMatch(/^Temporal is unreachable/);
+    expect(lines[1]).toMatch(/^Temporal is reachable again after 4\.0 s/);
+    observer.stop();
+    await vi.advanceTimersByTimeAsync(20_000);
+    expect(probe).toHaveBeenCalledTimes(7);
+  });
+
   test('the interceptor passes every call through and records its status', () => {
     const observer = new TemporalCallObserver();
     const received: unknown[] = [];
