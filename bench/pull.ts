@@ -357,8 +357,10 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
     const latencies: number[] = [];
     const backToBack: number[] = [];
     const warmUp: number[] = [];
+    /** After the 3 warm-up samples, every other one is settled. */
+    const isSettled = (sample: number) => sample >= 3 && sample % 2 === 1;
     for (let i = 0; i < 2 * SAMPLES + 3; i++) {
-      const settled = i >= 3 && i % 2 === 1;
+      const settled = isSettled(i);
       const polling = dequeue(twoUrl, waiter, 30);
       await untilWaiting(1);
       const t0 = performance.now();
@@ -367,8 +369,7 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
       if (grant?.task_id !== id) throw new Error(`the waiting agent got ${grant?.task_id ?? 'nothing'} instead of ${id}`);
       (i < 3 ? warmUp : settled ? latencies : backToBack).push(at - t0);
       await complete(twoUrl, waiter, grant);
-      // The next sample is the settled kind: wait for this task to close.
-      if (i >= 2 && i % 2 === 0) await ctx.client.workflow.getHandle(id).result();
+      if (isSettled(i + 1)) await ctx.client.workflow.getHandle(id).result();
     }
     const cross = summarize(latencies);
     const roundTrip = await ctx.measureTrivialRoundTrip();

@@ -286,9 +286,12 @@ EOF
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# The mode Temporal last ran in: one (a single process) or split.
+recorded_mode() { cat "$STATE/mode" 2>/dev/null || echo one; }
+
 # Names of the Temporal processes of the state dir's mode, one a line.
 processes() {
-  if [ "$(cat "$STATE/mode" 2>/dev/null)" = split ]; then printf '%s\n' frontend history matching worker; else echo all; fi
+  if [ "$(recorded_mode)" = split ]; then printf '%s\n' frontend history matching worker; else echo all; fi
 }
 
 temporal_running() {
@@ -381,18 +384,18 @@ start() {
   case ${1:-} in
     --split) mode=split ;;
     --one) mode=one ;;
-    "") mode=$(cat "$STATE/mode" 2>/dev/null || echo one) ;;
+    "") mode=$(recorded_mode) ;;
     *) die "unknown option to start: $1 (usage: start [--split|--one])" ;;
   esac
   if [ ! -x "$SERVER_BIN" ] || [ ! -x "$SQL_TOOL" ]; then die "the Temporal server is not built: run scripts/cluster.sh build"; fi
   [ -x "$REPO/node_modules/.bin/tsx" ] || die "npm packages missing: run npm run setup"
   if pg_running && temporal_running; then
     local running
-    running=$(cat "$STATE/mode" 2>/dev/null || echo one)
+    running=$(recorded_mode)
     [ "$running" = "$mode" ] || die "already running as $running; run scripts/cluster.sh stop first"
     return 0
   fi
-  if temporal_running && [ "$(cat "$STATE/mode" 2>/dev/null || echo one)" = "$mode" ]; then
+  if temporal_running && [ "$(recorded_mode)" = "$mode" ]; then
     # Only PostgreSQL was stopped (scripts/cluster.sh stop postgres): Temporal reconnects by itself.
     start_postgres
     say "PostgreSQL back on 127.0.0.1:$PG_PORT"
@@ -432,16 +435,19 @@ stop_temporal() {
   done
 }
 
-stop() {
-  case ${1:-} in
-    temporal) stop_temporal && return 0 ;;
-    postgres | "") ;;
-    *) die "unknown part to stop: $1 (usage: stop [temporal|postgres])" ;;
-  esac
-  [ "${1:-}" = postgres ] || stop_temporal
+stop_postgres() {
   if pg_running; then
     as_pg "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null || die "PostgreSQL did not stop"
   fi
+}
+
+stop() {
+  case ${1:-} in
+    temporal) stop_temporal ;;
+    postgres) stop_postgres ;;
+    "") stop_temporal && stop_postgres ;;
+    *) die "unknown part to stop: $1 (usage: stop [temporal|postgres])" ;;
+  esac
 }
 
 destroy() {

@@ -7,22 +7,11 @@
 //   no two runs of a task overlap.
 // The third case, an API process killed right after it claimed for its agent, is
 // test/pull-matching.test.ts's confirm-window test, which this tier runs too.
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import { clusterScript as cluster } from '../support/cluster-script';
 import { agent, dequeue, enqueue, taskUrl } from '../support/http';
 import { finishesDuringOutage, type OutageHarness, quietCoreRuntime, serverAnswers, startOutageHarness } from '../support/outage';
 import { uniqueType, waitFor } from '../support/temporal';
-
-const SCRIPT = fileURLToPath(new URL('../../scripts/cluster.sh', import.meta.url));
-
-function cluster(...args: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('bash', [SCRIPT, ...args], { stdio: ['ignore', 'ignore', 'inherit'] });
-    child.on('error', reject);
-    child.on('close', (status) => (status === 0 ? resolve() : reject(new Error(`scripts/cluster.sh ${args.join(' ')} exited ${status}`))));
-  });
-}
 
 const address = () => inject('temporalAddress');
 

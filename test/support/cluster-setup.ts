@@ -6,13 +6,12 @@
 // - Otherwise the script builds the server if needed and reuses a running cluster as it is, or
 //   starts one from an empty state dir (about 15 s) and stops it after the run, unless
 //   DROVER_CLUSTER_KEEP=1.
-import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { TestProject } from 'vitest/node';
 import { bundleWorkflows } from '../../src/workers/task-worker';
+import { clusterScript as cluster, runClusterScript as run } from './cluster-script';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -23,25 +22,6 @@ declare module 'vitest' {
     /** True when the server is the one scripts/cluster.sh runs here, which the fault tests stop and start. */
     clusterControlled: boolean;
   }
-}
-
-const SCRIPT = fileURLToPath(new URL('../../scripts/cluster.sh', import.meta.url));
-
-/** Runs scripts/cluster.sh; resolves with its stdout and exit status. Its stderr passes through. */
-function run(...args: string[]): Promise<{ stdout: string; status: number }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('bash', [SCRIPT, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let stdout = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ stdout, status: status ?? 1 }));
-  });
-}
-
-async function cluster(...args: string[]): Promise<string> {
-  const { stdout, status } = await run(...args);
-  if (status !== 0) throw new Error(`scripts/cluster.sh ${args.join(' ')} failed (exit ${status})`);
-  return stdout;
 }
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {

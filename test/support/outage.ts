@@ -95,7 +95,7 @@ export async function finishesDuringOutage(
   address: string,
   namespace: string,
   type: string,
-  outage: { leaseMs: number; outageMs: number; down: () => Promise<void>; up: () => Promise<void> },
+  outage: { leaseMs: number; outageMs: number; down: () => Promise<unknown>; up: () => Promise<unknown> },
 ): Promise<OutageFigures> {
   const who = agent(`outage-${type}`, [type]);
   const h = await startOutageHarness(address, namespace, {
