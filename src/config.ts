@@ -105,6 +105,7 @@ const TaskDefaultsSection = T.Object(
     cancelGrace: Duration,
     fenceGrace: Duration,
     claimConfirm: Duration,
+    lapseGrace: Duration,
     /**
      * Temporal priority key (1 first … 5 last) per task kind, over the defaults: fix_ci and
      * address_review 2, review and merge 3, implement and custom 4.
@@ -255,6 +256,7 @@ const DURATION_DEFAULTS = {
   'tasks.cancelGrace': '30s',
   'tasks.fenceGrace': '60s',
   'tasks.claimConfirm': '15s',
+  'tasks.lapseGrace': '5s',
   'workspaces.keepFailed': '24h',
 } as const;
 
@@ -381,6 +383,7 @@ const DURATION_MINIMUMS: Record<keyof typeof DURATION_DEFAULTS, number> = {
   'tasks.cancelGrace': 0,
   'tasks.fenceGrace': 10_000,
   'tasks.claimConfirm': 1_000,
+  'tasks.lapseGrace': 0,
   'workspaces.keepFailed': 60_000,
 };
 const HOST_DURATION_MINIMUMS = { healthCheckInterval: 100, connectTimeout: 100, killGrace: 0 } as const;
@@ -481,5 +484,6 @@ export function taskDefaults(config: DroverConfig): TaskOptions & Record<string,
     cancelGraceMs: durationMs(config.tasks.cancelGrace),
     fenceGraceMs: durationMs(config.tasks.fenceGrace),
     claimConfirmMs: durationMs(config.tasks.claimConfirm),
+    lapseGraceMs: durationMs(config.tasks.lapseGrace),
   };
 }

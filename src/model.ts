@@ -61,6 +61,12 @@ export interface TaskOptions {
    * connection); then the lease is `leaseMs`. Unset (tasks made before it existed): none.
    */
   claimConfirmMs?: number;
+  /**
+   * After a pull agent's lease lapses, the task goes to nobody else for this long: its holder's late
+   * heartbeat or result (held up by an outage) is still taken, and no finished work is run again.
+   * The late word is taken after it too, as long as no other attempt has started. Unset: none.
+   */
+  lapseGraceMs?: number;
 }
 
 export const DEFAULT_TASK_OPTIONS: TaskOptions = {
@@ -142,6 +148,11 @@ export interface AttemptRecord {
   logTail?: string;
   /** Characters of output a pull agent has uploaded so far. */
   logChars?: number;
+  /**
+   * Set when the attempt's lease lapsed and its holder took the task back (a late heartbeat or
+   * result, before any other attempt started): when, and why the lease had lapsed.
+   */
+  retaken?: { at: string; lapsedAt: string; lapseReason: string };
 }
 
 export interface TaskStatus {

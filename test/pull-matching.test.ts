@@ -23,6 +23,8 @@ const DROPPER = agent('dropper-1', ['drop']);
 const CATCHER = agent('catcher-1', ['drop']);
 const RESCUER = agent('rescuer-1', ['confirm']);
 const PATIENT = agent('patient-1', ['slow']);
+const LATE = agent('late-1', ['late']);
+const EAGER = agent('eager-1', ['late']);
 
 let h: Harness;
 let one: FastifyInstance;
@@ -30,8 +32,8 @@ let two: FastifyInstance;
 
 beforeAll(async () => {
   h = await startHarness({
-    types: ['dev', 'reviewer', 'boss', 'fifo', 'prio', 'fair', 'wake', 'reserve', 'stale', 'drop', 'confirm', 'slow'],
-    agents: [FIFO, PRIO, FAIR, WAKE, CHOSEN, OTHER, LEAVER, STAYER, DROPPER, CATCHER, RESCUER, PATIENT].map((a) => a.config),
+    types: ['dev', 'reviewer', 'boss', 'fifo', 'prio', 'fair', 'wake', 'reserve', 'stale', 'drop', 'confirm', 'slow', 'late'],
+    agents: [FIFO, PRIO, FAIR, WAKE, CHOSEN, OTHER, LEAVER, STAYER, DROPPER, CATCHER, RESCUER, PATIENT, LATE, EAGER].map((a) => a.config),
   });
   await h.startWorker();
   one = await h.app();
@@ -204,6 +206,62 @@ describe('across API processes', () => {
     const status = await h.tasks.status(taskId);
     expect(status.attempts[0]).toMatchObject({ holder: { id: 'ghost-1' }, end: 'lease_lapsed' });
     expect(status.attempts[0]!.reason).toMatch(/never confirmed its claim/);
+  });
+
+  describe('a lapsed claim whose holder is heard from late (its heartbeats held up: an outage of Temporal’s database, of every API process)', () => {
+    /** A task LATE dequeues through `one` and never heartbeats: its claim lapses after the 1 s confirm window. */
+    let tasksMade = 0;
+    async function lapsedClaim(lapseGraceMs: number): Promise<{ taskId: string; attempt: number }> {
+      const { taskId } = await h.tasks.start({
+        agentType: 'late',
+        kind: 'custom',
+        repo: '',
+        number: (tasksMade += 1),
+        title: 'heard from late',
+        prompt: 'p',
+        options: { ...taskDefaults(h.config), leaseMs: 60_000, claimConfirmMs: 1_000, lapseGraceMs },
+      });
+      await offered(taskId);
+      const got = await dequeue(one, LATE, 10);
+      expect(got.json()).toMatchObject({ task_id: taskId, attempt: 1, lease_ms: 1_000 });
+      await waitFor(async () => ((await h.tasks.status(taskId)).attempts[0]?.end === 'lease_lapsed' ? true : undefined), 'the claim to lapse unconfirmed');
+      return { taskId, attempt: 1 };
+    }
+    const post = (app: FastifyInstance, who: typeof LATE, taskId: string, what: string, payload: Record<string, unknown>) =>
+      app.inject({ method: 'POST', url: taskUrl(taskId, what), headers: who.auth, payload: { agent_id: who.id, ...payload } });
+
+    test('its late result is taken while the task waits for it: completed once, by its attempt, which is not counted lost', async () => {
+      const { taskId, attempt } = await lapsedClaim(60_000);
+      // Within the lapse grace the task goes to nobody else, through either API process.
+      expect((await dequeue(two, EAGER, 1)).statusCode).toBe(204);
+      const late = await post(two, LATE, taskId, 'complete', { attempt, outcome: 'success', summary: 'finished while its heartbeats could not get through' });
+      expect(late.statusCode, late.body).toBe(200);
+      expect(late.json()).toMatchObject({ state: 'completed', attempt: 1, lost_attempts: 0 });
+      expect(late.json().attempts).toHaveLength(1);
+      expect(late.json().attempts[0]).toMatchObject({ holder: { id: LATE.id }, end: 'completed', retaken: { lapse_reason: expect.stringMatching(/never confirmed its claim/) } });
+      await h.client.workflow.getHandle(taskId).result();
+      await recordHistory(h, 'pull-lapse-late-result', taskId);
+    });
+
+    test('its late heartbeat takes the task back, with a whole lease; its result then closes the task', async () => {
+      const { taskId, attempt } = await lapsedClaim(60_000);
+      const beat = await post(one, LATE, taskId, 'heartbeat', { attempt });
+      expect(beat.statusCode, beat.body).toBe(200);
+      expect(beat.json().lease_ms_left).toBeGreaterThan(30_000); // the whole lease (60 s), not the confirm window
+      expect(await h.tasks.status(taskId)).toMatchObject({ state: 'running', attempt: 1, lostAttempts: 0, assignee: { id: LATE.id } });
+      expect((await dequeue(two, EAGER, 1)).statusCode).toBe(204);
+      expect((await post(one, LATE, taskId, 'complete', { attempt, outcome: 'success', summary: 'done' })).statusCode).toBe(200);
+    });
+
+    test('after the lapse grace the task goes to another agent, and then the lapsed holder is refused', async () => {
+      const { taskId, attempt } = await lapsedClaim(1_000);
+      const other = await dequeue(two, EAGER, 20);
+      expect(other.json()).toMatchObject({ task_id: taskId, attempt: 2 });
+      const refused = await post(one, LATE, taskId, 'complete', { attempt, outcome: 'success', summary: 'too late' });
+      expect(refused.statusCode).toBe(409);
+      expect(refused.json().code).toBe('not_lease_holder');
+      expect((await post(two, EAGER, taskId, 'complete', { attempt: 2, outcome: 'success', summary: 'done' })).statusCode).toBe(200);
+    });
   });
 
   test('a wait ends on time even while its claim is slow to be answered: the task, once won, goes back and comes with the next poll', async () => {

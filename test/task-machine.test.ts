@@ -411,3 +411,113 @@ describe('a lease that lapsed while nothing could reach the task (an outage)', (
     expect(cancelled.status.state).toBe('cancelled');
   });
 });
+
+describe('a lapsed attempt’s holder, heard from late (before any other attempt started)', () => {
+  const late = { lateWakeGrace: true, lapseGrace: () => true };
+  /** Claimed by a1 at T0, never confirmed: the confirm window (15 s) lapses on time at T0 + 15 s. */
+  function lapsed(options: Partial<TaskOptions> = {}) {
+    const m = machine({ leaseMs: 60_000, claimConfirmMs: 15_000, lapseGraceMs: 5_000, ...options });
+    m.dueOffer(T0);
+    m.claim({ claimant: agent(), offer: 1 }, T0);
+    m.offerEnded({ offer: 1, outcome: { kind: 'claimed', attempt: 1, agentId: 'a1' } }, T0);
+    m.takeEffects();
+    m.expire(T0 + 15_000, late);
+    return m;
+  }
+
+  test('the task goes to nobody else for the lapse grace: no offer, no SSH attempt, until then', () => {
+    const m = lapsed();
+    expect(m.status).toMatchObject({ state: 'pending', lostAttempts: 1, attempts: [{ end: 'lease_lapsed' }] });
+    expect(m.dueOffer(T0 + 15_000)).toBeUndefined();
+    expect(m.dueSshDispatch(T0 + 15_000)).toBeUndefined();
+    expect(m.wakeAt()).toBe(T0 + 20_000);
+    expect(m.dueSshDispatch(T0 + 20_000)).toMatchObject({ dispatch: 1 });
+    expect(m.dueOffer(T0 + 20_000)).toEqual({ offer: 2 });
+  });
+
+  test('its late result is taken: the task completes with it, the attempt is not lost, and what went out for others is withdrawn', () => {
+    const m = lapsed();
+    m.dueSshDispatch(T0 + 20_000);
+    m.dueOffer(T0 + 20_000);
+    m.complete({ holder: agent(), attempt: 1, result: { outcome: 'success', summary: 'finished while the database was down' } }, T0 + 21_000);
+    expect(m.status).toMatchObject({ state: 'completed', lostAttempts: 0, result: { summary: 'finished while the database was down' } });
+    expect(m.status.attempts).toHaveLength(1);
+    expect(m.status.attempts[0]).toMatchObject({ end: 'completed', retaken: { lapsedAt: new Date(T0 + 15_000).toISOString(), at: new Date(T0 + 21_000).toISOString() } });
+    expect(m.status.attempts[0]!.retaken!.lapseReason).toMatch(/never confirmed its claim/);
+    expect(m.takeEffects()).toEqual([
+      { type: 'cancelAttempt', dispatch: 1 },
+      { type: 'withdrawOffer', offer: 2 },
+    ]);
+  });
+
+  test('its late heartbeat takes the task back: running again, the same attempt, a whole lease from now', () => {
+    const m = lapsed();
+    const answer = m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 16_000);
+    expect(answer.leaseMsLeft).toBe(60_000);
+    expect(m.status).toMatchObject({ state: 'running', mode: 'http_pull', attempt: 1, lostAttempts: 0, assignee: { kind: 'agent', id: 'a1' } });
+    expect(m.status.attempts[0]).toMatchObject({ end: 'running', retaken: { at: new Date(T0 + 16_000).toISOString() } });
+    expect(m.status.attempts[0]!.endedAt).toBeUndefined();
+    expect(m.status.runDeadlineAt).toBe(new Date(T0 + m.status.options.runTimeoutMs).toISOString()); // from the claim, not the take-back
+    expect(m.wakeAt()).toBe(T0 + 76_000);
+    // Nothing is offered or dispatched while it runs, the grace's wake-up is gone.
+    expect(m.dueOffer(T0 + 20_000)).toBeUndefined();
+    expect(m.dueSshDispatch(T0 + 20_000)).toBeUndefined();
+  });
+
+  test('its late release ends the wait: the task goes on at once, and the attempt counts as given back', () => {
+    const m = lapsed();
+    m.release({ holder: agent(), attempt: 1 }, T0 + 16_000);
+    expect(m.status).toMatchObject({ state: 'pending', lostAttempts: 0, attempts: [{ end: 'released' }] });
+    expect(m.dueOffer(T0 + 16_000)).toEqual({ offer: 2 });
+  });
+
+  test('once another attempt has started, the lapsed holder is refused as ever', () => {
+    const m = lapsed();
+    m.dueOffer(T0 + 20_000);
+    m.claim({ claimant: agent('a2'), offer: 2 }, T0 + 20_100);
+    m.offerEnded({ offer: 2, outcome: { kind: 'claimed', attempt: 2, agentId: 'a2' } }, T0 + 20_100);
+    expect(codeOf(() => m.complete({ holder: agent(), attempt: 1, result: { outcome: 'success', summary: 'too late' } }, T0 + 21_000))).toBe('not_lease_holder');
+    expect(codeOf(() => m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 21_000))).toBe('not_lease_holder');
+    // …and once a2's attempt lapses in turn, only a2 (attempt 2) may come back.
+    m.expire(T0 + 20_100 + 15_000, late);
+    expect(codeOf(() => m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 36_000))).toBe('task_not_running');
+    expect(m.heartbeat({ holder: agent('a2'), attempt: 2 }, T0 + 36_000).leaseMsLeft).toBe(60_000);
+  });
+
+  test('only the lapsed holder, and only its attempt; none after a cancel; none without the patch', () => {
+    const m = lapsed();
+    expect(codeOf(() => m.heartbeat({ holder: agent('a2'), attempt: 1 }, T0 + 16_000))).toBe('task_not_running');
+    expect(codeOf(() => m.heartbeat({ holder: agent(), attempt: 0 }, T0 + 16_000))).toBe('task_not_running');
+
+    const cancelled = lapsed();
+    cancelled.cancel({}, T0 + 16_000);
+    expect(cancelled.status.state).toBe('cancelled');
+    expect(codeOf(() => cancelled.heartbeat({ holder: agent(), attempt: 1 }, T0 + 17_000))).toBe('task_closed');
+
+    const unpatched = machine({ leaseMs: 60_000, claimConfirmMs: 15_000, lapseGraceMs: 5_000 });
+    unpatched.claim({ claimant: agent() }, T0);
+    unpatched.expire(T0 + 15_000, { lateWakeGrace: true, lapseGrace: () => false });
+    expect(codeOf(() => unpatched.heartbeat({ holder: agent(), attempt: 1 }, T0 + 16_000))).toBe('task_not_running');
+    expect(unpatched.dueOffer(T0 + 15_000)).toEqual({ offer: 1 }); // no grace either
+  });
+
+  test('an assign ends the wait for the holder; its late result is still taken until the target starts', () => {
+    const m = lapsed();
+    m.assign({ target: agent('a2') }, T0 + 16_000);
+    expect(m.dueOffer(T0 + 16_000)).toEqual({ offer: 2, agentId: 'a2' });
+    m.complete({ holder: agent(), attempt: 1, result: { outcome: 'success', summary: 'late' } }, T0 + 17_000);
+    expect(m.status).toMatchObject({ state: 'completed', lostAttempts: 0 });
+  });
+
+  test('the lapsed attempt survives continue-as-new', () => {
+    const m = TaskMachine.resume(structuredClone(lapsed().snapshot()));
+    m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 16_000);
+    expect(m.status.state).toBe('running');
+  });
+
+  test('the last lapse that gives up the task leaves nothing to take back', () => {
+    const m = lapsed({ maxAttempts: 1 });
+    expect(m.status.state).toBe('failed');
+    expect(codeOf(() => m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 16_000))).toBe('task_closed');
+  });
+});

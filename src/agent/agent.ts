@@ -15,6 +15,12 @@ import { sessionToResume, type ResumePolicy } from '../sessions';
 import { AttemptWorkspace, workspaceFailure, type ScriptExec, type WorkspaceSettings } from '../workspace/workspace';
 import { type DroverHttpClient, type Grant, HttpError, isTransient, type ResultReport } from './http';
 
+/**
+ * A finished result is retried at least this often through an outage: once the server is back it
+ * gets through within the task's lapse grace (tasks.lapseGrace), before the task goes to another agent.
+ */
+export const REPORT_RETRY_MAX_MS = 5_000;
+
 export interface PullAgentOptions {
   client: DroverHttpClient;
   /** The agent command's argv (prompt on its stdin). */
@@ -364,7 +370,7 @@ export class PullAgent {
         }
         taskLog.warn({ err: (error as Error).message }, `could not report ${what} yet; retrying`);
         await sleep(delay);
-        delay = Math.min(delay * 2, this.options.backoff?.maxMs ?? 30_000);
+        delay = Math.min(delay * 2, this.options.backoff?.maxMs ?? 30_000, REPORT_RETRY_MAX_MS);
       }
     }
   }

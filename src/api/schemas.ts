@@ -43,6 +43,12 @@ export const AttemptSchema = T.Object({
   ended_at: nullable(T.String()),
   end: T.String(),
   reason: nullable(T.String()),
+  retaken: nullable(
+    T.Object(
+      { at: T.String(), lapsed_at: T.String(), lapse_reason: T.String() },
+      { description: 'set when the lease lapsed and its holder took the task back with a late heartbeat or result, before any other attempt started' },
+    ),
+  ),
 });
 
 /** What a task asks for, as a task view and a dequeue grant both show it. */
@@ -144,6 +150,7 @@ export function taskView(status: TaskStatus): TaskView {
       ended_at: a.endedAt ?? null,
       end: a.end,
       reason: a.reason ?? null,
+      retaken: a.retaken ? { at: a.retaken.at, lapsed_at: a.retaken.lapsedAt, lapse_reason: a.retaken.lapseReason } : null,
     })),
   };
 }

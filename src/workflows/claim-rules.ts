@@ -78,9 +78,12 @@ export function checkAssign(task: TaskStatus, target: Claimant): Rejection | nul
 /**
  * Heartbeat, complete, fail and release are accepted only from the current holder of the current
  * attempt: an agent whose lease lapsed and was reclaimed cannot finish the task another now runs.
+ * `lapsedAttempt` is the attempt whose lease lapsed, when no other attempt has started since: its
+ * holder's late word is taken (see LapsedAttempt in task-machine.ts).
  */
-export function checkHolder(task: TaskStatus, holder: InstanceRef, attempt: number): Rejection | null {
+export function checkHolder(task: TaskStatus, holder: InstanceRef, attempt: number, lapsedAttempt?: number): Rejection | null {
   if (isClosed(task.state)) return reject('task_closed', `task ${task.taskId} is already ${task.state}`);
+  if (task.state === 'pending' && isLapsedHolder(task, holder, attempt, lapsedAttempt)) return null;
   if (task.state !== 'running') return reject('task_not_running', `task ${task.taskId} is ${task.state}`);
   if (holder.kind !== 'agent' || task.mode !== 'http_pull') {
     return reject('not_lease_holder', `task ${task.taskId} is held by an SSH attempt, which reports through its activity`);
@@ -92,6 +95,21 @@ export function checkHolder(task: TaskStatus, holder: InstanceRef, attempt: numb
     return reject('stale_attempt', `attempt ${attempt} of task ${task.taskId} is over (current attempt ${task.attempt})`);
   }
   return null;
+}
+
+/** Is `holder` the holder of `attempt`, the lapsed attempt no other has followed? */
+function isLapsedHolder(task: TaskStatus, holder: InstanceRef, attempt: number, lapsedAttempt: number | undefined): boolean {
+  const last = task.attempts[task.attempts.length - 1];
+  return (
+    lapsedAttempt !== undefined &&
+    attempt === lapsedAttempt &&
+    attempt === task.attempt &&
+    !task.cancelRequested &&
+    last?.attempt === attempt &&
+    last.end === 'lease_lapsed' &&
+    holder.kind === 'agent' &&
+    sameInstance(last.holder, holder)
+  );
 }
 
 export function checkCancel(task: TaskStatus): Rejection | null {

@@ -45,6 +45,18 @@ export interface TaskMachineState {
   reofferAt?: number;
   /** A pull agent's claim not yet confirmed by its first heartbeat. */
   awaitingConfirm?: boolean;
+  /** The last attempt, when its lease lapsed and no attempt has started since: its holder may still report. */
+  lapsed?: LapsedAttempt;
+}
+
+/**
+ * A pull agent's attempt whose lease lapsed. Until another attempt starts, its holder's late
+ * heartbeat takes the task back and its late result is taken: a lease that lapsed because the
+ * holder's messages could not get through (an outage of Temporal's database, of every API process)
+ * costs no finished work. For `lapseGraceMs` after the lapse the task goes to nobody else.
+ */
+export interface LapsedAttempt {
+  attempt: number;
 }
 
 export type RunPhase = 'claiming' | 'due' | 'running';
@@ -129,6 +141,7 @@ export class TaskMachine {
   private fruitlessOffers: number;
   private reofferAt: number | undefined;
   private awaitingConfirm: boolean;
+  private lapsed: LapsedAttempt | undefined;
   private effects: TaskEffect[] = [];
 
   private constructor(state: TaskMachineState) {
@@ -143,6 +156,7 @@ export class TaskMachine {
     this.fruitlessOffers = state.fruitlessOffers ?? 0;
     this.reofferAt = state.reofferAt;
     this.awaitingConfirm = state.awaitingConfirm ?? false;
+    this.lapsed = state.lapsed;
   }
 
   /** A new task; `runId` names this run of the task id (event ids are unique per run). */
@@ -185,6 +199,7 @@ export class TaskMachine {
       fruitlessOffers: this.fruitlessOffers,
       reofferAt: this.reofferAt,
       awaitingConfirm: this.awaitingConfirm,
+      lapsed: this.lapsed,
     };
   }
 
@@ -216,6 +231,7 @@ export class TaskMachine {
     const { claimant } = request;
     const holder: InstanceRef = { kind: claimant.kind, id: claimant.id };
     s.attempt += 1;
+    this.lapsed = undefined;
     s.state = 'running';
     s.mode = claimant.kind === 'host' ? 'ssh_cli' : 'http_pull';
     s.assignee = holder;
@@ -258,12 +274,16 @@ export class TaskMachine {
   }
 
   validateHolder(request: HolderRequest): Rejection | null {
-    return checkHolder(this.status, request.holder, request.attempt);
+    return checkHolder(this.status, request.holder, request.attempt, this.lapsed?.attempt);
   }
 
-  /** Keeps a pull agent's lease. No wake-up of the workflow is needed: the lease timer re-arms itself. */
+  /**
+   * Keeps a pull agent's lease. No wake-up of the workflow is needed: the lease timer re-arms
+   * itself (unless the heartbeat took a lapsed attempt back: `status.state` says).
+   */
   heartbeat(request: HolderRequest, now: number): HeartbeatAnswer {
     this.mustPass(this.validateHolder(request));
+    this.takeBackLapsed(request, now);
     this.awaitingConfirm = false;
     this.recordOutput(request.output);
     const s = this.status;
@@ -279,6 +299,7 @@ export class TaskMachine {
 
   complete(request: CompleteRequest, now: number): TaskStatus {
     this.mustPass(this.validateHolder(request));
+    this.takeBackLapsed(request, now);
     this.recordOutput(request.output);
     this.finish(request.result, now);
     return this.status;
@@ -286,6 +307,7 @@ export class TaskMachine {
 
   fail(request: FailRequest, now: number): TaskStatus {
     this.mustPass(this.validateHolder(request));
+    this.takeBackLapsed(request, now);
     this.recordOutput(request.output);
     this.finish({ outcome: 'fail', summary: request.summary, details: request.details }, now);
     return this.status;
@@ -293,6 +315,7 @@ export class TaskMachine {
 
   release(request: HolderRequest, now: number): TaskStatus {
     this.mustPass(this.validateHolder(request));
+    this.takeBackLapsed(request, now);
     this.endAttempt('released', now, 'given back by its holder');
     if (this.status.cancelRequested) this.close('cancelled', now);
     else this.requeue(now);
@@ -306,7 +329,8 @@ export class TaskMachine {
   assign(request: AssignRequest, now: number): TaskStatus {
     this.mustPass(this.validateAssign(request));
     const { target } = request;
-    // A coordinator's assign is an operator's decision: it lifts a hold.
+    // A coordinator's assign is an operator's decision: it lifts a hold, and the wait for a lapsed
+    // holder (whose late result is still taken until the target starts).
     delete this.status.hold;
     this.status.reservedFor = { kind: target.kind, id: target.id };
     this.status.mode = target.kind === 'host' ? 'ssh_cli' : 'http_pull';
@@ -518,8 +542,10 @@ export class TaskMachine {
    * `lateWakeGrace`, a lease whose end this wake-up comes well after (Temporal or the workflow
    * workers were down: nothing could reach the task) gets one more lease from now, so that an
    * agent that finished during the outage can still report, rather than its work being run again.
+   * With `lapseGrace` (asked only when a lease lapses: it is a patch check), the lapsed holder may
+   * still take the task back or report until another attempt starts (LapsedAttempt).
    */
-  expire(now: number, options: { lateWakeGrace?: boolean } = {}): void {
+  expire(now: number, options: { lateWakeGrace?: boolean; lapseGrace?: () => boolean } = {}): void {
     const s = this.status;
     if (s.hold && now >= Date.parse(s.hold.until)) {
       delete s.hold;
@@ -540,6 +566,12 @@ export class TaskMachine {
         ? `${who} never confirmed its claim (no heartbeat within ${formatMs(s.options.claimConfirmMs!)}): the answer with the task may not have reached it`
         : `lease of ${who} lapsed`;
       this.loseAttempt('lease_lapsed', why, now);
+      if (!this.closed && options.lapseGrace?.()) {
+        this.lapsed = { attempt: s.attempt };
+        // Neither offered nor dispatched until the grace has passed: time for the holder's late word.
+        const graceMs = s.options.lapseGraceMs ?? 0;
+        if (graceMs > 0) this.reofferAt = this.redispatchAt = now + graceMs;
+      }
     }
   }
 
@@ -658,6 +690,7 @@ export class TaskMachine {
   private requeue(now: number): void {
     const s = this.status;
     this.awaitingConfirm = false;
+    this.lapsed = undefined;
     s.state = 'pending';
     s.mode = 'undecided';
     s.assignee = undefined;
@@ -667,6 +700,34 @@ export class TaskMachine {
     this.endClaimedRun();
     this.windowDeadline = undefined;
     this.resetBackoff();
+    this.touch(now);
+  }
+
+  /**
+   * A message from the holder of the lapsed attempt (validated: no attempt has started since):
+   * the attempt is running again, as it was, with a whole lease from now, and counts as lost no
+   * more. Whatever was scheduled meanwhile for others is withdrawn.
+   */
+  private takeBackLapsed(request: HolderRequest, now: number): void {
+    const s = this.status;
+    const record = this.currentAttempt();
+    if (s.state !== 'pending' || !this.lapsed || this.lapsed.attempt !== request.attempt || !record) return;
+    this.lapsed = undefined;
+    this.cancelOutstanding();
+    this.resetBackoff();
+    this.reofferAt = undefined;
+    this.fruitlessOffers = 0;
+    s.state = 'running';
+    s.mode = 'http_pull';
+    s.assignee = record.holder;
+    s.reservedFor = undefined;
+    s.lostAttempts = Math.max(0, s.lostAttempts - 1);
+    s.runDeadlineAt = iso(Date.parse(record.claimedAt) + s.options.runTimeoutMs);
+    s.leaseExpiresAt = iso(Math.min(now + s.options.leaseMs, Date.parse(s.runDeadlineAt)));
+    record.retaken = { at: iso(now), lapsedAt: record.endedAt ?? iso(now), lapseReason: record.reason ?? 'lease lapsed' };
+    record.end = 'running';
+    delete record.endedAt;
+    delete record.reason;
     this.touch(now);
   }
 

@@ -34,6 +34,13 @@ export const PULL_OFFERS_PATCH = 'pull-offers';
 /** A lease lapse noticed late (an outage) got one more lease with this patch (TaskMachine.expire). */
 export const LATE_WAKE_GRACE_PATCH = 'late-wake-grace';
 
+/**
+ * A pull agent's lapsed attempt stays open to its holder's late heartbeat or result until another
+ * attempt starts, and the task waits `lapseGraceMs` before it goes on (TaskMachine.expire). Checked
+ * only when a lease lapses, so that only histories with a lapse carry the marker.
+ */
+export const LAPSE_GRACE_PATCH = 'lapse-grace';
+
 /** Reports (comments, callbacks) go out one after another, in the order of their events, with this patch. */
 export const ORDERED_REPORTS_PATCH = 'ordered-reports';
 
@@ -236,9 +243,11 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     heartbeatUpdate,
     (request) => {
       // No wake-up: the lease timer re-arms itself when it fires early, which keeps history small;
-      // only a history due for continue-as-new wakes the main loop.
-      const answer = machine.heartbeat(request, Date.now());
-      if (historyFull()) dirty = true;
+      // only a heartbeat that took a lapsed attempt back, or a history due for continue-as-new,
+      // wakes the main loop.
+      const wasRunning = status.state === 'running';
+      const answer = transition((now) => machine.heartbeat(request, now));
+      if (!wasRunning || historyFull()) dirty = true;
       return answer;
     },
     { validator: (request) => rejectWith(machine.validateHolder(request)) },
@@ -344,7 +353,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
         const end = offerEnds.shift()!;
         transition((now) => machine.offerEnded(end, now));
       }
-      transition((now) => machine.expire(now, { lateWakeGrace: wf.patched(LATE_WAKE_GRACE_PATCH) }));
+      transition((now) => machine.expire(now, { lateWakeGrace: wf.patched(LATE_WAKE_GRACE_PATCH), lapseGrace: () => wf.patched(LAPSE_GRACE_PATCH) }));
 
       // Not while an activity is in flight: continuing as new would abandon it.
       if (!machine.closed && !machine.attemptInFlight && reportsInFlight === 0 && historyFull()) {
