@@ -7,7 +7,7 @@ import { LogBuffer } from '../src/run/log-buffer';
 import { blobKeyType, fingerprint, HostKeyError, hostKeyAlgorithms, matchesPins, parseHostKeyPins } from '../src/ssh/host-key';
 import { isUsableSessionId, resumableSession, sessionKeyAttribute, sessionToResume } from '../src/sessions';
 import { guessProvider } from '../src/agent/command';
-import { sleep } from '../src/agent/agent';
+import { readRefusedReport, sleep } from '../src/agent/agent';
 import { getEventListeners } from 'node:events';
 import { readFileSync as readFixture } from 'node:fs';
 import type { ParserOptions, ResultDetails } from '../src/providers';
@@ -284,5 +284,21 @@ describe('small parts', () => {
     expect(guessProvider(['/usr/local/bin/claude', '-p'])).toBe('claude-code');
     expect(guessProvider(['opencode', 'run'])).toBe('opencode');
     expect(guessProvider(['./my-agent.sh'])).toBe('command');
+  });
+});
+
+describe('drover agent: a refused report, said as it happened', () => {
+  it('task_closed after a try whose answer was lost: most likely that try was applied', () => {
+    expect(readRefusedReport('complete (success)', 'task_closed', true)).toEqual({
+      level: 'info',
+      message: 'reported: complete (success) — most likely by an earlier try whose answer was lost: the task is closed',
+    });
+  });
+  it('any other refusal, or task_closed at the first try: the task went on without this agent', () => {
+    for (const [code, unanswered] of [['task_closed', false], ['not_lease_holder', true], ['stale_attempt', false], [undefined, true]] as const) {
+      const read = readRefusedReport('fail', code, unanswered);
+      expect(read.level).toBe('warn');
+      expect(read.message).toBe(`could not report fail: the task is no longer ours (${code ?? 'refused'})`);
+    }
   });
 });

@@ -356,11 +356,8 @@ export class PullAgent {
         return;
       } catch (error) {
         if (error instanceof HttpError && error.leaseLost) {
-          if (unanswered && error.code === 'task_closed') {
-            taskLog.info({ code: error.code }, `reported: ${what} — most likely by an earlier try whose answer was lost: the task is closed`);
-          } else {
-            taskLog.warn({ err: error.message, code: error.code }, `could not report ${what}: the task is no longer ours`);
-          }
+          const refusal = readRefusedReport(what, error.code, unanswered);
+          taskLog[refusal.level]({ err: error.message, code: error.code }, refusal.message);
           return;
         }
         if (isTransient(error)) unanswered = true; // no answer, or a gateway's: it may have reached the task all the same
@@ -374,6 +371,18 @@ export class PullAgent {
       }
     }
   }
+}
+
+/**
+ * What a report refused with 409/404 means, said as it happened. After a try whose answer never
+ * came (a timeout, a gateway's 5xx), `task_closed` most likely means that try was applied: the
+ * report's own Update closed the task. Otherwise the task went on without this agent.
+ */
+export function readRefusedReport(what: string, code: string | undefined, unanswered: boolean): { level: 'info' | 'warn'; message: string } {
+  if (unanswered && code === 'task_closed') {
+    return { level: 'info', message: `reported: ${what} — most likely by an earlier try whose answer was lost: the task is closed` };
+  }
+  return { level: 'warn', message: `could not report ${what}: the task is no longer ours (${code ?? 'refused'})` };
 }
 
 /**
