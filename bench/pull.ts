@@ -27,6 +27,7 @@
 //   BENCH_PULL_BURST (2000), BENCH_PULL_DRAIN_CAP (2000), BENCH_PULL_FAIRNESS (1000), BENCH_PULL_CONCURRENCY (32),
 //   BENCH_PULL_SETTLE_MS (250). With the defaults, 0,1000 takes about 17 minutes here; 10,000 adds
 //   about 9 minutes of task creation alone.
+import { temporal } from '@temporalio/proto';
 import type { AddressInfo } from 'node:net';
 import { buildApp } from '../src/api/app';
 import { parseConfig, taskDefaults } from '../src/config';
@@ -45,6 +46,12 @@ const FIFO_COUNT = 100;
 /** How long after its offer is scheduled a priority-1 task is surely in matching. */
 const SETTLE_MS = Number(process.env.BENCH_PULL_SETTLE_MS ?? 250);
 const AGENTS = 8;
+/**
+ * Opt-in diagnostic: the cross-process sample again, each one this many ms after the task before
+ * closed (e.g. `0,200,1000`), with where the time went, read from the task's own history.
+ */
+const SETTLE_SWEEP = (process.env.BENCH_PULL_SETTLE_SWEEP ?? '').split(',').filter(Boolean).map(Number);
+const SWEEP_SAMPLES = Number(process.env.BENCH_PULL_SWEEP_SAMPLES ?? 20);
 const BACKLOG_PRIORITY = 5;
 const ADMIN = 'bench-admin-token';
 /** Long enough that no task leaves its SSH phase (there are no SSH hosts) while the benchmark runs. */
@@ -200,6 +207,60 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
       if (Date.now() > deadline) throw new Error(`fewer than ${count} agents waiting after 60 s`);
       await sleep(5);
     }
+  }
+
+  /**
+   * Where one cross-process sample's time goes, from the task's history (event times, the same
+   * machine's clock): enqueue → workflow started → first workflow task done → offer started →
+   * claim accepted → grant received.
+   */
+  async function phasesOf(taskId: string, sentAtMs: number, receivedAtMs: number): Promise<Record<string, number>> {
+    const events = (await ctx.client.workflow.getHandle(taskId).fetchHistory()).events ?? [];
+    const time = (e: (typeof events)[number]) => Number(e.eventTime?.seconds ?? 0) * 1000 + Math.round((e.eventTime?.nanos ?? 0) / 1e6);
+    const type = temporal.api.enums.v1.EventType;
+    const started = events.find((e) => e.eventType === type.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED);
+    const firstDone = events.find((e) => e.eventType === type.EVENT_TYPE_WORKFLOW_TASK_COMPLETED);
+    const offerScheduled = events.find((e) => e.eventType === type.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED && e.activityTaskScheduledEventAttributes?.activityType?.name === 'offerTask');
+    const offerStarted = events.find((e) => e.eventType === type.EVENT_TYPE_ACTIVITY_TASK_STARTED && String(e.activityTaskStartedEventAttributes?.scheduledEventId) === String(offerScheduled?.eventId));
+    const accepted = events.find((e) => e.eventType === type.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED);
+    const marks = [sentAtMs, started, firstDone, offerStarted, accepted].map((m) => (typeof m === 'number' ? m : m ? time(m) : NaN));
+    return {
+      'enqueue → started': marks[1]! - marks[0]!,
+      'started → first workflow task done': marks[2]! - marks[1]!,
+      'first workflow task → offer started': marks[3]! - marks[2]!,
+      'offer started → claim accepted': marks[4]! - marks[3]!,
+      'claim accepted → grant received': receivedAtMs - marks[4]!,
+    };
+  }
+
+  async function settleSweep(waiter: Agent, waitType: string, repo: string): Promise<Record<string, unknown>> {
+    const out: Record<string, unknown> = {};
+    let number = 0;
+    for (const settleMs of SETTLE_SWEEP) {
+      const samples: Array<{ ms: number; phases: Record<string, number> }> = [];
+      for (let i = 0; i < SWEEP_SAMPLES; i++) {
+        await sleep(settleMs);
+        const polling = dequeue(twoUrl, waiter, 30);
+        await untilWaiting(1);
+        const sentAtMs = Date.now();
+        const t0 = performance.now();
+        const id = await enqueue({ agent_type: waitType, repo, number: (number += 1), title: `settle ${settleMs} ${i}` });
+        const { grant, at } = await polling;
+        if (grant?.task_id !== id) throw new Error(`the waiting agent got ${grant?.task_id ?? 'nothing'} instead of ${id}`);
+        const ms = at - t0;
+        const receivedAtMs = sentAtMs + ms;
+        await complete(twoUrl, waiter, grant);
+        await ctx.client.workflow.getHandle(id).result();
+        samples.push({ ms, phases: await phasesOf(id, sentAtMs, receivedAtMs) });
+      }
+      const phaseNames = Object.keys(samples[0]!.phases);
+      out[`${settleMs} ms after`] = {
+        'enqueue → dequeue ms': summarize(samples.map((s) => s.ms)),
+        'phase p50s ms': Object.fromEntries(phaseNames.map((name) => [name, summarize(samples.map((s) => s.phases[name]!)).p50])),
+      };
+      ctx.log(`pull: settle ${settleMs} ms: p50 ${summarize(samples.map((s) => s.ms)).p50} ms; ${JSON.stringify((out[`${settleMs} ms after`] as Record<string, unknown>)['phase p50s ms'])}`);
+    }
+    return out;
   }
 
   /** Terminates the tasks of a phase left pending (nothing else would close them). */
@@ -379,6 +440,7 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
     out['trivial round trip ms, measured right after (one at a time)'] = roundTrip;
     out['ratio enqueue → dequeue p99 / round trip p99 (measured beside; at start of run)'] = [round(cross.p99 / roundTrip.p99, 2), round(cross.p99 / ctx.trivialRoundTrip.p99, 2)];
     ctx.log(`pull: N=${n}: cross-process p50 ${cross.p50} ms, p99 ${cross.p99} ms (round trip p99 ${roundTrip.p99} ms)`);
+    if (SETTLE_SWEEP.length > 0) out['settle sweep: enqueue → dequeue by time since the task before closed'] = await settleSweep(waiter, waitType, `${waitRepo}-settle`);
 
     // 4. A burst: 8 agents waiting (4 per process), BURST tasks enqueued 32 at a time.
     {
