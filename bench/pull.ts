@@ -27,8 +27,9 @@
 //   BENCH_PULL_BURST (2000), BENCH_PULL_DRAIN_CAP (2000), BENCH_PULL_FAIRNESS (1000), BENCH_PULL_CONCURRENCY (32),
 //   BENCH_PULL_SETTLE_MS (250). With the defaults, 0,1000 takes about 17 minutes here; 10,000 adds
 //   about 9 minutes of task creation alone.
-import { temporal } from '@temporalio/proto';
+import protos from '@temporalio/proto';
 import type { AddressInfo } from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { buildApp } from '../src/api/app';
 import { parseConfig, taskDefaults } from '../src/config';
 import { taskId as makeTaskId } from '../src/names';
@@ -52,6 +53,8 @@ const AGENTS = 8;
  */
 const SETTLE_SWEEP = (process.env.BENCH_PULL_SETTLE_SWEEP ?? '').split(',').filter(Boolean).map(Number);
 const SWEEP_SAMPLES = Number(process.env.BENCH_PULL_SWEEP_SAMPLES ?? 20);
+/** `close`: the settle time runs from the task before closing; `poll`: from the agent's poll being registered. */
+const SWEEP_FROM = process.env.BENCH_PULL_SWEEP_FROM === 'poll' ? 'poll' : 'close';
 const BACKLOG_PRIORITY = 5;
 const ADMIN = 'bench-admin-token';
 /** Long enough that no task leaves its SSH phase (there are no SSH hosts) while the benchmark runs. */
@@ -217,7 +220,7 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
   async function phasesOf(taskId: string, sentAtMs: number, receivedAtMs: number): Promise<Record<string, number>> {
     const events = (await ctx.client.workflow.getHandle(taskId).fetchHistory()).events ?? [];
     const time = (e: (typeof events)[number]) => Number(e.eventTime?.seconds ?? 0) * 1000 + Math.round((e.eventTime?.nanos ?? 0) / 1e6);
-    const type = temporal.api.enums.v1.EventType;
+    const type = protos.temporal.api.enums.v1.EventType;
     const started = events.find((e) => e.eventType === type.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED);
     const firstDone = events.find((e) => e.eventType === type.EVENT_TYPE_WORKFLOW_TASK_COMPLETED);
     const offerScheduled = events.find((e) => e.eventType === type.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED && e.activityTaskScheduledEventAttributes?.activityType?.name === 'offerTask');
@@ -238,10 +241,14 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
     let number = 0;
     for (const settleMs of SETTLE_SWEEP) {
       const samples: Array<{ ms: number; phases: Record<string, number> }> = [];
+      // This process runs both API processes, the worker's workflow code and the bench: its event loop is shared.
+      const loop = monitorEventLoopDelay({ resolution: 5 });
+      loop.enable();
       for (let i = 0; i < SWEEP_SAMPLES; i++) {
-        await sleep(settleMs);
+        if (SWEEP_FROM === 'close') await sleep(settleMs);
         const polling = dequeue(twoUrl, waiter, 30);
         await untilWaiting(1);
+        if (SWEEP_FROM === 'poll') await sleep(settleMs);
         const sentAtMs = Date.now();
         const t0 = performance.now();
         const id = await enqueue({ agent_type: waitType, repo, number: (number += 1), title: `settle ${settleMs} ${i}` });
@@ -257,8 +264,11 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
       out[`${settleMs} ms after`] = {
         'enqueue → dequeue ms': summarize(samples.map((s) => s.ms)),
         'phase p50s ms': Object.fromEntries(phaseNames.map((name) => [name, summarize(samples.map((s) => s.phases[name]!)).p50])),
+        'event loop delay ms (p50, p99, max)': [loop.percentile(50), loop.percentile(99), loop.max].map((ns) => round(ns / 1e6)),
       };
-      ctx.log(`pull: settle ${settleMs} ms: p50 ${summarize(samples.map((s) => s.ms)).p50} ms; ${JSON.stringify((out[`${settleMs} ms after`] as Record<string, unknown>)['phase p50s ms'])}`);
+      loop.disable();
+      const row = out[`${settleMs} ms after`] as Record<string, unknown>;
+      ctx.log(`pull: settle ${settleMs} ms: p50 ${summarize(samples.map((s) => s.ms)).p50} ms; ${JSON.stringify(row['phase p50s ms'])}; event loop delay ${JSON.stringify(row['event loop delay ms (p50, p99, max)'])}`);
     }
     return out;
   }

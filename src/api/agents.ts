@@ -9,6 +9,8 @@ import { ApiError } from './errors';
 import { AgentId, AgentTypeName, errorResponses } from './schemas';
 
 const admin = [{ adminToken: [] }];
+/** How long an agent's cancel looks for its task in visibility, which lags a claim, before it says `agent_idle`. */
+const VISIBILITY_LAG_MS = 2_000;
 
 const AgentView = T.Object({
   id: T.String(),
@@ -134,7 +136,13 @@ export const agentsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, {
       const id = request.params.id;
       const isHost = directory.hosts.has(id);
       if (!isHost && !(await directory.find(id))) throw new ApiError(404, 'agent_not_found', `no SSH host or pull agent ${id}`);
-      const candidates = await ctx.tasks.list({ openOnly: true, state: 'running', assignee: id }, 100);
+      // Visibility lags a claim (on SQL, by up to a second or so): an agent that found nothing is
+      // looked for again, briefly, before it is called idle.
+      let candidates = await ctx.tasks.list({ openOnly: true, state: 'running', assignee: id }, 100);
+      for (const deadline = Date.now() + VISIBILITY_LAG_MS; candidates.length === 0 && Date.now() < deadline; ) {
+        await new Promise((resolve) => setTimeout(resolve, 250));
+        candidates = await ctx.tasks.list({ openOnly: true, state: 'running', assignee: id }, 100);
+      }
       const cancelled: string[] = [];
       for (const candidate of candidates) {
         // Visibility lags: cancel only what this instance still holds.
