@@ -113,7 +113,7 @@ async function main(): Promise<void> {
   log(`bench: starting an in-memory Temporal dev server and bundling workflows…`);
   const metricsPort = await freePort();
   const [env, workflowBundle] = await Promise.all([
-    startDevServer({ metricsPort }),
+    startDevServer({ metricsPort, dynamicConfig: JSON.parse(process.env.BENCH_DYNAMIC_CONFIG ?? '{}') as Record<string, boolean | number | string> }),
     bundleWorkflowCode({ workflowsPath: fileURLToPath(new URL('./workflows.ts', import.meta.url)), logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error: console.error } }),
   ]);
   const worker = await Worker.create({
