@@ -4,9 +4,12 @@
 //   BENCH_ROUND_TRIPS (default 50: the trivial workflow's round trip, one at a time),
 //   BENCH_ONLY=core,http,pull,ssh,workspace,reconnect (BENCH_WORKSPACE_RUNS, default 20; BENCH_OUTAGE_MS, default 30000;
 //   pull: BENCH_BACKLOGS, default 0,1000,10000, and the settings in bench/pull.ts)
+//   BENCH_TEMPORAL_ADDRESS=host:port: a running server instead of the embedded dev server, e.g. the
+//   cluster tier (`bash scripts/cluster.sh start`, 127.0.0.1:17233; BENCH_TEMPORAL_METRICS_URL, its metrics)
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Runtime, Worker, bundleWorkflowCode } from '@temporalio/worker';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, Runtime, Worker, bundleWorkflowCode } from '@temporalio/worker';
 import { startDevServer } from '../src/dev-server';
 import { freePort } from '../test/support/process';
 import type { Claimant } from '../src/model';
@@ -102,6 +105,21 @@ async function coreThroughput(ctx: BenchContext): Promise<Record<string, unknown
   };
 }
 
+/** A running server (namespace `default`), with what the embedded one's environment gives. */
+async function connectTo(address: string): Promise<{ address: string; client: Client; nativeConnection: NativeConnection; teardown(): Promise<void> }> {
+  const connection = await Connection.connect({ address });
+  const nativeConnection = await NativeConnection.connect({ address });
+  return {
+    address,
+    client: new Client({ connection, namespace: 'default' }),
+    nativeConnection,
+    async teardown() {
+      await nativeConnection.close();
+      await connection.close();
+    },
+  };
+}
+
 async function main(): Promise<void> {
   // BENCH_WORKER_METRICS=host:port serves the SDK's own worker metrics (sticky cache, schedule-to-start) while it runs.
   const workerMetrics = process.env.BENCH_WORKER_METRICS;
@@ -110,10 +128,13 @@ async function main(): Promise<void> {
     ...(workerMetrics ? { telemetryOptions: { metrics: { prometheus: { bindAddress: workerMetrics } } } } : {}),
   });
   const log = (line: string) => console.log(line);
-  log(`bench: starting an in-memory Temporal dev server and bundling workflows…`);
+  const external = process.env.BENCH_TEMPORAL_ADDRESS;
+  log(external ? `bench: against the Temporal server at ${external}; bundling workflows…` : `bench: starting an in-memory Temporal dev server and bundling workflows…`);
   const metricsPort = await freePort();
   const [env, workflowBundle] = await Promise.all([
-    startDevServer({ metricsPort, dynamicConfig: JSON.parse(process.env.BENCH_DYNAMIC_CONFIG ?? '{}') as Record<string, boolean | number | string> }),
+    external
+      ? connectTo(external)
+      : startDevServer({ metricsPort, dynamicConfig: JSON.parse(process.env.BENCH_DYNAMIC_CONFIG ?? '{}') as Record<string, boolean | number | string> }),
     bundleWorkflowCode({ workflowsPath: fileURLToPath(new URL('./workflows.ts', import.meta.url)), logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error: console.error } }),
   ]);
   const worker = await Worker.create({
@@ -127,7 +148,7 @@ async function main(): Promise<void> {
   try {
     const base: BaseContext = {
       address: env.address,
-      metricsUrl: `http://127.0.0.1:${metricsPort}/metrics`,
+      metricsUrl: external ? (process.env.BENCH_TEMPORAL_METRICS_URL ?? '') : `http://127.0.0.1:${metricsPort}/metrics`,
       client: env.client,
       tasks: new TaskClient(env.client),
       nativeConnection: env.nativeConnection,
