@@ -501,12 +501,18 @@ describe('a lapsed attempt’s holder, heard from late (before any other attempt
     expect(unpatched.dueOffer(T0 + 15_000)).toEqual({ offer: 1 }); // no grace either
   });
 
-  test('an assign ends the wait for the holder; its late result is still taken until the target starts', () => {
+  test('an operator’s assign ends the wait: the task goes to the target at once, and the lapsed holder is refused', () => {
     const m = lapsed();
     m.assign({ target: agent('a2') }, T0 + 16_000);
     expect(m.dueOffer(T0 + 16_000)).toEqual({ offer: 2, agentId: 'a2' });
-    m.complete({ holder: agent(), attempt: 1, result: { outcome: 'success', summary: 'late' } }, T0 + 17_000);
-    expect(m.status).toMatchObject({ state: 'completed', lostAttempts: 0 });
+    expect(codeOf(() => m.complete({ holder: agent(), attempt: 1, result: { outcome: 'success', summary: 'late' } }, T0 + 17_000))).toBe('task_not_running');
+  });
+
+  test('a run past its deadline timed out, whatever its holder says late', () => {
+    const m = lapsed({ runTimeoutMs: 60_000 });
+    expect(m.heartbeat({ holder: agent(), attempt: 1 }, T0 + 59_000).leaseMsLeft).toBe(1_000);
+    const past = lapsed({ runTimeoutMs: 60_000 });
+    expect(codeOf(() => past.complete({ holder: agent(), attempt: 1, result: { outcome: 'success', summary: 'too late' } }, T0 + 60_000))).toBe('task_not_running');
   });
 
   test('the lapsed attempt survives continue-as-new', () => {

@@ -21,6 +21,9 @@ import { type DroverHttpClient, type Grant, HttpError, isTransient, type ResultR
  */
 export const REPORT_RETRY_MAX_MS = 5_000;
 
+/** The one try to give back a task whose command the fence stopped: short, as the server was out of reach. */
+const RELEASE_AFTER_FENCE_TIMEOUT_MS = 5_000;
+
 export interface PullAgentOptions {
   client: DroverHttpClient;
   /** The agent command's argv (prompt on its stdin). */
@@ -167,6 +170,8 @@ export class PullAgent {
       taskLog.warn({ unansweredMs: fence.unansweredMs }, 'no heartbeat answered for the whole lease: stopping the command before the lease runs out');
       current.stopReason = 'lease_expired';
       current.abort.abort(new Error('lease expired by the agent’s clock'));
+      // No more heartbeats: one that got through now would take back a task whose command is stopping.
+      beating.abort();
     });
     const heartbeats = (async () => {
       let first = true;
@@ -324,7 +329,13 @@ export class PullAgent {
       return;
     }
     if (current.stopReason === 'lease_expired') {
-      taskLog.warn('the command was stopped when the lease ran out unanswered: the task goes to another agent; nothing reported');
+      // Given back at once if the server can be reached now; if not, its lease lapses.
+      try {
+        await client.release(grant.task_id, grant.attempt, RELEASE_AFTER_FENCE_TIMEOUT_MS);
+        taskLog.warn('the command was stopped when the lease ran out unanswered: the task is given back');
+      } catch (error) {
+        taskLog.warn({ err: (error as Error).message }, 'the command was stopped when the lease ran out unanswered: the task goes to another agent once its lease lapses');
+      }
       return;
     }
     let send: () => Promise<void>;

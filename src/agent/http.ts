@@ -142,8 +142,8 @@ export class DroverHttpClient {
     await this.request('POST', this.taskPath(taskId, 'fail'), { body: { agent_id: this.agentId, attempt, summary, ...(details ? { details } : {}), ...(output ? { output } : {}) } });
   }
 
-  async release(taskId: string, attempt: number): Promise<void> {
-    await this.request('POST', this.taskPath(taskId, 'release'), { body: { agent_id: this.agentId, attempt } });
+  async release(taskId: string, attempt: number, timeoutMs?: number): Promise<void> {
+    await this.request('POST', this.taskPath(taskId, 'release'), { body: { agent_id: this.agentId, attempt }, ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
   }
 
   /** The earlier session of the task's session key, if any. */

@@ -134,6 +134,7 @@ export const agentsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, {
     },
     async (request) => {
       const id = request.params.id;
+      const askedAt = Date.now();
       const isHost = directory.hosts.has(id);
       if (!isHost && !(await directory.find(id))) throw new ApiError(404, 'agent_not_found', `no SSH host or pull agent ${id}`);
       // Visibility lags a claim (on SQL, by up to a second or so): an agent that found nothing is
@@ -148,6 +149,8 @@ export const agentsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, {
         // Visibility lags: cancel only what this instance still holds.
         const status = await ctx.tasks.status(candidate.taskId).catch(() => undefined);
         if (!status || status.state !== 'running' || status.assignee?.id !== id) continue;
+        // Not a task it took after the request (while visibility was looked at again).
+        if (status.claimedAt && Date.parse(status.claimedAt) > askedAt) continue;
         try {
           await ctx.tasks.cancel(candidate.taskId, request.body.reason ?? `cancel of ${id}'s current task`, 'api');
           cancelled.push(candidate.taskId);

@@ -50,13 +50,16 @@ export interface TaskMachineState {
 }
 
 /**
- * A pull agent's attempt whose lease lapsed. Until another attempt starts, its holder's late
- * heartbeat takes the task back and its late result is taken: a lease that lapsed because the
- * holder's messages could not get through (an outage of Temporal's database, of every API process)
- * costs no finished work. For `lapseGraceMs` after the lapse the task goes to nobody else.
+ * A pull agent's attempt whose lease lapsed. Until another attempt starts (or an operator assigns
+ * the task, or the attempt's run deadline passes), its holder's late heartbeat takes the task back
+ * and its late result is taken: a lease that lapsed because the holder's messages could not get
+ * through (an outage of Temporal's database, of every API process) costs no finished work. For
+ * `lapseGraceMs` after the lapse the task goes to nobody else.
  */
 export interface LapsedAttempt {
   attempt: number;
+  /** The attempt's run deadline (epoch ms): a run past it timed out, whatever its holder says. */
+  until: number;
 }
 
 export type RunPhase = 'claiming' | 'due' | 'running';
@@ -273,8 +276,9 @@ export class TaskMachine {
     return { taskId: s.taskId, runId: s.runId, attempt: s.attempt, leaseExpiresAt: s.leaseExpiresAt, ...(leaseMs !== undefined ? { leaseMs } : {}), input: s.input };
   }
 
-  validateHolder(request: HolderRequest): Rejection | null {
-    return checkHolder(this.status, request.holder, request.attempt, this.lapsed?.attempt);
+  validateHolder(request: HolderRequest, now: number): Rejection | null {
+    const lapsed = this.lapsed && now < this.lapsed.until ? this.lapsed.attempt : undefined;
+    return checkHolder(this.status, request.holder, request.attempt, lapsed);
   }
 
   /**
@@ -282,7 +286,7 @@ export class TaskMachine {
    * itself (unless the heartbeat took a lapsed attempt back: `status.state` says).
    */
   heartbeat(request: HolderRequest, now: number): HeartbeatAnswer {
-    this.mustPass(this.validateHolder(request));
+    this.mustPass(this.validateHolder(request, now));
     this.takeBackLapsed(request, now);
     this.awaitingConfirm = false;
     this.recordOutput(request.output);
@@ -298,7 +302,7 @@ export class TaskMachine {
   }
 
   complete(request: CompleteRequest, now: number): TaskStatus {
-    this.mustPass(this.validateHolder(request));
+    this.mustPass(this.validateHolder(request, now));
     this.takeBackLapsed(request, now);
     this.recordOutput(request.output);
     this.finish(request.result, now);
@@ -306,7 +310,7 @@ export class TaskMachine {
   }
 
   fail(request: FailRequest, now: number): TaskStatus {
-    this.mustPass(this.validateHolder(request));
+    this.mustPass(this.validateHolder(request, now));
     this.takeBackLapsed(request, now);
     this.recordOutput(request.output);
     this.finish({ outcome: 'fail', summary: request.summary, details: request.details }, now);
@@ -314,7 +318,7 @@ export class TaskMachine {
   }
 
   release(request: HolderRequest, now: number): TaskStatus {
-    this.mustPass(this.validateHolder(request));
+    this.mustPass(this.validateHolder(request, now));
     this.takeBackLapsed(request, now);
     this.endAttempt('released', now, 'given back by its holder');
     if (this.status.cancelRequested) this.close('cancelled', now);
@@ -329,9 +333,10 @@ export class TaskMachine {
   assign(request: AssignRequest, now: number): TaskStatus {
     this.mustPass(this.validateAssign(request));
     const { target } = request;
-    // A coordinator's assign is an operator's decision: it lifts a hold, and the wait for a lapsed
-    // holder (whose late result is still taken until the target starts).
+    // A coordinator's assign is an operator's decision: it lifts a hold, and ends the wait for a
+    // lapsed holder, whose late word is no longer taken.
     delete this.status.hold;
+    this.lapsed = undefined;
     this.status.reservedFor = { kind: target.kind, id: target.id };
     this.status.mode = target.kind === 'host' ? 'ssh_cli' : 'http_pull';
     // The attempt scheduled on the type's queue must not run now, nor the offer to the type's pull
@@ -567,7 +572,7 @@ export class TaskMachine {
         : `lease of ${who} lapsed`;
       this.loseAttempt('lease_lapsed', why, now);
       if (!this.closed && options.lapseGrace?.()) {
-        this.lapsed = { attempt: s.attempt };
+        this.lapsed = { attempt: s.attempt, until: Date.parse(this.currentAttempt()!.claimedAt) + s.options.runTimeoutMs };
         // Neither offered nor dispatched until the grace has passed: time for the holder's late word.
         const graceMs = s.options.lapseGraceMs ?? 0;
         if (graceMs > 0) this.reofferAt = this.redispatchAt = now + graceMs;

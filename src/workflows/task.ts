@@ -44,15 +44,6 @@ export const LAPSE_GRACE_PATCH = 'lapse-grace';
 /** Reports (comments, callbacks) go out one after another, in the order of their events, with this patch. */
 export const ORDERED_REPORTS_PATCH = 'ordered-reports';
 
-/**
- * Every patch above at once, for runs that start on this code or later. Each patch recorded costs
- * a marker and an upsert of the TemporalChangeVersion search attribute, a visibility write of its
- * own: a run that starts here records this one alone. Runs started before it replay with the
- * patches one by one, as they ran. A patch added after this one must call wf.patched itself,
- * never `patched` below: runs that started with this one predate it.
- */
-export const PATCHES_AT_ONCE = 'task-patches-at-once';
-
 export interface TaskWorkflowArgs {
   taskId: string;
   input: TaskInput;
@@ -79,9 +70,6 @@ function attemptError(error: unknown): AttemptError {
 
 export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> {
   const info = wf.workflowInfo();
-  // Asked once, in the run's first workflow task: a run that started before it replays false.
-  const startedPatched = wf.patched(PATCHES_AT_ONCE);
-  const patched = (patchId: string) => startedPatched || wf.patched(patchId);
   const machine = args.resume ? TaskMachine.resume(args.resume) : TaskMachine.create(args.taskId, args.input, Date.now(), info.firstExecutionRunId);
   const status = machine.status;
   const options = status.options;
@@ -111,7 +99,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     // Not cancellable: a cancel requested through Temporal must not drop a report on its way.
     const send = () => wf.CancellationScope.nonCancellable(() => reports.reportTaskEvent({ type, status: snapshot }));
     // Before the patch, reports went out side by side (a `started` could arrive after `forked`).
-    const sending = (patched(ORDERED_REPORTS_PATCH) ? lastReport.then(send) : send()).catch(() => undefined);
+    const sending = (wf.patched(ORDERED_REPORTS_PATCH) ? lastReport.then(send) : send()).catch(() => undefined);
     lastReport = sending;
     void sending.finally(() => {
       reportsInFlight -= 1;
@@ -230,7 +218,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
 
   /** Not memoized: a run from before the patch offers too once it replays past its history. */
   function offersEnabled(): boolean {
-    return patched(PULL_OFFERS_PATCH);
+    return wf.patched(PULL_OFFERS_PATCH);
   }
 
   function historyFull(): boolean {
@@ -262,19 +250,19 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       if (!wasRunning || historyFull()) dirty = true;
       return answer;
     },
-    { validator: (request) => rejectWith(machine.validateHolder(request)) },
+    { validator: (request) => rejectWith(machine.validateHolder(request, Date.now())) },
   );
 
   wf.setHandler(completeUpdate, (request) => onMessage((now) => machine.complete(request, now)), {
-    validator: (request) => rejectWith(machine.validateHolder(request)),
+    validator: (request) => rejectWith(machine.validateHolder(request, Date.now())),
   });
 
   wf.setHandler(failUpdate, (request) => onMessage((now) => machine.fail(request, now)), {
-    validator: (request) => rejectWith(machine.validateHolder(request)),
+    validator: (request) => rejectWith(machine.validateHolder(request, Date.now())),
   });
 
   wf.setHandler(releaseUpdate, (request) => onMessage((now) => machine.release(request, now)), {
-    validator: (request) => rejectWith(machine.validateHolder(request)),
+    validator: (request) => rejectWith(machine.validateHolder(request, Date.now())),
   });
 
   wf.setHandler(assignUpdate, (request) => onMessage((now) => machine.assign(request, now)), {
@@ -322,7 +310,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     // workflow task that ends the run). The tally keeps open tasks by id: a restated place is not
     // counted twice. Patched: histories from before the tally replay without the signal.
     const [wasState, wasMode] = previous.split('|');
-    if ((previous === '' || wasState !== status.state || wasMode !== status.mode) && patched(TASK_TALLY_PATCH)) {
+    if ((previous === '' || wasState !== status.state || wasMode !== status.mode) && wf.patched(TASK_TALLY_PATCH)) {
       const type = status.input.agentType;
       const transition = {
         taskId: status.taskId,
@@ -365,7 +353,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
         const end = offerEnds.shift()!;
         transition((now) => machine.offerEnded(end, now));
       }
-      transition((now) => machine.expire(now, { lateWakeGrace: patched(LATE_WAKE_GRACE_PATCH), lapseGrace: () => patched(LAPSE_GRACE_PATCH) }));
+      transition((now) => machine.expire(now, { lateWakeGrace: wf.patched(LATE_WAKE_GRACE_PATCH), lapseGrace: () => wf.patched(LAPSE_GRACE_PATCH) }));
 
       // Not while an activity is in flight: continuing as new would abandon it.
       if (!machine.closed && !machine.attemptInFlight && reportsInFlight === 0 && historyFull()) {
