@@ -236,6 +236,22 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
     };
   }
 
+  /**
+   * One cross-process sample: `waiter` polls process two, the task is enqueued on process one once
+   * it waits (and `beforeEnqueue` has run), and the waiter must get that task. Enqueue → grant, ms.
+   */
+  async function crossSample(waiter: Agent, body: Record<string, unknown>, beforeEnqueue?: () => Promise<void>): Promise<{ id: string; grant: Grant; sentAtMs: number; ms: number }> {
+    const polling = dequeue(twoUrl, waiter, 30);
+    await untilWaiting(1);
+    await beforeEnqueue?.();
+    const sentAtMs = Date.now();
+    const t0 = performance.now();
+    const id = await enqueue(body);
+    const { grant, at } = await polling;
+    if (grant?.task_id !== id) throw new Error(`the waiting agent got ${grant?.task_id ?? 'nothing'} instead of ${id}`);
+    return { id, grant, sentAtMs, ms: at - t0 };
+  }
+
   async function settleSweep(waiter: Agent, waitType: string, repo: string): Promise<Record<string, unknown>> {
     const out: Record<string, unknown> = {};
     let number = 0;
@@ -246,29 +262,18 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
       loop.enable();
       for (let i = 0; i < SWEEP_SAMPLES; i++) {
         if (SWEEP_FROM === 'close') await sleep(settleMs);
-        const polling = dequeue(twoUrl, waiter, 30);
-        await untilWaiting(1);
-        if (SWEEP_FROM === 'poll') await sleep(settleMs);
-        const sentAtMs = Date.now();
-        const t0 = performance.now();
-        const id = await enqueue({ agent_type: waitType, repo, number: (number += 1), title: `settle ${settleMs} ${i}` });
-        const { grant, at } = await polling;
-        if (grant?.task_id !== id) throw new Error(`the waiting agent got ${grant?.task_id ?? 'nothing'} instead of ${id}`);
-        const ms = at - t0;
-        const receivedAtMs = sentAtMs + ms;
+        const body = { agent_type: waitType, repo, number: (number += 1), title: `settle ${settleMs} ${i}` };
+        const { id, grant, sentAtMs, ms } = await crossSample(waiter, body, SWEEP_FROM === 'poll' ? () => sleep(settleMs) : undefined);
         await complete(twoUrl, waiter, grant);
         await ctx.client.workflow.getHandle(id).result();
-        samples.push({ ms, phases: await phasesOf(id, sentAtMs, receivedAtMs) });
+        samples.push({ ms, phases: await phasesOf(id, sentAtMs, sentAtMs + ms) });
       }
-      const phaseNames = Object.keys(samples[0]!.phases);
-      out[`${settleMs} ms after`] = {
-        'enqueue → dequeue ms': summarize(samples.map((s) => s.ms)),
-        'phase p50s ms': Object.fromEntries(phaseNames.map((name) => [name, summarize(samples.map((s) => s.phases[name]!)).p50])),
-        'event loop delay ms (p50, p99, max)': [loop.percentile(50), loop.percentile(99), loop.max].map((ns) => round(ns / 1e6)),
-      };
       loop.disable();
-      const row = out[`${settleMs} ms after`] as Record<string, unknown>;
-      ctx.log(`pull: settle ${settleMs} ms: p50 ${summarize(samples.map((s) => s.ms)).p50} ms; ${JSON.stringify(row['phase p50s ms'])}; event loop delay ${JSON.stringify(row['event loop delay ms (p50, p99, max)'])}`);
+      const latency = summarize(samples.map((s) => s.ms));
+      const phaseP50s = Object.fromEntries(Object.keys(samples[0]!.phases).map((name) => [name, summarize(samples.map((s) => s.phases[name]!)).p50]));
+      const loopDelay = [loop.percentile(50), loop.percentile(99), loop.max].map((ns) => round(ns / 1e6));
+      out[`${settleMs} ms after`] = { 'enqueue → dequeue ms': latency, 'phase p50s ms': phaseP50s, 'event loop delay ms (p50, p99, max)': loopDelay };
+      ctx.log(`pull: settle ${settleMs} ms: p50 ${latency.p50} ms; ${JSON.stringify(phaseP50s)}; event loop delay ${JSON.stringify(loopDelay)}`);
     }
     return out;
   }
@@ -432,13 +437,8 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
     const isSettled = (sample: number) => sample >= 3 && sample % 2 === 1;
     for (let i = 0; i < 2 * SAMPLES + 3; i++) {
       const settled = isSettled(i);
-      const polling = dequeue(twoUrl, waiter, 30);
-      await untilWaiting(1);
-      const t0 = performance.now();
-      const id = await enqueue({ agent_type: waitType, repo: waitRepo, number: i + 1, title: `wait ${i}` });
-      const { grant, at } = await polling;
-      if (grant?.task_id !== id) throw new Error(`the waiting agent got ${grant?.task_id ?? 'nothing'} instead of ${id}`);
-      (i < 3 ? warmUp : settled ? latencies : backToBack).push(at - t0);
+      const { id, grant, ms } = await crossSample(waiter, { agent_type: waitType, repo: waitRepo, number: i + 1, title: `wait ${i}` });
+      (i < 3 ? warmUp : settled ? latencies : backToBack).push(ms);
       await complete(twoUrl, waiter, grant);
       if (isSettled(i + 1)) await ctx.client.workflow.getHandle(id).result();
     }

@@ -88,18 +88,20 @@ describe('checkHolder', () => {
   });
   test('a pending task takes the word of its lapsed attempt’s holder, that attempt only, while no other has started', () => {
     const a1 = { kind: 'agent' as const, id: 'a1' };
+    const NOW = Date.parse('2026-01-01T00:01:00.000Z');
+    const open = { attempt: 2, until: NOW + 1 }; // the lapsed attempt, its run deadline still ahead
     const lapsed = task({
       state: 'pending',
       attempt: 2,
       attempts: [{ attempt: 2, holder: a1, mode: 'http_pull', claimedAt: '2026-01-01T00:00:00.000Z', end: 'lease_lapsed' }],
     });
-    expect(checkHolder(lapsed, a1, 2, 2)).toBeNull();
+    expect(checkHolder(lapsed, a1, 2, open, NOW)).toBeNull();
     expect(checkHolder(lapsed, a1, 2)?.code).toBe('task_not_running'); // not marked lapsed (a history from before)
-    expect(checkHolder(lapsed, { kind: 'agent', id: 'a2' }, 2, 2)?.code).toBe('task_not_running');
-    expect(checkHolder(lapsed, a1, 1, 2)?.code).toBe('task_not_running');
-    expect(checkHolder({ ...lapsed, cancelRequested: true }, a1, 2, 2)?.code).toBe('task_not_running');
+    expect(checkHolder(lapsed, { kind: 'agent', id: 'a2' }, 2, open, NOW)?.code).toBe('task_not_running');
+    expect(checkHolder(lapsed, a1, 1, open, NOW)?.code).toBe('task_not_running');
+    expect(checkHolder({ ...lapsed, cancelRequested: true }, a1, 2, open, NOW)?.code).toBe('task_not_running');
     const released = { ...lapsed, attempts: [{ ...lapsed.attempts[0]!, end: 'released' as const }] };
-    expect(checkHolder(released, a1, 2, 2)?.code).toBe('task_not_running');
+    expect(checkHolder(released, a1, 2, open, NOW)?.code).toBe('task_not_running');
   });
 });
 

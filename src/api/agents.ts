@@ -139,10 +139,11 @@ export const agentsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, {
       if (!isHost && !(await directory.find(id))) throw new ApiError(404, 'agent_not_found', `no SSH host or pull agent ${id}`);
       // Visibility lags a claim (on SQL, by up to a second or so): an agent that found nothing is
       // looked for again, briefly, before it is called idle.
-      let candidates = await ctx.tasks.list({ openOnly: true, state: 'running', assignee: id }, 100);
+      const running = () => ctx.tasks.list({ openOnly: true, state: 'running', assignee: id }, 100);
+      let candidates = await running();
       for (const deadline = Date.now() + VISIBILITY_LAG_MS; candidates.length === 0 && Date.now() < deadline; ) {
         await new Promise((resolve) => setTimeout(resolve, 250));
-        candidates = await ctx.tasks.list({ openOnly: true, state: 'running', assignee: id }, 100);
+        candidates = await running();
       }
       const cancelled: string[] = [];
       for (const candidate of candidates) {

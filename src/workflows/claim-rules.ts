@@ -76,14 +76,26 @@ export function checkAssign(task: TaskStatus, target: Claimant): Rejection | nul
 }
 
 /**
+ * A pull agent's attempt whose lease lapsed. Until another attempt starts (or an operator assigns
+ * the task, or the attempt's run deadline passes), its holder's late heartbeat takes the task back
+ * and its late result is taken: a lease that lapsed because the holder's messages could not get
+ * through (an outage of Temporal's database, of every API process) costs no finished work.
+ */
+export interface LapsedAttempt {
+  attempt: number;
+  /** The attempt's run deadline (epoch ms): a run past it timed out, whatever its holder says. */
+  until: number;
+}
+
+/**
  * Heartbeat, complete, fail and release are accepted only from the current holder of the current
  * attempt: an agent whose lease lapsed and was reclaimed cannot finish the task another now runs.
- * `lapsedAttempt` is the attempt whose lease lapsed, when no other attempt has started since: its
- * holder's late word is taken (see LapsedAttempt in task-machine.ts).
+ * The one exception is `lapsed`, the attempt whose lease lapsed when no other has started since:
+ * its holder's late word is taken until the attempt's run deadline.
  */
-export function checkHolder(task: TaskStatus, holder: InstanceRef, attempt: number, lapsedAttempt?: number): Rejection | null {
+export function checkHolder(task: TaskStatus, holder: InstanceRef, attempt: number, lapsed?: LapsedAttempt, now = 0): Rejection | null {
   if (isClosed(task.state)) return reject('task_closed', `task ${task.taskId} is already ${task.state}`);
-  if (task.state === 'pending' && isLapsedHolder(task, holder, attempt, lapsedAttempt)) return null;
+  if (task.state === 'pending' && lapsed && now < lapsed.until && isLapsedHolder(task, holder, attempt, lapsed.attempt)) return null;
   if (task.state !== 'running') return reject('task_not_running', `task ${task.taskId} is ${task.state}`);
   if (holder.kind !== 'agent' || task.mode !== 'http_pull') {
     return reject('not_lease_holder', `task ${task.taskId} is held by an SSH attempt, which reports through its activity`);
@@ -98,10 +110,9 @@ export function checkHolder(task: TaskStatus, holder: InstanceRef, attempt: numb
 }
 
 /** Is `holder` the holder of `attempt`, the lapsed attempt no other has followed? */
-function isLapsedHolder(task: TaskStatus, holder: InstanceRef, attempt: number, lapsedAttempt: number | undefined): boolean {
+function isLapsedHolder(task: TaskStatus, holder: InstanceRef, attempt: number, lapsedAttempt: number): boolean {
   const last = task.attempts[task.attempts.length - 1];
   return (
-    lapsedAttempt !== undefined &&
     attempt === lapsedAttempt &&
     attempt === task.attempt &&
     !task.cancelRequested &&

@@ -7,7 +7,7 @@ import type { AttemptEnd, ClaimGrant, HeartbeatAnswer, InstanceRef, TaskInput, T
 import { DEFAULT_TASK_OPTIONS, isClosed, MAX_KEPT_ATTEMPTS } from '../model';
 import type { AttemptOutcome, OfferOutcome, TaskEvent } from './activity-types';
 import type { Rejection } from './claim-rules';
-import { attemptsExhausted, checkAssign, checkCancel, checkClaim, checkHolder, describeInstance } from './claim-rules';
+import { attemptsExhausted, checkAssign, checkCancel, checkClaim, checkHolder, describeInstance, type LapsedAttempt } from './claim-rules';
 import type { AssignRequest, CancelRequest, ClaimRequest, CompleteRequest, FailRequest, HolderRequest } from './messages';
 
 /** The latest output of a pull agent the task keeps (its status, and so every query, carries it). */
@@ -45,22 +45,13 @@ export interface TaskMachineState {
   reofferAt?: number;
   /** A pull agent's claim not yet confirmed by its first heartbeat. */
   awaitingConfirm?: boolean;
-  /** The last attempt, when its lease lapsed and no attempt has started since: its holder may still report. */
+  /**
+   * The last attempt, when its lease lapsed and no attempt has started since: its holder may still
+   * report (claim-rules.ts). For `lapseGraceMs` after the lapse the task goes to nobody else.
+   */
   lapsed?: LapsedAttempt;
 }
 
-/**
- * A pull agent's attempt whose lease lapsed. Until another attempt starts (or an operator assigns
- * the task, or the attempt's run deadline passes), its holder's late heartbeat takes the task back
- * and its late result is taken: a lease that lapsed because the holder's messages could not get
- * through (an outage of Temporal's database, of every API process) costs no finished work. For
- * `lapseGraceMs` after the lapse the task goes to nobody else.
- */
-export interface LapsedAttempt {
-  attempt: number;
-  /** The attempt's run deadline (epoch ms): a run past it timed out, whatever its holder says. */
-  until: number;
-}
 
 export type RunPhase = 'claiming' | 'due' | 'running';
 
@@ -277,8 +268,7 @@ export class TaskMachine {
   }
 
   validateHolder(request: HolderRequest, now: number): Rejection | null {
-    const lapsed = this.lapsed && now < this.lapsed.until ? this.lapsed.attempt : undefined;
-    return checkHolder(this.status, request.holder, request.attempt, lapsed);
+    return checkHolder(this.status, request.holder, request.attempt, this.lapsed, now);
   }
 
   /**
@@ -287,7 +277,7 @@ export class TaskMachine {
    */
   heartbeat(request: HolderRequest, now: number): HeartbeatAnswer {
     this.mustPass(this.validateHolder(request, now));
-    this.takeBackLapsed(request, now);
+    this.takeBackLapsed(now);
     this.awaitingConfirm = false;
     this.recordOutput(request.output);
     const s = this.status;
@@ -303,7 +293,7 @@ export class TaskMachine {
 
   complete(request: CompleteRequest, now: number): TaskStatus {
     this.mustPass(this.validateHolder(request, now));
-    this.takeBackLapsed(request, now);
+    this.takeBackLapsed(now);
     this.recordOutput(request.output);
     this.finish(request.result, now);
     return this.status;
@@ -311,7 +301,7 @@ export class TaskMachine {
 
   fail(request: FailRequest, now: number): TaskStatus {
     this.mustPass(this.validateHolder(request, now));
-    this.takeBackLapsed(request, now);
+    this.takeBackLapsed(now);
     this.recordOutput(request.output);
     this.finish({ outcome: 'fail', summary: request.summary, details: request.details }, now);
     return this.status;
@@ -319,7 +309,7 @@ export class TaskMachine {
 
   release(request: HolderRequest, now: number): TaskStatus {
     this.mustPass(this.validateHolder(request, now));
-    this.takeBackLapsed(request, now);
+    this.takeBackLapsed(now);
     this.endAttempt('released', now, 'given back by its holder');
     if (this.status.cancelRequested) this.close('cancelled', now);
     else this.requeue(now);
@@ -709,14 +699,15 @@ export class TaskMachine {
   }
 
   /**
-   * A message from the holder of the lapsed attempt (validated: no attempt has started since):
-   * the attempt is running again, as it was, with a whole lease from now, and counts as lost no
-   * more. Whatever was scheduled meanwhile for others is withdrawn.
+   * A holder's message that passed validation while the task is pending comes from the holder of
+   * the lapsed attempt (checkHolder): the attempt is running again, as it was, with a whole lease
+   * from now, and counts as lost no more. Whatever was scheduled meanwhile for others is withdrawn.
    */
-  private takeBackLapsed(request: HolderRequest, now: number): void {
+  private takeBackLapsed(now: number): void {
     const s = this.status;
     const record = this.currentAttempt();
-    if (s.state !== 'pending' || !this.lapsed || this.lapsed.attempt !== request.attempt || !record) return;
+    if (s.state !== 'pending' || !this.lapsed || !record) return;
+    const runDeadline = this.lapsed.until;
     this.lapsed = undefined;
     this.cancelOutstanding();
     this.resetBackoff();
@@ -727,8 +718,8 @@ export class TaskMachine {
     s.assignee = record.holder;
     s.reservedFor = undefined;
     s.lostAttempts = Math.max(0, s.lostAttempts - 1);
-    s.runDeadlineAt = iso(Date.parse(record.claimedAt) + s.options.runTimeoutMs);
-    s.leaseExpiresAt = iso(Math.min(now + s.options.leaseMs, Date.parse(s.runDeadlineAt)));
+    s.runDeadlineAt = iso(runDeadline);
+    s.leaseExpiresAt = iso(Math.min(now + s.options.leaseMs, runDeadline));
     record.retaken = { at: iso(now), lapsedAt: record.endedAt ?? iso(now), lapseReason: record.reason ?? 'lease lapsed' };
     record.end = 'running';
     delete record.endedAt;
