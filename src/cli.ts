@@ -9,7 +9,7 @@ import { startDevServer } from './dev-server';
 import { createLogger } from './log';
 import {
   connectClient,
-  WORKER_IDLE_PROBE_MS,
+  IDLE_PROBE_MS,
   connectNative,
   installTemporalRuntimeLog,
   registerSearchAttributes,
@@ -63,13 +63,11 @@ program
     routeTemporalRuntimeLog(log); // the SDK's and its core's logs, from the first NativeConnection on
     // Its pollers are the Rust core's, which logs no recovery: an idle probe puts an outage and its
     // end in this process's log, as the API's calls do there.
-    const { client, connection, temporalHealth } = await connectClient(config.temporal, { log, idleProbeIntervalMs: WORKER_IDLE_PROBE_MS });
-    const native = await connectNative(config.temporal);
-    const workers = await startWorkers({ config, client, connection: native, log });
+    const { client, connection, temporalHealth } = await connectClient(config.temporal, { log, idleProbeIntervalMs: IDLE_PROBE_MS });
+    const workers = await startWorkers({ config, client, connect: () => connectNative(config.temporal), log, temporalHealth });
     const signal = await Promise.race([untilSignal(), workers.done.then(() => undefined)]);
     if (signal) log.info({ signal }, 'shutting down');
     await workers.shutdown();
-    await native.close();
     temporalHealth.stop();
     await connection.close();
   });
@@ -82,7 +80,7 @@ program
     const config = loadConfig(opts.config);
     const log = createLogger(config.log.level);
     routeTemporalRuntimeLog(log); // the pull queues' workers' logs, once an agent waits
-    const { client, connection, temporalHealth } = await connectClient(config.temporal, { log });
+    const { client, connection, temporalHealth } = await connectClient(config.temporal, { log, idleProbeIntervalMs: IDLE_PROBE_MS });
     const app = await buildApp({ config, client, logger: log, temporalHealth });
     const address = await app.listen({ host: config.api.host, port: config.api.port });
     log.info({ address, docs: `${address}/docs`, temporal: config.temporal.address }, 'drover api listening');
@@ -111,9 +109,8 @@ program
     const env = await startDevServer({ dbFilename: opts.db, port: Number(opts.temporalPort), uiPort: Number(opts.uiPort) });
     config.temporal.address = env.address;
     // A client of our own (not the dev server's): its calls feed the observer behind /readyz and /metrics.
-    const { client, connection, temporalHealth } = await connectClient(config.temporal, { log });
-    const native = await connectNative(config.temporal);
-    const workers = await startWorkers({ config, client, connection: native, log });
+    const { client, connection, temporalHealth } = await connectClient(config.temporal, { log, idleProbeIntervalMs: IDLE_PROBE_MS });
+    const workers = await startWorkers({ config, client, connect: () => connectNative(config.temporal), log, temporalHealth });
     const app = await buildApp({ config, client, logger: log, temporalHealth });
     const api = await app.listen({ host: config.api.host, port: config.api.port });
     console.log(
@@ -122,7 +119,6 @@ program
     await Promise.race([untilSignal(), workers.done]);
     await app.close();
     await workers.shutdown();
-    await native.close();
     temporalHealth.stop();
     await connection.close();
     await env.teardown();

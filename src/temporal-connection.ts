@@ -31,8 +31,12 @@ export const RECONNECT_CHANNEL_ARGS = { 'grpc.initial_reconnect_backoff_ms': 100
 
 /** How long the observer's probe (while Temporal is unreachable) waits for an answer. */
 const PROBE_DEADLINE_MS = 1_000;
-/** `drover worker`: how long without a call of its client before it asks Temporal whether it is there. */
-export const WORKER_IDLE_PROBE_MS = 5_000;
+/**
+ * How long a Drover process goes without a call of its client before it asks Temporal whether it
+ * is there. Its workers' pollers are the SDK core's, unseen by the client: without the probe, an
+ * outage and its end could go unnoticed, and the workers would not be renewed (RenewableWorkers).
+ */
+export const IDLE_PROBE_MS = 1_000;
 
 /**
  * The API's Temporal client. Its calls are retried by the SDK's own interceptor, and each attempt's

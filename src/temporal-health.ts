@@ -3,6 +3,7 @@
 // (connectClient installs it); the observer logs each kind of trouble once, rate-limited, and
 // /readyz and /metrics read it. The workers' Rust core logs its own retries through the SDK
 // Runtime's logger: TemporalRuntimeLog forwards those to pino, rate-limited too.
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type { ConnectionOptions } from '@temporalio/client';
 import type { LogLevel, LogMetadata, Logger as SdkLogger } from '@temporalio/common';
 
@@ -151,6 +152,9 @@ export class TemporalCallObserver {
   private idleTimer: NodeJS.Timeout | undefined;
   private lastCallAt = -Infinity;
   private readonly now: () => number;
+  private readonly reachableAgainListeners = new Set<() => void>();
+  /** Runs a function in the async context the observer was made in, outside any call's. */
+  private readonly outsideCalls = AsyncLocalStorage.snapshot();
 
   constructor(
     private readonly options: {
@@ -194,6 +198,15 @@ export class TemporalCallObserver {
       { temporal: this.options.target, outageSeconds: Math.round(outageMs / 100) / 10 },
       `Temporal is reachable again after ${(outageMs / 1000).toFixed(1)} s`,
     );
+    // Not in the context of the call that was answered (a probe's has a deadline a second away):
+    // work a listener starts, such as renewed workers, would inherit it.
+    for (const listener of this.reachableAgainListeners) this.outsideCalls(listener);
+  }
+
+  /** Calls `listener` each time Temporal answers again after being unreachable. Returns its removal. */
+  onReachableAgain(listener: () => void): () => void {
+    this.reachableAgainListeners.add(listener);
+    return () => this.reachableAgainListeners.delete(listener);
   }
 
   /** RESOURCE_EXHAUSTED: the server refused the call for now (the client retries it with backoff). */

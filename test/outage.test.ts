@@ -42,5 +42,5 @@ test('Temporal down for longer than the lease: the result the agent kept is take
     up: startServer,
   });
   // Figures for the notes (issue 11: back within a second or two), not timing assertions.
-  console.log(`outage: /readyz 200 ${figures.readyAfterServerMs} ms after the server answered; the kept report taken after ${figures.reportTakenAfterServerMs} ms`);
+  console.log(`outage: /readyz 200 ${figures.readyAfterServerMs} ms after the server answered; the kept report taken after ${figures.reportTakenAfterServerMs} ms; a new task reached a waiting agent after ${figures.nextDequeuedAfterServerMs} ms`);
 }, 120_000);

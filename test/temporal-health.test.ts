@@ -1,6 +1,7 @@
 // What Drover's Temporal client meets, in its logs, metrics and readiness: the observer's state
 // logic (unit), and a dev server of this file's own (on disk, restartable, with a visibility rate
 // limit of 1 call a second) that throttles a burst of count calls, then goes down and comes back.
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -75,7 +76,10 @@ describe('the observer', () => {
     const { log, lines } = stubLog();
     let now = 10_000;
     const observer = new TemporalCallObserver({ log, now: () => now, target: 'temporal:7233' });
+    let reachableAgain = 0;
+    const stopListening = observer.onReachableAgain(() => reachableAgain++);
     observer.record('GetSystemInfo', OK);
+    expect(reachableAgain).toBe(0); // the first answer is no return
     now = 20_000;
     observer.record(LIST, GrpcCode.UNAVAILABLE, 'No connection established. Last error: connect ECONNREFUSED');
     now = 25_000;
@@ -93,12 +97,24 @@ describe('the observer', () => {
     expect(lines[0]!.message).toMatch(/^Temporal is unreachable/);
 
     now = 65_500;
-    observer.record('GetSystemInfo', OK);
+    // Heard inside the answered call's context (a probe's carries a deadline): listeners run outside it.
+    const callContext = new AsyncLocalStorage<string>();
+    let listenerContext: string | undefined = 'unset';
+    observer.onReachableAgain(() => (listenerContext = callContext.getStore()));
+    callContext.run('the probe, with its deadline', () => observer.record('GetSystemInfo', OK));
+    expect(listenerContext).toBeUndefined();
     observer.record(LIST, OK);
     expect(observer.state()).toEqual({ status: 'reachable', since: 65_500, lastError: undefined });
     expect(observer.reconnects).toBe(1);
     expect(lines).toHaveLength(2);
     expect(lines[1]).toMatchObject({ level: 'info', fields: { outageSeconds: 45.5 }, message: 'Temporal is reachable again after 45.5 s' });
+    expect(reachableAgain).toBe(1); // once per return, not per answer (the workers are renewed once)
+
+    stopListening();
+    observer.record(LIST, GrpcCode.UNAVAILABLE, 'No connection established');
+    observer.record(LIST, OK);
+    expect(observer.reconnects).toBe(2);
+    expect(reachableAgain).toBe(1);
   });
 
   test('throttling: counted by method, one warning per method per 10 s with the count since the last, naming the setting', () => {

@@ -112,6 +112,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     metrics: metrics.pull(),
     afterClaim: deps.afterClaim,
   });
+  // The SDK's pollers back off up to 10 s while Temporal is down: fresh ones once it is back.
+  const stopRenewing = temporalHealth.onReachableAgain(() => void pull.renew());
   const ctx: ApiContext = {
     config,
     client,
@@ -168,6 +170,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   // End long-polls before Fastify waits for in-flight requests; flush presence last.
   app.addHook('preClose', async () => {
+    stopRenewing();
     await pull.close();
   });
   app.addHook('onClose', async () => {

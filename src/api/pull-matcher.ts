@@ -7,6 +7,7 @@
 // Nothing on this path queries visibility, and an offer reaches whichever process its agent polls.
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { type NativeConnection, Worker, type CustomSlotSupplier, type SlotInfo, type SlotPermit } from '@temporalio/worker';
+import { RenewableWorkers } from '../workers/renewable-workers';
 import type { ClaimGrant, InstanceRef } from '../model';
 import { agentPullQueue, pullQueue } from '../names';
 import type { TaskClient } from '../task-client';
@@ -37,11 +38,11 @@ export interface PullMetrics {
 }
 
 export interface PullMatcherOptions {
-  /** The worker connection, opened when the first agent waits (closed by close()). */
+  /** The worker connection, opened when the first agent waits (again on renew(); closed by close()). */
   connect: () => Promise<NativeConnection>;
   namespace: string;
   tasks: TaskClient;
-  log: WarnLogger;
+  log: WarnLogger & { info(object: object, message?: string): void };
   metrics?: PullMetrics;
   /** An offer that finds no agent of its kind waiting here waits this long for one before it is given back. */
   returnAfterMs?: number;
@@ -67,11 +68,15 @@ interface Waiter {
 /** One queue's worker and the permits it holds. */
 interface QueueWorker {
   queue: string;
-  worker?: Worker;
+  /** Its worker runs (in `workers`, under the queue's name). */
+  started: boolean;
   starting?: Promise<void>;
-  running?: Promise<void>;
-  /** Poll permits handed out and not yet released. */
-  permits: number;
+  /**
+   * The poll permits of each of the queue's workers that has not ended: one, or during a renewal
+   * after an outage, the fresh one and its predecessor. An ended worker's no longer count, released
+   * or not (a worker shut down while its polls back off need not release them).
+   */
+  gates: Map<Worker, { permits: number }>;
   lastWanted: number;
 }
 
@@ -83,12 +88,26 @@ export class PullMatcher {
   /** Offers here that found no waiter, waiting briefly for one. */
   private readonly orphanOffers = new Set<() => void>();
   private readonly inflight = new Set<Promise<unknown>>();
-  private connection: Promise<NativeConnection> | undefined;
+  private readonly workers: RenewableWorkers;
   private sweeper: NodeJS.Timeout | undefined;
   private closed = false;
   private lastErrorLog = 0;
 
-  constructor(private readonly options: PullMatcherOptions) {}
+  constructor(private readonly options: PullMatcherOptions) {
+    this.workers = new RenewableWorkers({
+      connect: options.connect,
+      log: options.log,
+      ended: (queue, worker) => {
+        this.queues.get(queue)?.gates.delete(worker);
+        this.wakeReservations();
+      },
+    });
+  }
+
+  /** Fresh pollers on every queue polled here: Temporal is reachable again after an outage. */
+  renew(): Promise<void> {
+    return this.workers.renew();
+  }
 
   get waitingCount(): number {
     return this.waiters.length;
@@ -159,10 +178,8 @@ export class PullMatcher {
     this.wakeReservations();
     this.wakeOrphans();
     while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
-    await Promise.allSettled([...this.queues.values()].map((q) => this.stopQueue(q)));
-    const connection = this.connection;
-    this.connection = undefined;
-    if (connection) await connection.then((c) => c.close()).catch(() => undefined);
+    await Promise.allSettled([...this.queues.values()].map((q) => q.starting));
+    await this.workers.close();
   }
 
   // ---- queues and their poll permits -----------------------------------------------------------
@@ -170,58 +187,62 @@ export class PullMatcher {
   /** How many waiting agents here could take an offer from `queue`, less the permits already out. */
   private unmetDemand(queue: string): number {
     const demand = this.waiters.filter((w) => w.state === 'waiting' && w.queues.includes(queue)).length;
-    return demand - (this.queues.get(queue)?.permits ?? 0);
+    return demand - this.permitsOut(queue);
   }
 
   private want(queue: string): void {
     let entry = this.queues.get(queue);
     if (!entry) {
-      entry = { queue, permits: 0, lastWanted: Date.now() };
+      entry = { queue, started: false, gates: new Map(), lastWanted: Date.now() };
       this.queues.set(queue, entry);
     }
     entry.lastWanted = Date.now();
-    if (!entry.worker && !entry.starting) this.startQueue(entry);
+    if (!entry.started && !entry.starting) this.startQueue(entry);
     this.sweeper ??= setInterval(() => this.sweepIdleQueues(), Math.max(1_000, (this.options.idleQueueMs ?? 60_000) / 2));
     this.sweeper.unref?.();
   }
 
   private startQueue(entry: QueueWorker): void {
     const starting = (async () => {
-      this.connection ??= this.options.connect();
-      const worker = await Worker.create({
-        connection: await this.connection,
-        namespace: this.options.namespace,
-        taskQueue: entry.queue,
-        activities: this.activities(),
-        identity: `drover-api:${process.pid}@${entry.queue}`,
-        tuner: {
-          activityTaskSlotSupplier: this.pollGate(entry),
-          workflowTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
-          localActivityTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
-          nexusTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
-        },
-        // One poll per permit, up to this many agents waiting here at once on one queue.
-        activityTaskPollerBehavior: { type: 'simple-maximum', maximum: 64 },
-        shutdownGraceTime: '5 seconds',
+      const { done } = await this.workers.add(entry.queue, async (connection) => {
+        const gate = { permits: 0 };
+        const worker = await Worker.create({
+          connection,
+          namespace: this.options.namespace,
+          taskQueue: entry.queue,
+          activities: this.activities(),
+          identity: `drover-api:${process.pid}@${entry.queue}`,
+          tuner: {
+            activityTaskSlotSupplier: this.pollGate(entry, gate),
+            workflowTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+            localActivityTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+            nexusTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+          },
+          // One poll per permit, up to this many agents waiting here at once on one queue.
+          activityTaskPollerBehavior: { type: 'simple-maximum', maximum: 64 },
+          shutdownGraceTime: '5 seconds',
+        });
+        entry.gates.set(worker, gate);
+        this.wakeReservations(); // its polls asked before it counted
+        return worker;
       });
-      entry.worker = worker;
-      entry.running = worker.run().catch((error: unknown) => this.logError(error, `pull queue ${entry.queue} stopped`));
-      if (this.closed) await this.stopQueue(entry);
+      entry.started = true;
+      done.catch((error: unknown) => this.logError(error, `pull queue ${entry.queue} stopped`));
+      if (this.closed) await this.workers.remove(entry.queue); // close() came while it started
     })()
       .catch((error: unknown) => this.logError(error, `cannot poll pull queue ${entry.queue}`))
       .finally(() => {
         entry.starting = undefined;
         // A queue that failed to start is tried again by the next agent that wants it.
-        if (!entry.worker) this.queues.delete(entry.queue);
+        if (!entry.started) this.queues.delete(entry.queue);
       });
     entry.starting = starting;
   }
 
   private async stopQueue(entry: QueueWorker): Promise<void> {
     await entry.starting;
-    const worker = entry.worker;
-    if (worker && worker.getState() === 'RUNNING') worker.shutdown();
-    await entry.running;
+    await this.workers.remove(entry.queue);
+    entry.started = false;
   }
 
   /** Queues nobody here wanted for a while stop polling (their workers end). */
@@ -229,17 +250,23 @@ export class PullMatcher {
     const idleMs = this.options.idleQueueMs ?? 60_000;
     for (const entry of [...this.queues.values()]) {
       const wanted = this.waiters.some((w) => w.queues.includes(entry.queue));
-      if (wanted || entry.starting || entry.permits > 0 || Date.now() - entry.lastWanted < idleMs) continue;
+      if (wanted || entry.starting || this.permitsOut(entry.queue) > 0 || Date.now() - entry.lastWanted < idleMs) continue;
       this.queues.delete(entry.queue);
       void this.stopQueue(entry);
     }
   }
 
-  /** Hands out one poll permit per waiting agent that could use the queue. */
-  private pollGate(entry: QueueWorker): CustomSlotSupplier<SlotInfo> {
+  private permitsOut(queue: string): number {
+    let out = 0;
+    for (const gate of this.queues.get(queue)?.gates.values() ?? []) out += gate.permits;
+    return out;
+  }
+
+  /** Hands out one poll permit per waiting agent that could use the queue, counted in `gate` (its worker's). */
+  private pollGate(entry: QueueWorker, gate: { permits: number }): CustomSlotSupplier<SlotInfo> {
     const take = (): SlotPermit | null => {
-      if (this.closed || this.unmetDemand(entry.queue) <= 0) return null;
-      entry.permits += 1;
+      if (this.closed || ![...entry.gates.values()].includes(gate) || this.unmetDemand(entry.queue) <= 0) return null;
+      gate.permits += 1;
       return {};
     };
     return {
@@ -268,7 +295,7 @@ export class PullMatcher {
       tryReserveSlot: () => take(),
       markSlotUsed: () => {},
       releaseSlot: () => {
-        entry.permits -= 1;
+        gate.permits -= 1;
         this.wakeReservations();
       },
     };

@@ -2,6 +2,7 @@
 // one on its own queue (assigned tasks), all behind the host's single slot limit.
 import type { Client } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import { RenewableWorkers, type RenewalLog } from './renewable-workers';
 import { createAttemptActivities, type AttemptDeps } from '../activities/attempt';
 import type { Runner } from '../activities/runner';
 import { hostQueue, runQueue, typeQueue } from '../names';
@@ -11,7 +12,7 @@ export interface HostWorkerOptions {
   /**
    * Opens a connection for this host alone. The SDK refuses two workers on one task queue over
    * the same connection, and every host of a type polls that type's queue, so each host has its
-   * own connection (closed by shutdown()).
+   * own connection (closed by shutdown(); opened again by renew()).
    */
   connect: () => Promise<NativeConnection>;
   namespace: string;
@@ -20,6 +21,7 @@ export interface HostWorkerOptions {
   types: string[];
   slots: number;
   runner: Runner;
+  log?: RenewalLog;
   /** Tuning of the attempt activities (heartbeat interval, log bounds). */
   activityOptions?: Pick<AttemptDeps, 'heartbeatIntervalMs' | 'logHeadChars' | 'logTailChars' | 'handOffMs'>;
 }
@@ -33,8 +35,8 @@ export class HostWorkers {
     readonly hostId: string,
     readonly types: string[],
     readonly slots: HostSlots,
-    private readonly workers: Worker[],
-    private readonly connection: NativeConnection,
+    private readonly workers: RenewableWorkers,
+    private readonly ended: Array<Promise<void>>,
     private readonly shuttingDown: AbortController,
   ) {}
 
@@ -51,40 +53,54 @@ export class HostWorkers {
       ...options.activityOptions,
     });
     const queues = [...options.types.map(typeQueue), hostQueue(options.hostId)];
-    const connection = await options.connect();
-    const worker = (taskQueue: string, activityTaskSlotSupplier: ActivitySlotSupplier, extra: Partial<WorkerOptions> = {}) =>
-      Worker.create({
-        connection,
-        namespace: options.namespace,
-        taskQueue,
-        activities,
-        identity: `drover-host:${options.hostId}@${taskQueue}`,
-        tuner: {
-          activityTaskSlotSupplier,
-          workflowTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
-          localActivityTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
-          nexusTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
-        },
-        // At most one heartbeat write per 10 s (each is billed on Temporal Cloud); cancellation
-        // comes back in their answers, so it reaches a runner within that.
-        maxHeartbeatThrottleInterval: '10 seconds',
-        defaultHeartbeatThrottleInterval: '10 seconds',
-        shutdownGraceTime: '5 seconds',
-        ...extra,
-      });
-    const workers = await Promise.all([
-      // Claims: polled only while the host can take work. One poll per queue: each open poll can
-      // bring a task, and the host has few slots.
-      ...queues.map((taskQueue) => worker(taskQueue, slots.pollGate(), { activityTaskPollerBehavior: { type: 'simple-maximum', maximum: 1 } })),
-      // The runs of claimed attempts: never gated (each holds the slot its claim took).
-      worker(runQueue(options.hostId), { type: 'fixed-size', numSlots: Math.max(8, options.slots * 4) }),
-    ]);
-    return new HostWorkers(options.hostId, options.types, slots, workers, connection, shuttingDown);
+    const workers = new RenewableWorkers({ connect: options.connect, log: options.log });
+    const worker = (taskQueue: string, activityTaskSlotSupplier: () => ActivitySlotSupplier, extra: Partial<WorkerOptions> = {}) =>
+      workers.add(taskQueue, (connection) =>
+        Worker.create({
+          connection,
+          namespace: options.namespace,
+          taskQueue,
+          activities,
+          identity: `drover-host:${options.hostId}@${taskQueue}`,
+          tuner: {
+            activityTaskSlotSupplier: activityTaskSlotSupplier(),
+            workflowTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+            localActivityTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+            nexusTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+          },
+          // At most one heartbeat write per 10 s (each is billed on Temporal Cloud); cancellation
+          // comes back in their answers, so it reaches a runner within that.
+          maxHeartbeatThrottleInterval: '10 seconds',
+          defaultHeartbeatThrottleInterval: '10 seconds',
+          shutdownGraceTime: '5 seconds',
+          ...extra,
+        }),
+      );
+    try {
+      const started = await Promise.all([
+        // Claims: polled only while the host can take work. One poll per queue: each open poll can
+        // bring a task, and the host has few slots.
+        ...queues.map((taskQueue) => worker(taskQueue, () => slots.pollGate(), { activityTaskPollerBehavior: { type: 'simple-maximum', maximum: 1 } })),
+        // The runs of claimed attempts: never gated (each holds the slot its claim took). A worker
+        // renewed after an outage leaves its runs to finish on it (shutdown() ends them at once,
+        // detached, through `shuttingDown`).
+        worker(runQueue(options.hostId), () => ({ type: 'fixed-size', numSlots: Math.max(8, options.slots * 4) }), { shutdownGraceTime: '1 day' }),
+      ]);
+      return new HostWorkers(options.hostId, options.types, slots, workers, started.map((s) => s.done), shuttingDown);
+    } catch (error) {
+      await workers.close();
+      throw error;
+    }
   }
 
   run(): Promise<void> {
-    this.running ??= Promise.all(this.workers.map((w) => w.run())).then(() => undefined);
+    this.running ??= Promise.all(this.ended).then(() => undefined);
     return this.running;
+  }
+
+  /** Fresh pollers on the host's queues: Temporal is reachable again after an outage (see RenewableWorkers). */
+  renew(): Promise<void> {
+    return this.workers.renew();
   }
 
   /**
@@ -93,10 +109,6 @@ export class HostWorkers {
    */
   async shutdown(): Promise<void> {
     this.shuttingDown.abort();
-    for (const worker of this.workers) {
-      if (worker.getState() === 'RUNNING') worker.shutdown();
-    }
-    await this.running;
-    await this.connection.close();
+    await this.workers.close();
   }
 }

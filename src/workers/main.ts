@@ -1,41 +1,47 @@
 // `drover worker`: the workflow worker, plus the workers of every SSH host in the config.
 import type { Client } from '@temporalio/client';
-import type { NativeConnection, Worker } from '@temporalio/worker';
+import type { NativeConnection } from '@temporalio/worker';
 import { durationMs, type DroverConfig, workspaceSettings } from '../config';
 import type { Logger } from '../log';
-import { createTaskWorker } from './task-worker';
+import { bundleWorkflows, createTaskWorker } from './task-worker';
+import { RenewableWorkers } from './renewable-workers';
 import { createReportActivities } from '../activities/report';
 import { reportSinksFromConfig } from '../activities/sinks';
 import { connectNative } from '../temporal-connection';
+import type { TemporalCallObserver } from '../temporal-health';
+import { TASKS_QUEUE } from '../names';
 import { startSshHosts } from './ssh-hosts';
 
 export interface RunningWorkers {
   /** Resolves when every worker has stopped. */
   done: Promise<void>;
   shutdown(): Promise<void>;
+  /** Fresh pollers for the workflow worker and the SSH hosts: Temporal is reachable again after an outage (see RenewableWorkers). */
+  renew(): Promise<void>;
 }
 
 export async function startWorkers(deps: {
   config: DroverConfig;
   client: Client;
-  connection: NativeConnection;
+  /** Opens the workflow worker's Temporal connection (again on each renewal). */
+  connect: () => Promise<NativeConnection>;
   log: Logger;
   workflowBundle?: { code: string } | { codePath: string };
   /** Opens a Temporal connection for one SSH host's workers (default: from config.temporal). */
   connectHost?: () => Promise<NativeConnection>;
+  /** The process's watch on Temporal: once it is reachable again after an outage, the workers are renewed. */
+  temporalHealth?: TemporalCallObserver;
 }): Promise<RunningWorkers> {
-  const { config, connection, log } = deps;
-  const workers: Worker[] = [
-    await createTaskWorker({
-      connection,
-      namespace: config.temporal.namespace,
-      workflowBundle: deps.workflowBundle,
-      // Task events become Forgejo comments and callback POSTs (retried until delivered).
-      activities: createReportActivities(reportSinksFromConfig(config, deps.client)),
-    }),
-  ];
-  log.info({ queues: ['drover.tasks'] }, 'workflow worker started');
-  const workflowsDone = Promise.all(workers.map((w) => w.run())).then(() => undefined);
+  const { config, log } = deps;
+  // Bundled once: a renewal makes a new worker from the same code.
+  const workflowBundle = deps.workflowBundle ?? (await bundleWorkflows());
+  // Task events become Forgejo comments and callback POSTs (retried until delivered).
+  const activities = createReportActivities(reportSinksFromConfig(config, deps.client));
+  const workflowWorkers = new RenewableWorkers({ connect: deps.connect, log });
+  const { done: workflowsDone } = await workflowWorkers.add(TASKS_QUEUE, (connection) =>
+    createTaskWorker({ connection, namespace: config.temporal.namespace, workflowBundle, activities }),
+  );
+  log.info({ queues: [TASKS_QUEUE] }, 'workflow worker started');
   // SSH hosts: each with its own Temporal connection, health check and presence.
   const sshHosts = await startSshHosts({
     hosts: config.hosts,
@@ -46,18 +52,24 @@ export async function startWorkers(deps: {
     fenceGraceMs: durationMs(config.tasks.fenceGrace),
     workspaces: workspaceSettings(config),
   }).catch(async (error: unknown) => {
-    for (const worker of workers) if (worker.getState() === 'RUNNING') worker.shutdown();
-    await workflowsDone.catch(() => undefined);
+    await workflowWorkers.close();
     throw error;
   });
+  const renew = async () => {
+    await Promise.all([workflowWorkers.renew(), sshHosts.renew()]);
+  };
+  // The SDK's pollers back off up to 10 s while Temporal is down: fresh ones once it is back.
+  const stopRenewing = deps.temporalHealth?.onReachableAgain(() => void renew());
   const done = Promise.all([workflowsDone, sshHosts.done]).then(() => undefined);
   return {
     done,
     async shutdown() {
       // Hosts first: their attempts still report to the workflows.
       await sshHosts.shutdown();
-      for (const worker of workers) if (worker.getState() === 'RUNNING') worker.shutdown();
+      stopRenewing?.();
+      await workflowWorkers.close();
       await done;
     },
+    renew,
   };
 }

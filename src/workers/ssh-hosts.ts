@@ -27,6 +27,8 @@ export interface RunningSshHosts {
   presence: PresencePublisher;
   done: Promise<void>;
   shutdown(): Promise<void>;
+  /** Fresh pollers on every host's queues: Temporal is reachable again after an outage. */
+  renew(): Promise<void>;
 }
 
 export function loadPrivateKey(host: HostConfig, env: NodeJS.ProcessEnv = process.env): string | Buffer {
@@ -118,6 +120,7 @@ export async function startSshHosts(deps: {
         types: config.types,
         slots: config.slots,
         runner,
+        log: hostLog,
       });
       workers.slots.setOnline(false);
       hosts.push({ config, workers, health, runner });
@@ -175,6 +178,9 @@ export async function startSshHosts(deps: {
       }
       await Promise.allSettled(hosts.map((h) => h.workers.shutdown()));
       if (hosts.length > 0) await presence.stop();
+    },
+    async renew() {
+      await Promise.all(hosts.map((h) => h.workers.renew()));
     },
   };
 }

@@ -34,7 +34,7 @@ describe('on Temporal on PostgreSQL', () => {
       up: () => cluster('start'),
     });
     // Figures for the notes (issue 11: back within a second or two), not timing assertions.
-    console.log(`outage: /readyz 200 ${figures.readyAfterServerMs} ms after the server answered; the kept report taken after ${figures.reportTakenAfterServerMs} ms`);
+    console.log(`outage: /readyz 200 ${figures.readyAfterServerMs} ms after the server answered; the kept report taken after ${figures.reportTakenAfterServerMs} ms; a new task reached a waiting agent after ${figures.nextDequeuedAfterServerMs} ms`);
   }, 240_000);
 
   test('PostgreSQL down for 10 s while four agents work through 24 tasks: every task completes, run once: none is redone, no two runs overlap', async () => {

@@ -3,15 +3,15 @@
 // dev-server outage test (test/outage.test.ts) and by the cluster tier's fault tests
 // (test/cluster/faults.cluster.ts), where the server is Temporal on PostgreSQL.
 import { Connection } from '@temporalio/client';
-import { NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import { NativeConnection, Runtime } from '@temporalio/worker';
+import { pino } from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { expect, inject } from 'vitest';
 import { buildApp } from '../../src/api/app';
-import { createReportActivities } from '../../src/activities/report';
 import type { DroverConfig } from '../../src/config';
 import { TaskClient } from '../../src/task-client';
-import { connectClient } from '../../src/temporal-connection';
-import { createTaskWorker } from '../../src/workers/task-worker';
+import { connectClient, IDLE_PROBE_MS } from '../../src/temporal-connection';
+import { startWorkers } from '../../src/workers/main';
 import { agent, dequeue, enqueue, taskUrl, testConfig } from './http';
 import { waitFor } from './temporal';
 
@@ -34,29 +34,34 @@ export function quietCoreRuntime(): void {
   }
 }
 
-/** `raw` over the test config; `types` are added to the config's own (its logins name them). */
+/**
+ * `raw` over the test config; `types` are added to the config's own (its logins name them). Wired
+ * as `drover dev` is: the client's observer probes Temporal when idle, and the workflow worker and
+ * the API's pull workers are renewed once it is reachable again.
+ */
 export async function startOutageHarness(address: string, namespace: string, raw: Record<string, unknown> & { types?: string[] }): Promise<OutageHarness> {
   const config = testConfig(namespace, { ...raw, types: [...new Set(['dev', 'reviewer', 'boss', ...(raw.types ?? [])])] });
   config.temporal.address = address;
-  const { client, connection } = await connectClient(config.temporal);
-  const nativeConnection = await NativeConnection.connect({ address });
-  const worker: Worker = await createTaskWorker({
-    connection: nativeConnection,
-    namespace,
+  const { client, connection, temporalHealth } = await connectClient(config.temporal, { idleProbeIntervalMs: IDLE_PROBE_MS });
+  // OUTAGE_LOG=info: the API's and the workers' logs, for a run that went wrong.
+  const log = pino({ level: process.env.OUTAGE_LOG ?? 'silent' });
+  const workers = await startWorkers({
+    config,
+    client,
+    connect: () => NativeConnection.connect({ address }),
+    log,
     workflowBundle: { codePath: inject('workflowBundlePath') },
-    activities: createReportActivities([]),
+    temporalHealth,
   });
-  const running = worker.run();
-  const app = await buildApp({ config, client, logger: false });
+  const app = await buildApp({ config, client, logger: process.env.OUTAGE_LOG ? log : false, temporalHealth });
   return {
     app,
     tasks: new TaskClient(client),
     config,
     async close() {
       await app.close().catch(() => undefined);
-      if (worker.getState() === 'RUNNING') worker.shutdown();
-      await running.catch(() => undefined);
-      await nativeConnection.close().catch(() => undefined);
+      await workers.shutdown().catch(() => undefined);
+      temporalHealth.stop();
       await connection.close().catch(() => undefined);
     },
   };
@@ -84,6 +89,8 @@ export interface OutageFigures {
   readyAfterServerMs: number;
   /** From the server answering to the agent's kept report being taken. */
   reportTakenAfterServerMs: number;
+  /** From the server answering to a task enqueued then reaching an agent that waited through the outage. */
+  nextDequeuedAfterServerMs: number;
 }
 
 /**
@@ -98,10 +105,15 @@ export async function finishesDuringOutage(
   outage: { leaseMs: number; outageMs: number; down: () => Promise<unknown>; up: () => Promise<unknown> },
 ): Promise<OutageFigures> {
   const who = agent(`outage-${type}`, [type]);
+  // Of a type of its own: the first task, lapsed meanwhile, is never offered to it.
+  const nextType = `${type}-next`;
+  const waiter = agent(`outage-${nextType}`, [nextType]);
+  const waitSeconds = Math.ceil(outage.outageMs / 1000) + 120;
   const h = await startOutageHarness(address, namespace, {
-    types: [type],
+    types: [type, nextType],
+    api: { maxDequeueWait: `${waitSeconds}s` },
     tasks: { lease: `${outage.leaseMs}ms`, claimConfirm: `${outage.leaseMs}ms` },
-    agents: [who.config],
+    agents: [who.config, waiter.config],
   });
   try {
     const { app, tasks } = h;
@@ -111,6 +123,10 @@ export async function finishesDuringOutage(
     const { attempt } = got.json();
     const beat = await app.inject({ method: 'POST', url: taskUrl(taskId, 'heartbeat'), headers: who.auth, payload: { agent_id: who.id, attempt } });
     expect(beat.statusCode).toBe(200);
+
+    // Another agent waits through the outage: its queue's pollers back off while the server is down.
+    const waiting = dequeue(app, waiter, waitSeconds);
+    await new Promise((resolve) => setTimeout(resolve, 1_000)); // its queue's worker polls
 
     // Temporal goes down; the agent's command finishes meanwhile, and its report cannot get through.
     await outage.down();
@@ -123,6 +139,18 @@ export async function finishesDuringOutage(
     const ready = waitFor(async () => ((await app.inject({ method: 'GET', url: '/readyz' })).statusCode === 200 ? Date.now() : undefined), '/readyz to answer 200', 180_000);
     await outage.up();
     const serverBackAt = await answering;
+    // Meanwhile, a task enqueued as soon as the API can: it reaches the agent that waited.
+    const nextDispatch = (async () => {
+      const nextTaskId = await waitFor(() => enqueue(app, { agent_type: nextType, title: 'after the outage', prompt: 'p' }).catch(() => undefined), 'the API to enqueue again', 60_000);
+      const next = await waiting;
+      const at = Date.now();
+      expect(next.statusCode, next.body).toBe(200);
+      expect(next.json()).toMatchObject({ task_id: nextTaskId, attempt: expect.any(Number) });
+      const done = await app.inject({ method: 'POST', url: taskUrl(nextTaskId, 'complete'), headers: waiter.auth, payload: { agent_id: waiter.id, attempt: next.json().attempt, summary: 'done' } });
+      expect(done.statusCode, done.body).toBe(200);
+      return at;
+    })();
+    nextDispatch.catch(() => undefined); // awaited at the end; until then, not an unhandled rejection
 
     // The workflow worker is back before the agent's report gets through (on a cluster, the API's
     // reconnect took longer than the workers'): the lease timer fires, long after the lease's end.
@@ -143,7 +171,12 @@ export async function finishesDuringOutage(
     const status = await tasks.result(taskId);
     expect(status).toMatchObject({ state: 'completed', lostAttempts: 0, result: { summary: 'finished while Temporal was down' } });
     expect(status.attempts).toHaveLength(1);
-    return { readyAfterServerMs: (await ready) - serverBackAt, reportTakenAfterServerMs: reportTakenAt - serverBackAt };
+    const nextDequeuedAt = await nextDispatch;
+    return {
+      readyAfterServerMs: (await ready) - serverBackAt,
+      reportTakenAfterServerMs: reportTakenAt - serverBackAt,
+      nextDequeuedAfterServerMs: nextDequeuedAt - serverBackAt,
+    };
   } finally {
     await h.close();
   }

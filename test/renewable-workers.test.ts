@@ -1,0 +1,144 @@
+// RenewableWorkers on the shared dev server, through a TCP proxy the test cuts as an outage: a
+// renewal puts a fresh worker on a fresh connection in place of the old one, which stops; the
+// member's end is not a renewal's; a renewal that cannot connect leaves the old worker polling.
+// An SSH host's workers renewed mid-run leave the run alone.
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { randomUUID } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { Client, Connection } from '@temporalio/client';
+import { bundleWorkflowCode, NativeConnection, Worker } from '@temporalio/worker';
+import { afterAll, beforeAll, expect, inject, test } from 'vitest';
+import { RenewableWorkers } from '../src/workers/renewable-workers';
+import type { RunContext } from '../src/activities/runner';
+import { RecordingRunner } from './support/runners';
+import { connectTestTemporal, type TestTemporal, uniqueRepo, uniqueType } from './support/temporal';
+import { TcpProxy } from './support/tcp-proxy';
+
+let temporal: TestTemporal;
+let proxy: TcpProxy;
+let bundle: { code: string };
+let connection: Connection;
+let client: Client;
+const silent = { warn: () => {}, info: () => {} };
+
+beforeAll(async () => {
+  temporal = await connectTestTemporal(); // quiets the SDK's Runtime
+  const [host, port] = inject('temporalAddress').split(':');
+  proxy = await TcpProxy.start({ host: host!, port: Number(port) });
+  bundle = await bundleWorkflowCode({ workflowsPath: fileURLToPath(new URL('./fixtures/echo-workflow.ts', import.meta.url)), logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } });
+  connection = await Connection.connect({ address: inject('temporalAddress') });
+  client = new Client({ connection });
+});
+
+afterAll(async () => {
+  await connection?.close();
+  await proxy?.close();
+  await temporal?.close();
+});
+
+function echoWorkers(connect = () => NativeConnection.connect({ address: `127.0.0.1:${proxy.port}` })) {
+  const taskQueue = `renewable-${randomUUID().slice(0, 8)}`;
+  const workers = new RenewableWorkers({ connect, log: silent });
+  const create = (c: NativeConnection) => Worker.create({ connection: c, taskQueue, workflowBundle: bundle });
+  const echo = (text: string) => client.workflow.execute('echo', { taskQueue, workflowId: `${taskQueue}-${randomUUID()}`, args: [text], workflowRunTimeout: '60s' });
+  return { workers, create, echo, taskQueue };
+}
+
+test('after an outage, renew() puts a fresh worker in place of the old one, which stops; the member is not over', async () => {
+  const { workers, create, echo, taskQueue } = echoWorkers();
+  const { worker: first, done } = await workers.add(taskQueue, create);
+  let over = false;
+  void done.then(() => (over = true));
+  expect(await echo('before')).toBe('before');
+
+  proxy.refuse(true); // the outage: every poll fails, and the core's pollers back off
+  await new Promise((resolve) => setTimeout(resolve, 5_000));
+  proxy.refuse(false);
+  await workers.renew();
+
+  const renewed = workers.get(taskQueue)!;
+  expect(renewed).not.toBe(first);
+  expect(renewed.getState()).toBe('RUNNING');
+  expect(workers.renewCount).toBe(1);
+  expect(await echo('after')).toBe('after');
+  await expect.poll(() => first.getState(), { timeout: 20_000 }).toBe('STOPPED');
+  expect(over).toBe(false);
+
+  await workers.remove(taskQueue);
+  await done;
+  expect(renewed.getState()).toBe('STOPPED');
+  expect(workers.get(taskQueue)).toBeUndefined();
+  await workers.close();
+}, 60_000);
+
+test('a renewal that cannot connect leaves the old worker polling; renewals asked for meanwhile run once more after', async () => {
+  let refuse = false;
+  let connects = 0;
+  const { workers, create, echo, taskQueue } = echoWorkers(async () => {
+    connects++;
+    if (refuse) throw new Error('Temporal is down again');
+    return NativeConnection.connect({ address: inject('temporalAddress') });
+  });
+  // A renewal asked for inside a call's context (the observer hears the answer to a probe with a
+  // 1 s deadline) makes its workers outside it: their activities' calls would inherit it.
+  const callerContext = new AsyncLocalStorage<string>();
+  const contexts: Array<string | undefined> = [];
+  const { worker: first } = await workers.add(taskQueue, (c) => {
+    contexts.push(callerContext.getStore());
+    return create(c);
+  });
+  refuse = true;
+  await workers.renew();
+  expect(workers.get(taskQueue)).toBe(first);
+  expect(workers.renewCount).toBe(0);
+  expect(await echo('still')).toBe('still');
+
+  refuse = false;
+  connects = 0;
+  const renewing = callerContext.run('a probe with a deadline', () => workers.renew());
+  const again = workers.renew(); // while one runs: it runs once more, after
+  expect(again).toBe(renewing);
+  void workers.renew();
+  await renewing;
+  expect(connects).toBe(2);
+  expect(contexts).toEqual([undefined, undefined, undefined]);
+  expect(workers.renewCount).toBe(2);
+  expect(workers.get(taskQueue)).not.toBe(first);
+  expect(await echo('renewed twice')).toBe('renewed twice');
+  await workers.close();
+  expect(workers.get(taskQueue)).toBeUndefined();
+  await expect(workers.add('late', create)).rejects.toThrow(/closed/);
+}, 60_000);
+
+test("an SSH host's workers renewed while its agent runs: the run finishes undisturbed on the old worker, and the renewed ones take the next task", async () => {
+  await temporal.startTaskWorker();
+  const type = uniqueType();
+  let finish!: () => void;
+  const finishing = new Promise<void>((resolve) => (finish = resolve));
+  let started!: (ctx: RunContext) => void;
+  const running = new Promise<RunContext>((resolve) => (started = resolve));
+  const runner = new RecordingRunner(async (ctx) => {
+    if (runner.runs.length === 1) {
+      started(ctx);
+      await finishing;
+    }
+    return { outcome: 'success', summary: `done ${ctx.taskId}` };
+  });
+  const host = await temporal.startHost(`h-renew-${type}`, [type], 1, runner);
+  const start = (title: string) => temporal.tasks.start({ agentType: type, kind: 'implement', repo: uniqueRepo(), number: 1, title, prompt: 'p' });
+
+  const { taskId } = await start('runs through a renewal');
+  const ctx = await running;
+  await host.renew();
+  await new Promise((resolve) => setTimeout(resolve, 500)); // the old workers begin their shutdown
+  finish();
+  const final = await temporal.tasks.result(taskId);
+  expect(final).toMatchObject({ state: 'completed', lostAttempts: 0 });
+  expect(final.attempts).toHaveLength(1);
+  expect(ctx.detach.aborted).toBe(false); // not handed to a next try: it ran on
+  expect(runner.aborted).toEqual([]);
+
+  const { taskId: next } = await start('taken by the renewed workers');
+  expect((await temporal.tasks.result(next)).state).toBe('completed');
+  expect(runner.runs.map((r) => r.taskId)).toEqual([taskId, next]);
+}, 90_000);
