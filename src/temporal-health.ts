@@ -12,8 +12,12 @@ export const GrpcCode = { CANCELLED: 1, UNKNOWN: 2, DEADLINE_EXCEEDED: 4, RESOUR
 
 /** One warning per method (or core message) per this interval; what comes between is counted into the next. */
 export const LOG_INTERVAL_MS = 10_000;
-/** While Temporal is unreachable, how often the observer's probe asks whether it is back. */
-export const PROBE_INTERVAL_MS = 1_000;
+/**
+ * While Temporal is unreachable, how often the observer's probe asks whether it is back (a call
+ * to a server that is down costs it nothing): its return is seen within this, and the workers
+ * renewed (RenewableWorkers).
+ */
+export const PROBE_INTERVAL_MS = 500;
 
 /**
  * The frontend RPCs that Temporal rate-limits with the namespace's visibility limit
@@ -152,7 +156,7 @@ export class TemporalCallObserver {
   private idleTimer: NodeJS.Timeout | undefined;
   private lastCallAt = -Infinity;
   private readonly now: () => number;
-  private readonly reachableAgainListeners = new Set<() => void>();
+  private readonly reachableAgainListeners = new Set<(event: { outageMs: number }) => void>();
   /** Runs a function in the async context the observer was made in, outside any call's. */
   private readonly outsideCalls = AsyncLocalStorage.snapshot();
 
@@ -200,11 +204,11 @@ export class TemporalCallObserver {
     );
     // Not in the context of the call that was answered (a probe's has a deadline a second away):
     // work a listener starts, such as renewed workers, would inherit it.
-    for (const listener of this.reachableAgainListeners) this.outsideCalls(listener);
+    for (const listener of this.reachableAgainListeners) this.outsideCalls(listener, { outageMs });
   }
 
-  /** Calls `listener` each time Temporal answers again after being unreachable. Returns its removal. */
-  onReachableAgain(listener: () => void): () => void {
+  /** Calls `listener` each time Temporal answers again after being unreachable, with how long it was. Returns its removal. */
+  onReachableAgain(listener: (event: { outageMs: number }) => void): () => void {
     this.reachableAgainListeners.add(listener);
     return () => this.reachableAgainListeners.delete(listener);
   }

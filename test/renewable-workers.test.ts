@@ -8,7 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { bundleWorkflowCode, NativeConnection, Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, expect, inject, test } from 'vitest';
-import { RenewableWorkers } from '../src/workers/renewable-workers';
+import { GrpcCode, TemporalCallObserver } from '../src/temporal-health';
+import { RENEW_AFTER_OUTAGE_MS, RenewableWorkers, renewAfterOutages } from '../src/workers/renewable-workers';
 import type { RunContext } from '../src/activities/runner';
 import { RecordingRunner } from './support/runners';
 import { connectTestTemporal, type TestTemporal, uniqueRepo, uniqueType } from './support/temporal';
@@ -130,7 +131,9 @@ test("an SSH host's workers renewed while its agent runs: the run finishes undis
   const { taskId } = await start('runs through a renewal');
   const ctx = await running;
   await host.renew();
-  await new Promise((resolve) => setTimeout(resolve, 500)); // the old workers begin their shutdown
+  expect(host.renewCount).toBe(1);
+  // Longer than the claim workers' shutdown grace (5 s): the run is on a worker that leaves it be.
+  await new Promise((resolve) => setTimeout(resolve, 6_000));
   finish();
   const final = await temporal.tasks.result(taskId);
   expect(final).toMatchObject({ state: 'completed', lostAttempts: 0 });
@@ -142,3 +145,64 @@ test("an SSH host's workers renewed while its agent runs: the run finishes undis
   expect((await temporal.tasks.result(next)).state).toBe('completed');
   expect(runner.runs.map((r) => r.taskId)).toEqual([taskId, next]);
 }, 90_000);
+
+test('a connection closes once no worker is left on it, also one a worker joined during a renewal; a key re-added while its worker stops waits for it; close() closes them all', async () => {
+  const opened: NativeConnection[] = [];
+  const closed = new Set<NativeConnection>();
+  const { workers, create, echo, taskQueue } = echoWorkers(async () => {
+    const connection = await NativeConnection.connect({ address: inject('temporalAddress') });
+    const close = connection.close.bind(connection);
+    connection.close = async () => {
+      closed.add(connection);
+      await close();
+    };
+    opened.push(connection);
+    return connection;
+  });
+  await workers.add(taskQueue, create);
+  // Added while a renewal makes its workers: it lands on the connection being replaced.
+  const renewing = workers.renew();
+  const other = `${taskQueue}-other`;
+  await workers.add(other, (c) => Worker.create({ connection: c, taskQueue: other, workflowBundle: bundle }));
+  await renewing;
+  expect(opened).toHaveLength(2);
+  expect(await echo('on the fresh connection')).toBe('on the fresh connection');
+  const [first, second] = opened as [NativeConnection, NativeConnection];
+  // A worker added while the renewal made its workers is not renewed (its pollers are new anyway).
+  expect(workers.get(other)!.connection).toBe(first);
+  expect(workers.get(taskQueue)!.connection).toBe(second);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  expect(closed.has(first)).toBe(false); // `other` still runs on it
+  await workers.remove(other);
+  await expect.poll(() => closed.has(first)).toBe(true);
+  expect(closed.has(second)).toBe(false);
+
+  // Removed, and wanted again at once: the new worker waits for the old one on the same connection.
+  const removing = workers.remove(taskQueue);
+  await workers.add(taskQueue, create);
+  await removing;
+  expect(await echo('again')).toBe('again');
+
+  await workers.close();
+  expect(opened.every((c) => closed.has(c))).toBe(true);
+}, 60_000);
+
+test('only an outage long enough for the pollers to have backed off renews the workers', () => {
+  let now = 0;
+  const observer = new TemporalCallObserver({ now: () => now });
+  let renewals = 0;
+  const stop = renewAfterOutages(observer, async () => void renewals++);
+  const outage = (ms: number) => {
+    observer.record('GetSystemInfo', GrpcCode.UNAVAILABLE, 'No connection established');
+    now += ms;
+    observer.record('GetSystemInfo', 0);
+  };
+  observer.record('GetSystemInfo', 0);
+  outage(RENEW_AFTER_OUTAGE_MS - 1); // a blip: the pollers are back as soon, and the caches kept
+  expect(renewals).toBe(0);
+  outage(RENEW_AFTER_OUTAGE_MS);
+  expect(renewals).toBe(1);
+  stop();
+  outage(60_000);
+  expect(renewals).toBe(1);
+});

@@ -22,6 +22,7 @@ import {
   GrpcCode,
   LogWindow,
   methodName,
+  PROBE_INTERVAL_MS,
   TemporalCallObserver,
   TemporalRuntimeLog,
   type HealthLog,
@@ -149,7 +150,7 @@ describe('the observer', () => {
     observer.stop();
   });
 
-  test('while unreachable, a probe runs every second until an answer comes back', async () => {
+  test('while unreachable, a probe runs every PROBE_INTERVAL_MS until an answer comes back', async () => {
     vi.useFakeTimers({ now: 0 });
     const observer = new TemporalCallObserver();
     let serverUp = false;
@@ -164,10 +165,10 @@ describe('the observer', () => {
     expect(probe).not.toHaveBeenCalled(); // nothing to probe while reachable
 
     observer.record(LIST, GrpcCode.UNAVAILABLE, 'No connection established');
-    await vi.advanceTimersByTimeAsync(3_000);
+    await vi.advanceTimersByTimeAsync(3 * PROBE_INTERVAL_MS);
     expect(probe).toHaveBeenCalledTimes(3);
     serverUp = true;
-    await vi.advanceTimersByTimeAsync(1_000);
+    await vi.advanceTimersByTimeAsync(PROBE_INTERVAL_MS);
     expect(probe).toHaveBeenCalledTimes(4);
     expect(observer.state().status).toBe('reachable');
     expect(observer.reconnects).toBe(1);
@@ -201,18 +202,18 @@ describe('the observer', () => {
     await vi.advanceTimersByTimeAsync(10_000);
     expect(probe).toHaveBeenCalledTimes(2);
     expect(lines).toEqual([]);
-    // The server goes away: the next idle probe finds it, then probes come every second until it is back.
+    // The server goes away: the next idle probe finds it, then probes come every PROBE_INTERVAL_MS until it is back.
     serverUp = false;
     await vi.advanceTimersByTimeAsync(5_000);
     expect(observer.state().status).toBe('unreachable');
-    await vi.advanceTimersByTimeAsync(3_000);
+    await vi.advanceTimersByTimeAsync(3 * PROBE_INTERVAL_MS);
     expect(probe).toHaveBeenCalledTimes(6);
     serverUp = true;
-    await vi.advanceTimersByTimeAsync(1_000);
+    await vi.advanceTimersByTimeAsync(PROBE_INTERVAL_MS);
     expect(observer.state().status).toBe('reachable');
     expect(lines).toHaveLength(2);
     expect(lines[0]).toMatch(/^Temporal is unreachable/);
-    expect(lines[1]).toMatch(/^Temporal is reachable again after 4\.0 s/);
+    expect(lines[1]).toContain(`Temporal is reachable again after ${((4 * PROBE_INTERVAL_MS) / 1000).toFixed(1)} s`);
     observer.stop();
     await vi.advanceTimersByTimeAsync(20_000);
     expect(probe).toHaveBeenCalledTimes(7);

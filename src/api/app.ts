@@ -18,6 +18,7 @@ import { TaskClient } from '../task-client';
 import { agentsPlugin } from './agents';
 import { adminGuard, hashToken } from './auth';
 import type { ApiContext, HostPresence, PluginOptions } from './context';
+import { renewAfterOutages } from '../workers/renewable-workers';
 import { PullMatcher, type PullAgent } from './pull-matcher';
 import { AgentDirectory } from './directory';
 import { ApiError, frameworkErrors, installErrorHandlers } from './errors';
@@ -113,7 +114,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     afterClaim: deps.afterClaim,
   });
   // The SDK's pollers back off up to 10 s while Temporal is down: fresh ones once it is back.
-  const stopRenewing = temporalHealth.onReachableAgain(() => void pull.renew());
+  const stopRenewing = renewAfterOutages(temporalHealth, () => pull.renew());
   const ctx: ApiContext = {
     config,
     client,

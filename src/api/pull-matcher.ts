@@ -227,7 +227,11 @@ export class PullMatcher {
         return worker;
       });
       entry.started = true;
-      done.catch((error: unknown) => this.logError(error, `pull queue ${entry.queue} stopped`));
+      done.catch((error: unknown) => {
+        this.logError(error, `pull queue ${entry.queue} stopped`);
+        // Its worker failed: the next agent that wants the queue starts another.
+        if (this.queues.get(entry.queue) === entry) this.queues.delete(entry.queue);
+      });
       if (this.closed) await this.workers.remove(entry.queue); // close() came while it started
     })()
       .catch((error: unknown) => this.logError(error, `cannot poll pull queue ${entry.queue}`))

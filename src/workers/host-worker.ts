@@ -103,6 +103,11 @@ export class HostWorkers {
     return this.workers.renew();
   }
 
+  /** Times the host's workers were renewed. */
+  get renewCount(): number {
+    return this.workers.renewCount;
+  }
+
   /**
    * Stops polling, and leaves running agents alone: the attempts following them end at once, and
    * their next tries attach to the same runs (on this host's queue) once a worker is back.

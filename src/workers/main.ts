@@ -4,7 +4,7 @@ import type { NativeConnection } from '@temporalio/worker';
 import { durationMs, type DroverConfig, workspaceSettings } from '../config';
 import type { Logger } from '../log';
 import { bundleWorkflows, createTaskWorker } from './task-worker';
-import { RenewableWorkers } from './renewable-workers';
+import { RenewableWorkers, renewAfterOutages } from './renewable-workers';
 import { createReportActivities } from '../activities/report';
 import { reportSinksFromConfig } from '../activities/sinks';
 import { connectNative } from '../temporal-connection';
@@ -59,7 +59,7 @@ export async function startWorkers(deps: {
     await Promise.all([workflowWorkers.renew(), sshHosts.renew()]);
   };
   // The SDK's pollers back off up to 10 s while Temporal is down: fresh ones once it is back.
-  const stopRenewing = deps.temporalHealth?.onReachableAgain(() => void renew());
+  const stopRenewing = deps.temporalHealth && renewAfterOutages(deps.temporalHealth, renew);
   const done = Promise.all([workflowsDone, sshHosts.done]).then(() => undefined);
   return {
     done,

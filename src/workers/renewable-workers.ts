@@ -7,8 +7,22 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { NativeConnection, Worker } from '@temporalio/worker';
 import type { WarnLogger } from '../api/pull-matcher';
+import type { TemporalCallObserver } from '../temporal-health';
 
 export type RenewalLog = WarnLogger & { info(object: object, message?: string): void };
+
+/**
+ * Outages shorter than this renew nothing: the core's pollers have backed off less than a second
+ * and are back as soon, and a renewal costs each workflow worker its cache (its workflows replay).
+ */
+export const RENEW_AFTER_OUTAGE_MS = 1_000;
+
+/** Calls `renew` each time `observer` sees Temporal back after an outage worth it. Returns the unsubscription. */
+export function renewAfterOutages(observer: TemporalCallObserver, renew: () => Promise<void>): () => void {
+  return observer.onReachableAgain(({ outageMs }) => {
+    if (outageMs >= RENEW_AFTER_OUTAGE_MS) void renew();
+  });
+}
 
 interface Member {
   key: string;
@@ -22,8 +36,14 @@ interface Member {
 }
 
 export class RenewableWorkers {
-  private connection: Promise<NativeConnection> | undefined;
+  /** The connection new workers get; a renewal replaces it. */
+  private current: Promise<NativeConnection> | undefined;
+  /** Every connection opened here and not yet closed, with the workers on it that have not ended. */
+  private readonly connections = new Map<Promise<NativeConnection>, Set<Worker>>();
+  private readonly connectionOf = new Map<Worker, Promise<NativeConnection>>();
   private readonly members = new Map<string, Member>();
+  /** Workers on their way out, by key: a worker for the same key waits for them (the SDK allows one per queue per connection). */
+  private readonly stopping = new Map<string, Set<Promise<void>>>();
   private renewing: Promise<void> | undefined;
   private renewAgain = false;
   private closed = false;
@@ -58,11 +78,11 @@ export class RenewableWorkers {
   async add(key: string, create: (connection: NativeConnection) => Promise<Worker>): Promise<{ worker: Worker; done: Promise<void> }> {
     if (this.closed) throw new Error('the workers are closed');
     if (this.members.has(key)) throw new Error(`a worker ${key} runs already`);
-    const connection = await (this.connection ??= this.options.connect());
-    const worker = await this.outsideCallers(() => create(connection));
-    if (this.closed) {
+    await Promise.all(this.stopping.get(key) ?? []);
+    const worker = await this.make(key, create);
+    if (this.closed || this.members.has(key)) {
       await this.discard(key, worker);
-      throw new Error('the workers are closed');
+      throw new Error(this.closed ? 'the workers are closed' : `a worker ${key} runs already`);
     }
     let settle!: (error?: unknown) => void;
     const done = new Promise<void>((resolve, reject) => {
@@ -111,68 +131,87 @@ export class RenewableWorkers {
     return this.renewing;
   }
 
-  /** Shuts every worker down (their work finishes first) and closes the connection. */
+  /** Shuts every worker down, the replaced ones too (their work finishes first), and closes every connection. */
   async close(): Promise<void> {
     this.closed = true;
     await this.renewing;
     await Promise.all([...this.members.keys()].map((key) => this.remove(key)));
-    const connection = this.connection;
-    this.connection = undefined;
-    if (connection) await connection.then((c) => c.close()).catch(() => undefined);
+    await Promise.all([...this.stopping.values()].flatMap((stops) => [...stops]));
+    this.current = undefined;
+    await Promise.all([...this.connections.keys()].map((connection) => this.closeConnection(connection)));
   }
 
   private async renewOnce(): Promise<void> {
     const members = [...this.members.values()];
     if (members.length === 0) return;
-    const fresh = this.options.connect();
-    const connection = await fresh;
-    const made = await Promise.allSettled(members.map(async (member) => ({ member, worker: await this.outsideCallers(() => member.create(connection)) })));
+    const fresh = this.open();
+    await fresh;
+    const made = await Promise.allSettled(members.map(async (member) => ({ member, worker: await this.make(member.key, member.create, fresh) })));
     const created = made.flatMap((m) => (m.status === 'fulfilled' ? [m.value] : []));
     const failed = made.find((m) => m.status === 'rejected');
     if (failed) {
-      // All or none: the ones made are stopped unused.
+      // All or none: the ones made are stopped unused, and the fresh connection closed.
       await Promise.all(created.map(({ member, worker }) => this.discard(member.key, worker)));
-      await connection.close().catch(() => undefined);
+      await this.closeConnection(fresh);
       throw failed.reason;
     }
-    const old = this.connection;
-    this.connection = fresh;
-    const retired: Array<Promise<void>> = [];
+    const old = this.current;
+    this.current = fresh;
     for (const { member, worker } of created) {
-      const previous = { worker: member.worker, running: member.running };
       if (this.members.get(member.key) !== member) {
-        // Removed while the fresh one was made: it never runs.
-        retired.push(this.discard(member.key, worker));
+        void this.discard(member.key, worker); // removed while the fresh one was made: it never runs
         continue;
       }
+      const previous = { worker: member.worker, running: member.running };
       member.worker = worker;
       this.run(member, worker);
-      retired.push(this.stop(member.key, previous.worker, previous.running));
+      void this.stop(member.key, previous.worker, previous.running);
     }
     this.renewals++;
     this.options.log?.info({ workers: created.map((c) => c.member.key) }, 'Temporal workers renewed: fresh pollers after the outage');
-    // The old connection closes once the workers on it have finished their work.
-    void Promise.allSettled(retired).then(() => old?.then((c) => c.close()).catch(() => undefined));
+    if (old) this.closeIfUnused(old); // else once its last worker has ended
+  }
+
+  /** Opens a connection, kept with the workers on it until it is closed. */
+  private open(): Promise<NativeConnection> {
+    const connection = this.options.connect();
+    this.connections.set(connection, new Set());
+    // A connection that could not be opened is forgotten: the next add() tries again.
+    connection.catch(() => {
+      this.connections.delete(connection);
+      if (this.current === connection) this.current = undefined;
+    });
+    return connection;
+  }
+
+  private async make(key: string, create: Member['create'], on?: Promise<NativeConnection>): Promise<Worker> {
+    const connection = on ?? (this.current ??= this.open());
+    const worker = await this.outsideCallers(async () => create(await connection));
+    this.connections.get(connection)?.add(worker);
+    this.connectionOf.set(worker, connection);
+    return worker;
   }
 
   private run(member: Member, worker: Worker): void {
-    member.running = this.start(worker).finally(() => this.ended(member.key, worker)).then(
-      () => {
-        if (member.worker === worker && this.members.get(member.key) === member) {
-          // Stopped by something other than remove() or a renewal (the SDK's own shutdown): over.
+    member.running = this.start(worker)
+      .finally(() => this.ended(member.key, worker))
+      .then(
+        () => {
+          if (member.worker === worker && this.members.get(member.key) === member) {
+            // Stopped by something other than remove() or a renewal (the SDK's own shutdown): over.
+            this.members.delete(member.key);
+            member.settle();
+          }
+        },
+        (error: unknown) => {
+          if (member.worker !== worker) {
+            this.options.log?.warn({ err: error, worker: member.key }, 'a renewed Temporal worker failed while it shut down');
+            return;
+          }
           this.members.delete(member.key);
-          member.settle();
-        }
-      },
-      (error: unknown) => {
-        if (member.worker !== worker) {
-          this.options.log?.warn({ err: error, worker: member.key }, 'a renewed Temporal worker failed while it shut down');
-          return;
-        }
-        this.members.delete(member.key);
-        member.settle(error);
-      },
-    );
+          member.settle(error);
+        },
+      );
   }
 
   private start(worker: Worker): Promise<void> {
@@ -184,15 +223,40 @@ export class RenewableWorkers {
     return this.stop(key, worker, this.start(worker));
   }
 
-  private async stop(key: string, worker: Worker, running: Promise<void>): Promise<void> {
+  private stop(key: string, worker: Worker, running: Promise<void>): Promise<void> {
     if (worker.getState() === 'RUNNING') worker.shutdown();
-    await running.catch(() => undefined);
-    this.ended(key, worker); // a discarded one
+    const stops = this.stopping.get(key) ?? new Set<Promise<void>>();
+    this.stopping.set(key, stops);
+    const stopped = running
+      .catch(() => undefined)
+      .then(() => this.ended(key, worker)) // a discarded one's end
+      .finally(() => {
+        stops.delete(stopped);
+        if (stops.size === 0 && this.stopping.get(key) === stops) this.stopping.delete(key);
+      });
+    stops.add(stopped);
+    return stopped;
   }
 
   private ended(key: string, worker: Worker): void {
     if (this.endedWorkers.has(worker)) return;
     this.endedWorkers.add(worker);
+    const connection = this.connectionOf.get(worker);
+    this.connectionOf.delete(worker);
+    if (connection) {
+      this.connections.get(connection)?.delete(worker);
+      this.closeIfUnused(connection);
+    }
     this.options.ended?.(key, worker);
+  }
+
+  /** A connection no longer current closes once no worker is left on it (the SDK refuses to close one in use). */
+  private closeIfUnused(connection: Promise<NativeConnection>): void {
+    if (connection !== this.current && this.connections.get(connection)?.size === 0) void this.closeConnection(connection);
+  }
+
+  private async closeConnection(connection: Promise<NativeConnection>): Promise<void> {
+    if (!this.connections.delete(connection)) return;
+    await connection.then((c) => c.close()).catch(() => undefined);
   }
 }

@@ -137,7 +137,10 @@ export async function finishesDuringOutage(
     // Both watched from before the start: `up` may return well after the server answers.
     const answering = serverAnswers(address);
     const ready = waitFor(async () => ((await app.inject({ method: 'GET', url: '/readyz' })).statusCode === 200 ? Date.now() : undefined), '/readyz to answer 200', 180_000);
-    await outage.up();
+    // Not awaited first: `up` may return seconds after the server answers (the cluster's script
+    // waits for all of it), and what follows is timed from the answer.
+    const starting = outage.up();
+    starting.catch(() => undefined); // awaited at the end
     const serverBackAt = await answering;
     // Meanwhile, a task enqueued as soon as the API can: it reaches the agent that waited.
     const nextDispatch = (async () => {
@@ -172,6 +175,7 @@ export async function finishesDuringOutage(
     expect(status).toMatchObject({ state: 'completed', lostAttempts: 0, result: { summary: 'finished while Temporal was down' } });
     expect(status.attempts).toHaveLength(1);
     const nextDequeuedAt = await nextDispatch;
+    await starting;
     return {
       readyAfterServerMs: (await ready) - serverBackAt,
       reportTakenAfterServerMs: reportTakenAt - serverBackAt,
