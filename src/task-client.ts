@@ -9,6 +9,8 @@ import type { Claimant, ClaimGrant, ExecutionMode, HeartbeatAnswer, InstanceRef,
 import { isDroverEntityId, SA, TASK_WORKFLOW_TYPE, TASKS_QUEUE, taskId as makeTaskId, taskSummary } from './names';
 import { sessionKeyAttribute } from './sessions';
 import { asRejection, TaskError } from './task-errors';
+import { tellTaskTally } from './task-tally';
+import { newTaskPlace } from './workflows/task-tally-book';
 import type { taskWorkflow } from './workflows/task';
 import {
   assignUpdate,
@@ -128,6 +130,7 @@ export class TaskClient {
   async start(input: TaskInput, options: { taskId?: string } = {}): Promise<StartedTask> {
     const taskId = options.taskId ?? makeTaskId(input.kind, input.repo, input.number, input.agentType);
     const summary = taskSummary(input);
+    const place = newTaskPlace(input.agentType);
     try {
       await this.temporal.workflow.start<typeof taskWorkflow>(TASK_WORKFLOW_TYPE, {
         taskQueue: TASKS_QUEUE,
@@ -137,8 +140,8 @@ export class TaskClient {
         workflowIdConflictPolicy: 'FAIL',
         staticSummary: summary,
         typedSearchAttributes: [
-          { key: SA.state, value: 'pending' },
-          { key: SA.mode, value: 'undecided' },
+          { key: SA.state, value: place.state },
+          { key: SA.mode, value: place.mode },
           { key: SA.agentType, value: input.agentType },
           { key: SA.repo, value: input.repo },
           { key: SA.number, value: input.number },
@@ -146,12 +149,15 @@ export class TaskClient {
           ...(input.sessionKey ? [{ key: SA.sessionKey, value: sessionKeyAttribute(input.sessionKey) }] : []),
         ],
       });
-      return { taskId, created: true };
     } catch (error) {
       // The same event again while the task is open: that task is the answer.
       if (error instanceof WorkflowExecutionAlreadyStartedError) return { taskId, created: false };
       throw error;
     }
+    // The tally hears of a new task from here, not from its workflow (TALLY_BY_REPORTS_PATCH). Never
+    // the enqueue's concern: a tally that missed it counts the task from its next move.
+    await tellTaskTally(this.temporal, { taskId, to: place }).catch(() => undefined);
+    return { taskId, created: true };
   }
 
   async status(taskId: string): Promise<TaskStatus> {

@@ -5,8 +5,21 @@ import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Clien
 import { EXECUTION_MODES, TASK_STATES } from './model';
 import { TASKS_QUEUE } from './names';
 import type { TaskClient } from './task-client';
-import { isOpenState, placeKey, TaskTallyBook, type TaskCount, type TaskTallyState } from './workflows/task-tally-book';
-import { TASK_TALLY_WORKFLOW_ID, TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, type taskTallyWorkflow } from './workflows/task-tally';
+import { isOpenState, placeKey, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTransition } from './workflows/task-tally-book';
+import { TASK_TALLY_WORKFLOW_ID, TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTransitionSignal, type taskTallyWorkflow } from './workflows/task-tally';
+
+/**
+ * Tells the tally where a task is now: from the report activities (src/activities/report.ts) and,
+ * for a new task, the API. No tally (nobody has asked for the stats yet, or it was terminated):
+ * nothing to tell, never the task's concern.
+ */
+export async function tellTaskTally(client: Client, transition: TaskTransition): Promise<void> {
+  try {
+    await client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID).signal(taskTransitionSignal, [transition]);
+  } catch (error) {
+    if (!(error instanceof WorkflowNotFoundError)) throw error;
+  }
+}
 
 /** Runs `work` over `items`, at most `concurrency` at once. */
 async function pool<I>(items: I[], concurrency: number, work: (item: I) => Promise<void>): Promise<void> {

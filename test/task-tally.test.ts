@@ -13,7 +13,8 @@ import type { Claimant, TaskInput, TaskOptions } from '../src/model';
 import { startDevServer } from '../src/dev-server';
 import { TaskClient } from '../src/task-client';
 import { countTasksFromVisibility, TaskTallyReader } from '../src/task-tally';
-import { TaskTallyBook, type TaskPlace } from '../src/workflows/task-tally-book';
+import { TaskMachine } from '../src/workflows/task-machine';
+import { newTaskPlace, placeKey, TaskTallyBook, taskPlace, type TaskPlace } from '../src/workflows/task-tally-book';
 import { TASK_TALLY_WORKFLOW_ID, taskCountsQuery, taskTransitionSignal } from '../src/workflows/task-tally';
 import { createTaskWorker } from '../src/workers/task-worker';
 import { adminAuth, enqueue, startHarness, testConfig, type Harness } from './support/http';
@@ -22,6 +23,11 @@ import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
 const at = (state: string, type = 'dev', mode = 'undecided'): TaskPlace => ({ state, type, mode });
 
 describe('the task tally book (pure)', () => {
+  it("a new task's place, as the API tells it, is where its workflow starts it", () => {
+    const machine = TaskMachine.create('t1', input('reviewer'), 0, 'run-1');
+    expect(placeKey(taskPlace(machine.status))).toBe(placeKey(newTaskPlace('reviewer')));
+  });
+
   it('counts a task where it is now: new, moved, closed; a repeat changes nothing', () => {
     const book = new TaskTallyBook();
     expect(book.apply({ taskId: 't1', to: at('pending') })).toBe(true);
@@ -243,6 +249,25 @@ describe('the task tally through Drover', () => {
     await h.tasks.cancel(ids[5]!);
   });
 
+  it('the tally hears of a new task from the API that starts it, and of its moves from its reports: the task workflow sends it no signal', async () => {
+    await statsOf(app); // a tally runs
+    const type = uniqueType('tally');
+    const tally = h.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID);
+    const rows = async () => plain(ofTypes(await tally.query(taskCountsQuery), [type]));
+    const { taskId } = await h.tasks.start(input(type));
+    await waitFor(async () => (JSON.stringify(await rows()) === JSON.stringify([{ state: 'pending', type, mode: 'undecided', count: 1 }]) ? true : undefined), 'the new task in the tally');
+    const grant = await h.tasks.claim(taskId, pullAgent('told-a1', type));
+    await waitFor(async () => ((await rows())[0]?.state === 'running' ? true : undefined), 'the claimed task in the tally');
+    await h.tasks.complete(taskId, { kind: 'agent', id: 'told-a1' }, grant.attempt, { outcome: 'success', summary: 'done' });
+    await h.tasks.result(taskId);
+    await waitFor(async () => (JSON.stringify(await rows()) === JSON.stringify([{ state: 'completed', type, mode: 'http_pull', count: 1 }]) ? true : undefined), 'the closed task in the tally');
+    const events = (await h.client.workflow.getHandle(taskId).fetchHistory()).events ?? [];
+    expect(events.filter((e) => e.signalExternalWorkflowExecutionInitiatedEventAttributes)).toEqual([]);
+    const activities = events.flatMap((e) => e.activityTaskScheduledEventAttributes?.activityType?.name ?? []);
+    expect(activities.filter((name) => name === 'reportTaskEvent')).toHaveLength(2); // started, succeeded: each told the tally
+    expect(activities).not.toContain('tellTaskTally'); // no move went unreported
+  });
+
   it('a task that continues-as-new is counted once, before and after', async () => {
     const type = uniqueType('tally');
     const { taskId } = await h.tasks.start(input(type, { leaseMs: 30_000, maxHistoryEvents: 40 }));
@@ -257,10 +282,11 @@ describe('the task tally through Drover', () => {
       return runId !== firstRun ? runId : undefined;
     }, 'a continue-as-new');
     expect(runs).not.toBe(firstRun);
-    // The new run restated where the task is: a signal the tally takes as a repeat.
+    // The new run restated where the task is (an activity of its own: no report carries it), a
+    // move the tally takes as a repeat.
     await waitFor(async () => {
       const secondRun = await h.client.workflow.getHandle(taskId, runs).fetchHistory();
-      return secondRun.events?.some((e) => e.signalExternalWorkflowExecutionInitiatedEventAttributes?.signalName === 'taskTransition') ? true : undefined;
+      return secondRun.events?.some((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'tellTaskTally') ? true : undefined;
     }, 'the new run to restate where the task is');
     const running = await waitFor(async () => {
       const rows = ofTypes((await statsOf(app)).by_state_type_mode, [type]);

@@ -1,4 +1,5 @@
 // The contract between the task workflow and the activities it schedules.
+import type { TaskTransition } from './task-tally-book';
 import type { TaskInput, TaskResult, TaskStatus } from '../model';
 import type { Rejection } from './claim-rules';
 
@@ -83,9 +84,13 @@ export const OFFER_RETURNED = 'offer_returned';
 export interface TaskEvent {
   type: 'started' | 'succeeded' | 'forked' | 'failed' | 'cancelled';
   status: TaskStatus;
+  /** The delivery also tells the task tally where the task now is (the status's place): see TALLY_BY_REPORTS_PATCH. */
+  tally?: boolean;
 }
 
 export interface ReportActivities {
   /** Delivers one event; retried until it succeeds, so an outage delays it but never loses it. */
   reportTaskEvent(event: TaskEvent): Promise<void>;
+  /** Tells the task tally where a task now is, when no event's delivery does. */
+  tellTaskTally(transition: TaskTransition): Promise<void>;
 }

@@ -40,6 +40,16 @@ export function isOpenState(state: string): boolean {
   return OPEN_TASK_STATES.includes(state);
 }
 
+/** Where a task's status says it is. */
+export function taskPlace(status: { state: string; mode: string; input: { agentType: string } }): TaskPlace {
+  return { state: status.state, type: status.input.agentType, mode: status.mode };
+}
+
+/** Where a new task is: pending, its mode undecided (TaskMachine.create; the API tells the tally, and its search attributes, this). */
+export function newTaskPlace(type: string): TaskPlace {
+  return { state: 'pending', type, mode: 'undecided' };
+}
+
 export function placeKey(place: TaskPlace): string {
   return JSON.stringify([place.state, place.type, place.mode]);
 }
