@@ -9,7 +9,6 @@ import type { Claimant, ClaimGrant, ExecutionMode, HeartbeatAnswer, InstanceRef,
 import { isDroverEntityId, SA, TASK_WORKFLOW_TYPE, TASKS_QUEUE, taskId as makeTaskId, taskSummary } from './names';
 import { sessionKeyAttribute } from './sessions';
 import { asRejection, TaskError } from './task-errors';
-import { tellTaskTally } from './task-tally';
 import { newTaskPlace } from './workflows/task-tally-book';
 import type { taskWorkflow } from './workflows/task';
 import {
@@ -154,9 +153,6 @@ export class TaskClient {
       if (error instanceof WorkflowExecutionAlreadyStartedError) return { taskId, created: false };
       throw error;
     }
-    // The tally hears of a new task from here, not from its workflow (TALLY_BY_REPORTS_PATCH). Never
-    // the enqueue's concern: a tally that missed it counts the task from its next move.
-    await tellTaskTally(this.temporal, { taskId, to: place }).catch(() => undefined);
     return { taskId, created: true };
   }
 

@@ -9,9 +9,9 @@ import { isOpenState, placeKey, TaskTallyBook, type TaskCount, type TaskTallySta
 import { TASK_TALLY_WORKFLOW_ID, TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTransitionSignal, type taskTallyWorkflow } from './workflows/task-tally';
 
 /**
- * Tells the tally where a task is now: from the report activities (src/activities/report.ts) and,
- * for a new task, the API. No tally (nobody has asked for the stats yet, or it was terminated):
- * nothing to tell, never the task's concern.
+ * Tells the tally where a task is now (the tellTaskTally activity, src/activities/report.ts). No
+ * tally (nobody has asked for the stats yet, or it was terminated): nothing to tell, never the
+ * task's concern.
  */
 export async function tellTaskTally(client: Client, transition: TaskTransition): Promise<void> {
   try {

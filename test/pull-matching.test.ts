@@ -131,7 +131,7 @@ describe('across API processes', () => {
     expect(res.json().task_id).toBe(taskId);
     await finish(two, WAKE, res.json());
     await recordHistory(h, 'pull-offer-claim', taskId);
-    await recordHistory(h, 'pull-offer-claim-tally-by-reports', taskId);
+    await recordHistory(h, 'pull-offer-claim-tally-by-activities', taskId);
   });
 
   test('a task assigned to one pull agent reaches it on whichever process it polls, and no other agent', async () => {

@@ -13,6 +13,7 @@ import type { Claimant, TaskInput, TaskOptions } from '../src/model';
 import { startDevServer } from '../src/dev-server';
 import { TaskClient } from '../src/task-client';
 import { countTasksFromVisibility, TaskTallyReader } from '../src/task-tally';
+import { NEW_TASK_TALLY_DELAY_MS } from '../src/workflows/task';
 import { TaskMachine } from '../src/workflows/task-machine';
 import { newTaskPlace, placeKey, TaskTallyBook, taskPlace, type TaskPlace } from '../src/workflows/task-tally-book';
 import { TASK_TALLY_WORKFLOW_ID, taskCountsQuery, taskTransitionSignal } from '../src/workflows/task-tally';
@@ -249,23 +250,37 @@ describe('the task tally through Drover', () => {
     await h.tasks.cancel(ids[5]!);
   });
 
-  it('the tally hears of a new task from the API that starts it, and of its moves from its reports: the task workflow sends it no signal', async () => {
+  it('the tally hears of a task through activities, of a new one once it has been pending a while: the task workflow sends it no signal', async () => {
     await statsOf(app); // a tally runs
     const type = uniqueType('tally');
     const tally = h.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID);
     const rows = async () => plain(ofTypes(await tally.query(taskCountsQuery), [type]));
-    const { taskId } = await h.tasks.start(input(type));
-    await waitFor(async () => (JSON.stringify(await rows()) === JSON.stringify([{ state: 'pending', type, mode: 'undecided', count: 1 }]) ? true : undefined), 'the new task in the tally');
-    const grant = await h.tasks.claim(taskId, pullAgent('told-a1', type));
-    await waitFor(async () => ((await rows())[0]?.state === 'running' ? true : undefined), 'the claimed task in the tally');
-    await h.tasks.complete(taskId, { kind: 'agent', id: 'told-a1' }, grant.attempt, { outcome: 'success', summary: 'done' });
-    await h.tasks.result(taskId);
+    const history = async (taskId: string) => (await h.client.workflow.getHandle(taskId).fetchHistory()).events ?? [];
+    const told = (events: Awaited<ReturnType<typeof history>>) => events.flatMap((e) => (e.activityTaskScheduledEventAttributes?.activityType?.name === 'tellTaskTally' ? [e] : []));
+
+    // Claimed at once: the tally first hears of it running, then closed.
+    const quick = (await h.tasks.start(input(type))).taskId;
+    const quickGrant = await h.tasks.claim(quick, pullAgent('told-a1', type));
+    await h.tasks.complete(quick, { kind: 'agent', id: 'told-a1' }, quickGrant.attempt, { outcome: 'success', summary: 'done' });
+    await h.tasks.result(quick);
     await waitFor(async () => (JSON.stringify(await rows()) === JSON.stringify([{ state: 'completed', type, mode: 'http_pull', count: 1 }]) ? true : undefined), 'the closed task in the tally');
-    const events = (await h.client.workflow.getHandle(taskId).fetchHistory()).events ?? [];
-    expect(events.filter((e) => e.signalExternalWorkflowExecutionInitiatedEventAttributes)).toEqual([]);
-    const activities = events.flatMap((e) => e.activityTaskScheduledEventAttributes?.activityType?.name ?? []);
-    expect(activities.filter((name) => name === 'reportTaskEvent')).toHaveLength(2); // started, succeeded: each told the tally
-    expect(activities).not.toContain('tellTaskTally'); // no move went unreported
+    const quickEvents = await history(quick);
+    expect(quickEvents.filter((e) => e.signalExternalWorkflowExecutionInitiatedEventAttributes)).toEqual([]);
+    expect(told(quickEvents)).toHaveLength(2); // running, completed: never pending
+
+    // Left pending: told once it has been pending for NEW_TASK_TALLY_DELAY_MS.
+    const waiting = (await h.tasks.start(input(type))).taskId;
+    await new Promise((r) => setTimeout(r, NEW_TASK_TALLY_DELAY_MS / 2));
+    expect(told(await history(waiting))).toHaveLength(0);
+    await waitFor(async () => ((await rows()).some((r) => r.state === 'pending') ? true : undefined), 'the pending task in the tally');
+    expect(plain(await rows())).toEqual([
+      { state: 'completed', type, mode: 'http_pull', count: 1 },
+      { state: 'pending', type, mode: 'undecided', count: 1 },
+    ]);
+    await h.tasks.cancel(waiting);
+    await h.tasks.result(waiting);
+    await waitFor(async () => ((await rows()).some((r) => r.state === 'cancelled') ? true : undefined), 'the cancelled task in the tally');
+    expect(told(await history(waiting))).toHaveLength(2);
   });
 
   it('a task that continues-as-new is counted once, before and after', async () => {

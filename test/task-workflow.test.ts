@@ -10,7 +10,7 @@ import { TaskError } from '../src/task-errors';
 import { createReportActivities } from '../src/activities/report';
 import type { Runner } from '../src/activities/runner';
 import { cancelUpdate, claimUpdate, statusQuery } from '../src/workflows/messages';
-import type { taskWorkflow } from '../src/workflows/task';
+import { NEW_TASK_TALLY_DELAY_MS, type taskWorkflow } from '../src/workflows/task';
 import { RecordingRunner, untilAborted } from './support/runners';
 import { connectTestTemporal, type TestTemporal, uniqueRepo, uniqueType, waitFor } from './support/temporal';
 import { recordedHistories, recordHistory } from './support/histories';
@@ -494,7 +494,9 @@ describe('assign', () => {
     await waitFor(async () => ((await history()).filter((e) => e.activityTaskScheduledEventAttributes).length >= 3 ? true : undefined), 'two declines by full hosts');
     await t.tasks.cancel(blockers[0]!);
     await statusWhen(taskId, (s) => s.state === 'running', 'running on the freed host');
-    expect((await history()).filter((e) => e.timerStartedEventAttributes)).toHaveLength(0);
+    // No backoff: the one timer is the tally's new-task delay (TALLY_BY_ACTIVITIES_PATCH).
+    const timers = (await history()).flatMap((e) => (e.timerStartedEventAttributes ? [e.timerStartedEventAttributes] : []));
+    expect(timers.map((timer) => Number(timer.startToFireTimeout?.seconds ?? 0) * 1000)).toEqual([NEW_TASK_TALLY_DELAY_MS]);
     for (const id of [...blockers.slice(1), taskId]) await t.tasks.cancel(id);
   });
 
@@ -748,7 +750,7 @@ async function withReportingTask(
     namespace: t.namespace,
     taskQueue: queue,
     workflowBundle: { codePath: inject('workflowBundlePath') },
-    activities: { reportTaskEvent },
+    activities: { ...createReportActivities(), reportTaskEvent },
   });
   const running = worker.run();
   try {

@@ -4,7 +4,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { tellTaskTally } from '../task-tally';
 import type { ReportActivities, TaskEvent } from '../workflows/activity-types';
-import { taskPlace, type TaskTransition } from '../workflows/task-tally-book';
+import type { TaskTransition } from '../workflows/task-tally-book';
 
 export type TaskEventSink = (event: TaskEvent) => Promise<void>;
 
@@ -32,18 +32,13 @@ function recordDone(done: Set<number>): void {
   }
 }
 
-/** The task tally learns where the task now is from the event's own status (TaskEvent.tally). */
-const tallySink: TaskEventSink = (event) => tellTaskTally(Context.current().client, { taskId: event.status.taskId, to: taskPlace(event.status) });
-
-export function createReportActivities(configured: TaskEventSink[] = []): ReportActivities {
+export function createReportActivities(sinks: TaskEventSink[] = []): ReportActivities {
   return {
     async reportTaskEvent(event: TaskEvent): Promise<void> {
       // Every sink gets its try, even when another fails; a failure makes Temporal retry the
       // delivery later, skipping sinks already done. Transient failures (Forgejo down, 5xx,
       // network) retry without limit; if only permanent ones remain (a deleted issue, a callback
-      // answering 404), the delivery gives up so that the task can still close. The tally's sink
-      // comes last: the indexes of the others stay those of earlier tries.
-      const sinks = event.tally ? [...configured, tallySink] : configured;
+      // answering 404), the delivery gives up so that the task can still close.
       const done = doneBefore();
       const failures: Array<{ index: number; error: unknown }> = [];
       for (const [index, sink] of sinks.entries()) {
@@ -65,6 +60,7 @@ export function createReportActivities(configured: TaskEventSink[] = []): Report
       throw ApplicationFailure.retryable(`report ${what} failed, will retry: ${message}`, 'report_failed');
     },
 
+    // Needs only Temporal: retried (by the workflow's retry policy) until the tally has it, or is gone.
     async tellTaskTally(transition: TaskTransition): Promise<void> {
       await tellTaskTally(Context.current().client, transition);
     },

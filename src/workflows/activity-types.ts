@@ -84,13 +84,11 @@ export const OFFER_RETURNED = 'offer_returned';
 export interface TaskEvent {
   type: 'started' | 'succeeded' | 'forked' | 'failed' | 'cancelled';
   status: TaskStatus;
-  /** The delivery also tells the task tally where the task now is (the status's place): see TALLY_BY_REPORTS_PATCH. */
-  tally?: boolean;
 }
 
 export interface ReportActivities {
   /** Delivers one event; retried until it succeeds, so an outage delays it but never loses it. */
   reportTaskEvent(event: TaskEvent): Promise<void>;
-  /** Tells the task tally where a task now is, when no event's delivery does. */
+  /** Tells the task tally where a task now is (TALLY_BY_ACTIVITIES_PATCH). */
   tellTaskTally(transition: TaskTransition): Promise<void>;
 }

@@ -45,7 +45,7 @@ export function taskPlace(status: { state: string; mode: string; input: { agentT
   return { state: status.state, type: status.input.agentType, mode: status.mode };
 }
 
-/** Where a new task is: pending, its mode undecided (TaskMachine.create; the API tells the tally, and its search attributes, this). */
+/** Where a new task is: pending, its mode undecided (TaskMachine.create; its start's search attributes say so too). */
 export function newTaskPlace(type: string): TaskPlace {
   return { state: 'pending', type, mode: 'undecided' };
 }

@@ -1,10 +1,9 @@
 // The task tally: how many tasks there are by state × agent type × mode, for GET /api/v1/stats,
 // without asking Temporal visibility (which cannot group by Drover's search attributes, and allows
-// a production namespace ~10 calls a second). One entity workflow per namespace. It hears where
-// each task is: of a new task from the API that started it, of its moves from the task's report
-// activities (TALLY_BY_REPORTS_PATCH in ./task.ts; runs from before it signal it themselves). The
-// API reads the counts with a query, and starts it, seeded from visibility, the first time it
-// finds none (src/task-tally.ts).
+// a production namespace ~10 calls a second). One entity workflow per namespace. Each task tells
+// it where the task is as its state or mode changes, through an activity (TALLY_BY_ACTIVITIES_PATCH
+// in ./task.ts; runs from before it signal it themselves). The API reads the counts with a query,
+// and starts it, seeded from visibility, the first time it finds none (src/task-tally.ts).
 // Deterministic code only.
 import * as wf from '@temporalio/workflow';
 import { DROVER_ENTITY_ID_PREFIX } from '../names';

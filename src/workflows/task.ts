@@ -24,7 +24,7 @@ import { taskPriority } from './priority';
 import type { AttemptError, PullOffer, SshDispatch, SshRun, TaskMachineState } from './task-machine';
 import { TaskMachine } from './task-machine';
 import { TASK_TALLY_PATCH, TASK_TALLY_WORKFLOW_ID, taskTransitionSignal } from './task-tally';
-import { newTaskPlace, placeKey, taskPlace, type TaskPlace } from './task-tally-book';
+import { newTaskPlace, placeKey, taskPlace } from './task-tally-book';
 
 /**
  * Pull offers (activities on the pull queues) came with this patch: histories from before it have
@@ -46,14 +46,17 @@ export const LAPSE_GRACE_PATCH = 'lapse-grace';
 export const ORDERED_REPORTS_PATCH = 'ordered-reports';
 
 /**
- * The task tally learns where the task is from the report activities (an event's delivery tells it;
- * a move no event reports gets a tellTaskTally activity of its own, in order with the reports), and
- * of a new task from the API that started it, rather than from a signal the workflow sends: each
- * signal's completion woke the workflow for one more workflow task, and the one sent as the task
- * started delayed the claim of a waiting agent (cross-process enqueue → dequeue p50 149 → 104 ms,
- * p99 194 → 132 ms without it, `BENCH_ONLY=pull npm run bench`). Runs from before it keep signalling.
+ * The task tally hears where the task is from a tellTaskTally activity per move, in order, rather
+ * than from a signal the workflow sends, and of a new task only once it has been pending for
+ * NEW_TASK_TALLY_DELAY_MS (a task claimed sooner is first told running). The signal sent as the
+ * task started woke the workflow for one more workflow task just as a waiting agent's claim
+ * arrived, which waited for it (cross-process enqueue → dequeue p50 149 → 104 ms, p99 194 → 132 ms
+ * without the signals, `BENCH_ONLY=pull npm run bench`). Runs from before it keep signalling.
  */
-export const TALLY_BY_REPORTS_PATCH = 'tally-by-reports';
+export const TALLY_BY_ACTIVITIES_PATCH = 'tally-by-activities';
+
+/** A new task is told to the tally once it has been pending this long (stats lag new tasks by this). */
+export const NEW_TASK_TALLY_DELAY_MS = 2_000;
 
 export interface TaskWorkflowArgs {
   taskId: string;
@@ -93,15 +96,45 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
   const offerEnds: Array<{ offer: number; outcome?: OfferOutcome; error?: string }> = [];
   const priority = taskPriority(status.input);
   // Decided once per run, before any command: a run keeps one way of telling the tally.
-  const tallyByReports = wf.patched(TALLY_BY_REPORTS_PATCH);
-  /** Where the tally was last told the task is (a new task: by the API that started it). */
-  let toldPlace = tallyByReports && !args.resume ? placeKey(newTaskPlace(status.input.agentType)) : '';
-  /** The task's place, if the tally has not been told it yet (it is then counted as told). */
-  function placeToTell(): TaskPlace | undefined {
+  const tallyByActivities = wf.patched(TALLY_BY_ACTIVITIES_PATCH);
+  /** Where the tally was last told the task is. */
+  let toldPlace = '';
+  /**
+   * A new task still where it started is told only once NEW_TASK_TALLY_DELAY_MS has passed (a run
+   * started by continue-as-new restates at once): one timer, cancelled once the tally has been told.
+   */
+  let newTaskDelayed = tallyByActivities && !args.resume;
+  const newTaskDelay = new wf.CancellationScope();
+  if (newTaskDelayed) {
+    newTaskDelay
+      .run(() => wf.sleep(NEW_TASK_TALLY_DELAY_MS))
+      .then(() => {
+        newTaskDelayed = false;
+        dirty = true;
+      })
+      .catch(() => undefined); // cancelled: told already
+  }
+  const newTask = placeKey(newTaskPlace(status.input.agentType));
+  let tallyInFlight = 0;
+  let lastTally: Promise<void> = Promise.resolve();
+  /** Tells the tally where the task now is, after the tells before (not behind the reports: a stuck comment must not hold the counts up). */
+  function tellTally(): void {
+    if (!tallyByActivities) return; // publish() signals it
     const place = taskPlace(status);
-    if (placeKey(place) === toldPlace) return undefined;
+    if (placeKey(place) === toldPlace || (newTaskDelayed && placeKey(place) === newTask)) return;
+    if (newTaskDelayed) {
+      newTaskDelayed = false;
+      newTaskDelay.cancel();
+    }
     toldPlace = placeKey(place);
-    return place;
+    tallyInFlight += 1;
+    const send = () => wf.CancellationScope.nonCancellable(() => reports.tellTaskTally({ taskId: status.taskId, to: place }));
+    const sending = lastTally.then(send).catch(() => undefined);
+    lastTally = sending;
+    void sending.finally(() => {
+      tallyInFlight -= 1;
+      dirty = true; // a continue-as-new or the close may be waiting for it
+    });
   }
 
   // Reports go out in the background and are retried without limit: a Forgejo outage delays a
@@ -117,15 +150,9 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
   let lastReport: Promise<void> = Promise.resolve();
   function report(type: TaskEvent['type']): void {
     const snapshot: TaskStatus = { ...status, attempts: status.attempts.map((a) => ({ ...a, logTail: undefined })) };
-    const tally = tallyByReports && placeToTell() !== undefined;
-    inOrder(() => reports.reportTaskEvent({ type, status: snapshot, ...(tally ? { tally } : {}) }));
-  }
-
-  /** Sends a report activity after the ones before it; the task closes only once it is done. */
-  function inOrder(deliver: () => Promise<void>): void {
     reportsInFlight += 1;
     // Not cancellable: a cancel requested through Temporal must not drop a report on its way.
-    const send = () => wf.CancellationScope.nonCancellable(deliver);
+    const send = () => wf.CancellationScope.nonCancellable(() => reports.reportTaskEvent({ type, status: snapshot }));
     // Before the patch, reports went out side by side (a `started` could arrive after `forked`).
     const sending = (wf.patched(ORDERED_REPORTS_PATCH) ? lastReport.then(send) : send()).catch(() => undefined);
     lastReport = sending;
@@ -337,13 +364,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     // case the previous run's last signal was dropped (the server drops a signal sent in the
     // workflow task that ends the run). The tally keeps open tasks by id: a restated place is not
     // counted twice. Patched: histories from before the tally replay without the signal.
-    if (tallyByReports) {
-      // A move the reports did not carry (a release, a lapse, the fallback to pull, a run started
-      // by continue-as-new restating where the task is): an activity of its own, after the reports.
-      const place = placeToTell();
-      if (place) inOrder(() => reports.tellTaskTally({ taskId: status.taskId, to: place }));
-      return;
-    }
+    if (tallyByActivities) return; // told by tellTally()
     const [wasState, wasMode] = previous.split('|');
     if ((previous === '' || wasState !== status.state || wasMode !== status.mode) && wf.patched(TASK_TALLY_PATCH)) {
       const type = status.input.agentType;
@@ -375,6 +396,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
         if (offer) scheduleOffer(offer);
       }
       publish();
+      tellTally();
       dirty = false;
       const wakeAt = machine.wakeAt();
       if (wakeAt === undefined) await wf.condition(() => dirty);
@@ -391,25 +413,22 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       transition((now) => machine.expire(now, { lateWakeGrace: wf.patched(LATE_WAKE_GRACE_PATCH), lapseGrace: () => wf.patched(LAPSE_GRACE_PATCH) }));
 
       // Not while an activity is in flight: continuing as new would abandon it.
-      if (!machine.closed && !machine.attemptInFlight && reportsInFlight === 0 && historyFull()) {
+      if (!machine.closed && !machine.attemptInFlight && reportsInFlight === 0 && tallyInFlight === 0 && historyFull()) {
         // Long-held tasks (many heartbeats) start a fresh history, carrying everything over. The
         // offer of a pending one is withdrawn: the next run offers the task anew.
         transition(() => machine.withdrawOffer());
         await wf.condition(wf.allHandlersFinished);
-        publish();
+        publish(); // the next run tells the tally where the task is
         await wf.continueAsNew<typeof taskWorkflow>({ taskId: args.taskId, input: args.input, resume: machine.snapshot() });
       }
     }
 
     transition(() => machine.cancelOutstanding());
-    if (tallyByReports) {
-      report(machine.closingEvent()); // tells the tally too, before publish() would on its own
-      publish();
-    } else {
-      publish();
-      report(machine.closingEvent());
-    }
-    await wf.condition(() => reportsInFlight === 0 || reportsAbandoned);
+    publish();
+    tellTally();
+    report(machine.closingEvent());
+    // The tally's tells are waited for even by a cancel through Temporal: they need only Temporal.
+    await wf.condition(() => tallyInFlight === 0 && (reportsInFlight === 0 || reportsAbandoned));
     await wf.condition(wf.allHandlersFinished);
     return status;
   });
