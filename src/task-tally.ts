@@ -127,7 +127,7 @@ export class TaskTallyReader {
 
   /**
    * Counts from visibility, then starts the tally with those counts. A task that moves between the
-   * count and the start is a small, known inaccuracy: its signal finds no tally. One that moved
+   * count and the start is a small, known inaccuracy: its tell finds no tally. One that moved
    * between open states stays where the count saw it until its next move; one created meanwhile is
    * not counted until its next move; one that closed meanwhile stays counted open for good. Seeding
    * happens once per namespace, and the window is the few seconds the count takes.

@@ -128,7 +128,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     }
     toldPlace = placeKey(place);
     tallyInFlight += 1;
-    const send = () => wf.CancellationScope.nonCancellable(() => reports.tellTaskTally({ taskId: status.taskId, to: place }));
+    const send = () => wf.CancellationScope.nonCancellable(() => tallyTells.tellTaskTally({ taskId: status.taskId, to: place }));
     const sending = lastTally.then(send).catch(() => undefined);
     lastTally = sending;
     void sending.finally(() => {
@@ -142,6 +142,13 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
   const reports = wf.proxyActivities<ReportActivities>({
     startToCloseTimeout: '1 minute',
     retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '5 minutes' },
+  });
+  // The tally is best-effort: a tell it cannot take within 10 minutes is given up (an open task's
+  // next tell mends it), so that a tally in trouble never holds a task's close for long.
+  const tallyTells = wf.proxyActivities<Pick<ReportActivities, 'tellTaskTally'>>({
+    startToCloseTimeout: '1 minute',
+    scheduleToCloseTimeout: '10 minutes',
+    retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
   });
   let reportsInFlight = 0;
   /** Set by a cancel requested through Temporal once the task is closed: stop waiting for reports. */
@@ -427,8 +434,8 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     publish();
     tellTally();
     report(machine.closingEvent());
-    // The tally's tells are waited for even by a cancel through Temporal: they need only Temporal.
-    await wf.condition(() => tallyInFlight === 0 && (reportsInFlight === 0 || reportsAbandoned));
+    // A cancel through Temporal is the way out of tally tells too.
+    await wf.condition(() => (tallyInFlight === 0 && reportsInFlight === 0) || reportsAbandoned);
     await wf.condition(wf.allHandlersFinished);
     return status;
   });
