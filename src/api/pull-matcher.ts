@@ -7,17 +7,12 @@
 // Nothing on this path queries visibility, and an offer reaches whichever process its agent polls.
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { type NativeConnection, Worker, type CustomSlotSupplier, type SlotInfo, type SlotPermit } from '@temporalio/worker';
-import { RenewableWorkers } from '../workers/renewable-workers';
+import { RenewableWorkers, type RenewalLog } from '../workers/renewable-workers';
 import type { ClaimGrant, InstanceRef } from '../model';
 import { agentPullQueue, pullQueue } from '../names';
 import type { TaskClient } from '../task-client';
 import { TaskError } from '../task-errors';
 import { OFFER_RETURNED, type OfferActivities, type OfferOutcome, type OfferRequest } from '../workflows/activity-types';
-
-/** The little of a logger these need (pino and Fastify's logger both fit). */
-export interface WarnLogger {
-  warn(object: object, message?: string): void;
-}
 
 export interface PullAgent {
   id: string;
@@ -42,7 +37,7 @@ export interface PullMatcherOptions {
   connect: () => Promise<NativeConnection>;
   namespace: string;
   tasks: TaskClient;
-  log: WarnLogger & { info(object: object, message?: string): void };
+  log: RenewalLog;
   metrics?: PullMetrics;
   /** An offer that finds no agent of its kind waiting here waits this long for one before it is given back. */
   returnAfterMs?: number;

@@ -6,10 +6,13 @@
 // there is no moment without a poller; work the old one holds finishes on it (its shutdown grace).
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { NativeConnection, Worker } from '@temporalio/worker';
-import type { WarnLogger } from '../api/pull-matcher';
 import type { TemporalCallObserver } from '../temporal-health';
 
-export type RenewalLog = WarnLogger & { info(object: object, message?: string): void };
+/** The little of a logger renewals need (pino and Fastify's logger both fit). */
+export interface RenewalLog {
+  warn(object: object, message?: string): void;
+  info(object: object, message?: string): void;
+}
 
 /**
  * Outages shorter than this renew nothing: the core's pollers have backed off less than a second
