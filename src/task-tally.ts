@@ -1,9 +1,12 @@
 // Task counts by state × agent type × mode, for GET /api/v1/stats: read from the task tally
 // workflow (src/workflows/task-tally.ts) with one query, no visibility call. Visibility is counted
 // only to seed a tally where there is none yet, and by the stats when the tally cannot answer.
-import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { isGrpcServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
+// The SDK's own encoding of signal arguments (what the client's signal call uses).
+import { encodeToPayloads } from '@temporalio/common/lib/internal-non-workflow';
 import { EXECUTION_MODES, TASK_STATES } from './model';
 import { TASKS_QUEUE } from './names';
+import { GrpcCode } from './temporal-health';
 import type { TaskClient } from './task-client';
 import { isOpenState, placeKey, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTransition } from './workflows/task-tally-book';
 import { TASK_TALLY_WORKFLOW_ID, TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTransitionSignal, type taskTallyWorkflow } from './workflows/task-tally';
@@ -12,12 +15,24 @@ import { TASK_TALLY_WORKFLOW_ID, TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, task
  * Tells the tally where a task is now (the tellTaskTally activity, src/activities/report.ts). No
  * tally (nobody has asked for the stats yet, or it was terminated): nothing to tell, never the
  * task's concern.
+ *
+ * `requestId` names this tell (the activity's run and id): the server takes a signal once per
+ * request id, so a retry of a tell that landed (its completion lost to a worker restart) cannot
+ * count a closed task twice. The client's own signal call takes a fresh id each time, hence the
+ * service call here, with the client's data converter.
  */
-export async function tellTaskTally(client: Client, transition: TaskTransition): Promise<void> {
+export async function tellTaskTally(client: Client, transition: TaskTransition, requestId: string): Promise<void> {
   try {
-    await client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID).signal(taskTransitionSignal, [transition]);
+    await client.workflowService.signalWorkflowExecution({
+      namespace: client.options.namespace,
+      workflowExecution: { workflowId: TASK_TALLY_WORKFLOW_ID },
+      signalName: taskTransitionSignal.name,
+      input: { payloads: await encodeToPayloads(client.options.loadedDataConverter, [transition]) },
+      identity: client.options.identity,
+      requestId,
+    });
   } catch (error) {
-    if (!(error instanceof WorkflowNotFoundError)) throw error;
+    if (!(isGrpcServiceError(error) && error.code === GrpcCode.NOT_FOUND)) throw error;
   }
 }
 

@@ -7,8 +7,8 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { ConnectionOptions } from '@temporalio/client';
 import type { LogLevel, LogMetadata, Logger as SdkLogger } from '@temporalio/common';
 
-/** gRPC status codes this module tells apart (@grpc/grpc-js `status`). */
-export const GrpcCode = { CANCELLED: 1, UNKNOWN: 2, DEADLINE_EXCEEDED: 4, RESOURCE_EXHAUSTED: 8, INTERNAL: 13, UNAVAILABLE: 14 } as const;
+/** gRPC status codes Drover tells apart (@grpc/grpc-js `status`). */
+export const GrpcCode = { CANCELLED: 1, UNKNOWN: 2, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, RESOURCE_EXHAUSTED: 8, INTERNAL: 13, UNAVAILABLE: 14 } as const;
 
 /** One warning per method (or core message) per this interval; what comes between is counted into the next. */
 export const LOG_INTERVAL_MS = 10_000;

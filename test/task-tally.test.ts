@@ -12,7 +12,7 @@ import { buildApp } from '../src/api/app';
 import type { Claimant, TaskInput, TaskOptions } from '../src/model';
 import { startDevServer } from '../src/dev-server';
 import { TaskClient } from '../src/task-client';
-import { countTasksFromVisibility, TaskTallyReader } from '../src/task-tally';
+import { countTasksFromVisibility, TaskTallyReader, tellTaskTally } from '../src/task-tally';
 import { NEW_TASK_TALLY_DELAY_MS } from '../src/workflows/task';
 import { TaskMachine } from '../src/workflows/task-machine';
 import { newTaskPlace, placeKey, TaskTallyBook, taskPlace, type TaskPlace } from '../src/workflows/task-tally-book';
@@ -344,6 +344,28 @@ describe('the task tally through Drover', () => {
     }, 'the next run to mend the record');
     expect(mended).toEqual(running);
     await h.tasks.cancel(taskId);
+  });
+
+  it('a tell tried again after it landed (its completion lost) does not count a closed task twice: the server takes one signal per tell', async () => {
+    const type = uniqueType('tally');
+    const tally = h.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID);
+    await tally.query(taskCountsQuery); // it runs: the first test seeded it
+    const completed = (taskId: string) => ({ taskId, to: { state: 'completed', type, mode: 'http_pull' } });
+    const countOnceSeen = async (count: number) =>
+      waitFor(async () => {
+        const rows = ofTypes(await tally.query(taskCountsQuery), [type]);
+        return (rows[0]?.count ?? 0) >= count ? rows : undefined;
+      }, `the tally to count ${count}`);
+    // The tries of one tell share its request id: the second changes nothing.
+    await tellTaskTally(h.client, completed('t1'), 'run-1/7');
+    await tellTaskTally(h.client, completed('t1'), 'run-1/7');
+    // A tell of its own (another id) for another task, sent after: once it is counted, so is
+    // everything sent before it. The book alone would have counted t1 twice (3).
+    await tellTaskTally(h.client, completed('t2'), 'run-2/7');
+    expect(await countOnceSeen(2)).toEqual([{ state: 'completed', type, mode: 'http_pull', count: 2 }]);
+    // The same task told closed by another tell is counted again: what the request id guards against.
+    await tellTaskTally(h.client, completed('t1'), 'run-1/8');
+    expect(await countOnceSeen(3)).toEqual([{ state: 'completed', type, mode: 'http_pull', count: 3 }]);
   });
 
   it('with no worker to answer for the tally, the stats count from visibility, and say so in the log', async () => {

@@ -62,7 +62,10 @@ export function createReportActivities(sinks: TaskEventSink[] = []): ReportActiv
 
     // Needs only Temporal: retried (by the workflow's retry policy) until the tally has it, or is gone.
     async tellTaskTally(transition: TaskTransition): Promise<void> {
-      await tellTaskTally(Context.current().client, transition);
+      const { client, info } = Context.current();
+      // One id per tell, the same on every try: the task's run and the activity's id (or, for an
+      // activity started on its own, its run id).
+      await tellTaskTally(client, transition, `${info.workflowExecution?.runId ?? info.activityRunId}/${info.activityId}`);
     },
   };
 }
