@@ -1,6 +1,7 @@
 // Task counts by state × agent type × mode, for GET /api/v1/stats: read from the task tally
-// workflow (src/workflows/task-tally.ts) with one query, no visibility call. Visibility is counted
-// only to seed a tally where there is none yet, and by the stats when the tally cannot answer.
+// workflows (src/workflows/task-tally.ts) with one query to each, no visibility call. Visibility
+// is counted only to seed a tally where there is none yet, and by the stats when the tallies
+// cannot answer.
 import { isGrpcServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 // The SDK's own encoding of signal arguments (what the client's signal call uses).
 import { encodeToPayloads } from '@temporalio/common/lib/internal-non-workflow';
@@ -8,8 +9,8 @@ import { EXECUTION_MODES, TASK_STATES } from './model';
 import { TASKS_QUEUE } from './names';
 import { GrpcCode } from './temporal-health';
 import type { TaskClient } from './task-client';
-import { isOpenState, placeKey, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTransition } from './workflows/task-tally-book';
-import { TASK_TALLY_WORKFLOW_ID, TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTransitionSignal, type taskTallyWorkflow } from './workflows/task-tally';
+import { closedNotCounted, isOpenState, placeKey, sumCounts, TASK_TALLY_SHARDS, tallyShardOf, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTransition } from './workflows/task-tally-book';
+import { TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTallyWorkflowId, taskTransitionSignal, type taskTallyWorkflow } from './workflows/task-tally';
 
 /**
  * Tells the tally where a task is now (the tellTaskTally activity, src/activities/report.ts). No
@@ -25,7 +26,7 @@ export async function tellTaskTally(client: Client, transition: TaskTransition, 
   try {
     await client.workflowService.signalWorkflowExecution({
       namespace: client.options.namespace,
-      workflowExecution: { workflowId: TASK_TALLY_WORKFLOW_ID },
+      workflowExecution: { workflowId: taskTallyWorkflowId(tallyShardOf(transition.taskId)) },
       signalName: taskTransitionSignal.name,
       input: { payloads: await encodeToPayloads(client.options.loadedDataConverter, [transition]) },
       identity: client.options.identity,
@@ -83,16 +84,22 @@ export interface TaskTallyReaderOptions {
   types: readonly string[];
   /** How long a query may take before the read fails (the stats then count from visibility). */
   queryTimeoutMs?: number;
-  /** How often to check that the tally still runs (a describe, not a visibility call). */
+  /** How often to check that the tallies still run (describes, not visibility calls). */
   checkEveryMs?: number;
   log?: InfoLogger;
 }
 
+const SHARDS = Array.from({ length: TASK_TALLY_SHARDS }, (_, shard) => shard);
+
+/** A tally's counts, or that it is not there. */
+type ShardRead = { shard: number; counts: TaskCount[] } | { shard: number; missing: true };
+
 /**
- * Reads the task tally: one query. Where there is none yet (a new deployment, or one from before the
- * tally), the first reader counts from visibility and starts the tally with those counts. Many
- * API processes may find none at once: the workflow id decides — the one whose start succeeds
- * seeded it, the others query it. Concurrent reads share one answer.
+ * Reads the task tallies: one query to each shard, summed. Where one is missing (a new deployment,
+ * one from before the shards, or an operator terminated it), the first reader counts from
+ * visibility and starts it with its share. Many API processes may find it missing at once: the
+ * workflow id decides — the one whose start succeeds seeded it, the others query it. Concurrent
+ * reads share one answer.
  */
 export class TaskTallyReader {
   private inFlight: Promise<TaskCount[]> | undefined;
@@ -110,60 +117,78 @@ export class TaskTallyReader {
   }
 
   private async load(): Promise<TaskCount[]> {
-    // A tally that has ended (an operator terminated it) takes no more signals: now and then, make
-    // sure it runs, and start a new one if not. A describe reads the workflow's own record.
-    if (Date.now() - this.checkedAt >= (this.options.checkEveryMs ?? 60_000)) {
-      const running = await this.running();
-      this.checkedAt = Date.now();
-      if (!running) return this.seed();
-    }
+    // A tally that has ended (an operator terminated it) takes no more tells: now and then, make
+    // sure each runs, and start a new one where not. A describe reads the workflow's own record.
+    const checking = Date.now() - this.checkedAt >= (this.options.checkEveryMs ?? 60_000);
+    const reads = await Promise.all(SHARDS.map((shard) => (checking ? this.readChecked(shard) : this.readShard(shard))));
+    if (checking) this.checkedAt = Date.now();
+    if (reads.some((read) => 'missing' in read)) return this.seed(reads);
+    return sumCounts(reads.map((read) => ('counts' in read ? read.counts : [])));
+  }
+
+  private async readChecked(shard: number): Promise<ShardRead> {
     try {
-      return await this.query();
+      const description = await this.options.client.workflow.getHandle(taskTallyWorkflowId(shard)).describe();
+      if (description.status.name !== 'RUNNING') return { shard, missing: true };
     } catch (error) {
-      if (error instanceof WorkflowNotFoundError) return this.seed();
+      if (error instanceof WorkflowNotFoundError) return { shard, missing: true };
+      throw error;
+    }
+    return this.readShard(shard);
+  }
+
+  private async readShard(shard: number): Promise<ShardRead> {
+    try {
+      return { shard, counts: await this.query(shard) };
+    } catch (error) {
+      if (error instanceof WorkflowNotFoundError) return { shard, missing: true };
       throw error;
     }
   }
 
-  private async running(): Promise<boolean> {
-    try {
-      const description = await this.options.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID).describe();
-      return description.status.name === 'RUNNING';
-    } catch (error) {
-      if (error instanceof WorkflowNotFoundError) return false;
-      throw error;
-    }
-  }
-
-  private query(): Promise<TaskCount[]> {
+  private query(shard: number): Promise<TaskCount[]> {
     const { client } = this.options;
-    return client.withDeadline(Date.now() + (this.options.queryTimeoutMs ?? 2_000), () => client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID).query(taskCountsQuery));
+    return client.withDeadline(Date.now() + (this.options.queryTimeoutMs ?? 2_000), () => client.workflow.getHandle(taskTallyWorkflowId(shard)).query(taskCountsQuery));
   }
 
   /**
-   * Counts from visibility, then starts the tally with those counts. A task that moves between the
-   * count and the start is a small, known inaccuracy: its tell finds no tally. One that moved
-   * between open states stays where the count saw it until its next move; one created meanwhile is
-   * not counted until its next move; one that closed meanwhile stays counted open for good. Seeding
-   * happens once per namespace, and the window is the few seconds the count takes.
+   * Counts from visibility, then starts each missing tally with its share: the open tasks whose
+   * ids fall to it, and (the first missing one) the closed tasks the running tallies do not
+   * count. A task that moves between the count and the start is a small, known inaccuracy: its
+   * tell finds no tally. One that moved between open states stays where the count saw it until
+   * its next move; one created meanwhile is not counted until its next move; one that closed
+   * meanwhile stays counted open for good. Seeding happens once per tally, and the window is the
+   * few seconds the count takes.
    */
-  private async seed(): Promise<TaskCount[]> {
+  private async seed(reads: ShardRead[]): Promise<TaskCount[]> {
     const { client, tasks, types, log } = this.options;
     const state = await countTasksFromVisibility(tasks, types);
-    try {
-      await client.workflow.start<typeof taskTallyWorkflow>(TASK_TALLY_WORKFLOW_TYPE, {
-        workflowId: TASK_TALLY_WORKFLOW_ID,
-        taskQueue: TASKS_QUEUE,
-        args: [{ state }],
-        // The default conflict policy: a running tally makes this start fail, so only one seeds.
-        staticSummary: 'Drover task tally: tasks by state, agent type and mode, for the stats',
-      });
-    } catch (error) {
-      if (!(error instanceof WorkflowExecutionAlreadyStartedError)) throw error;
-      // Another process seeded it first: its counts stand.
-      return this.query();
-    }
-    log?.info({ openTasks: Object.keys(state.open).length }, 'started the task tally, seeded from visibility');
-    return new TaskTallyBook(state).counts();
+    const running = reads.flatMap((read) => ('counts' in read ? [read.counts] : []));
+    const missing = reads.filter((read) => 'missing' in read).map((read) => read.shard);
+    const closedElsewhere = closedNotCounted(state.closed, sumCounts(running));
+    const counted = await Promise.all(
+      missing.map(async (shard, i) => {
+        const share: TaskTallyState = {
+          open: Object.fromEntries(Object.entries(state.open).filter(([taskId]) => tallyShardOf(taskId) === shard)),
+          closed: i === 0 ? closedElsewhere : {},
+        };
+        try {
+          await client.workflow.start<typeof taskTallyWorkflow>(TASK_TALLY_WORKFLOW_TYPE, {
+            workflowId: taskTallyWorkflowId(shard),
+            taskQueue: TASKS_QUEUE,
+            args: [{ state: share }],
+            // The default conflict policy: a running tally makes this start fail, so only one seeds.
+            staticSummary: `Drover task tally ${shard + 1} of ${TASK_TALLY_SHARDS}: tasks by state, agent type and mode, for the stats`,
+          });
+        } catch (error) {
+          if (!(error instanceof WorkflowExecutionAlreadyStartedError)) throw error;
+          // Another process seeded it first: its counts stand.
+          return this.query(shard);
+        }
+        log?.info({ shard, openTasks: Object.keys(share.open).length }, 'started a task tally, seeded from visibility');
+        return new TaskTallyBook(share).counts();
+      }),
+    );
+    return sumCounts([...running, ...counted]);
   }
 }

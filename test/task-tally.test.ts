@@ -15,8 +15,8 @@ import { TaskClient } from '../src/task-client';
 import { countTasksFromVisibility, TaskTallyReader, tellTaskTally } from '../src/task-tally';
 import { NEW_TASK_TALLY_DELAY_MS } from '../src/workflows/task';
 import { TaskMachine } from '../src/workflows/task-machine';
-import { newTaskPlace, placeKey, TaskTallyBook, taskPlace, type TaskPlace } from '../src/workflows/task-tally-book';
-import { TASK_TALLY_WORKFLOW_ID, taskCountsQuery, taskTransitionSignal } from '../src/workflows/task-tally';
+import { closedNotCounted, newTaskPlace, placeKey, sumCounts, TASK_TALLY_SHARDS, tallyShardOf, TaskTallyBook, taskPlace, type TaskPlace } from '../src/workflows/task-tally-book';
+import { taskCountsQuery, taskTallyWorkflowId, taskTransitionSignal } from '../src/workflows/task-tally';
 import { createTaskWorker } from '../src/workers/task-worker';
 import { adminAuth, enqueue, startHarness, testConfig, type Harness } from './support/http';
 import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
@@ -74,6 +74,33 @@ describe('the task tally book (pure)', () => {
     expect(book.counts()).toEqual([{ state: 'running', type: 'dev', mode: 'http_pull', count: 1 }]);
   });
 
+  it("a task's tally shard is FNV-1a of its id (pinned: changing it re-deals the tasks), spread evenly", () => {
+    expect(tallyShardOf('a')).toBe(0xe40c292c % TASK_TALLY_SHARDS); // FNV-1a's published value for "a"
+    expect(tallyShardOf('implement:acme:web:42:dev')).toBe(3);
+    const perShard = new Array<number>(TASK_TALLY_SHARDS).fill(0);
+    for (let i = 0; i < 8_000; i++) perShard[tallyShardOf(`review:org-${i % 37}:repo-${i % 101}:${i}:reviewer`)]! += 1;
+    for (const n of perShard) expect(n).toBeGreaterThan(800);
+  });
+
+  it("shards' counts sum by place; a shard seeded beside running ones takes only the closed tasks they do not count", () => {
+    const a = new TaskTallyBook();
+    a.apply({ taskId: 't1', to: at('pending') });
+    a.apply({ taskId: 't2', to: at('completed', 'dev', 'http_pull') });
+    const b = new TaskTallyBook();
+    b.apply({ taskId: 't3', to: at('pending') });
+    b.apply({ taskId: 't4', to: at('failed', 'boss', 'ssh_cli') });
+    expect(sumCounts([a.counts(), b.counts(), []])).toEqual([
+      { state: 'failed', type: 'boss', mode: 'ssh_cli', count: 1 },
+      { state: 'completed', type: 'dev', mode: 'http_pull', count: 1 },
+      { state: 'pending', type: 'dev', mode: 'undecided', count: 2 },
+    ]);
+    const completed = placeKey(at('completed', 'dev', 'http_pull'));
+    const failed = placeKey(at('failed', 'boss', 'ssh_cli'));
+    const cancelled = placeKey(at('cancelled'));
+    // Visibility counts 5 completed, 1 failed, 2 cancelled; the running shards count 1, 1 and 0 of them.
+    expect(closedNotCounted({ [completed]: 5, [failed]: 1, [cancelled]: 2, 'not a key': 4 }, sumCounts([a.counts(), b.counts()]))).toEqual({ [completed]: 4, [cancelled]: 2 });
+  });
+
   it('snapshot and restore (continue-as-new, seeding) keep everything; malformed input is skipped', () => {
     const book = new TaskTallyBook();
     book.apply({ taskId: '__proto__', to: at('pending') });
@@ -92,6 +119,11 @@ describe('the task tally book (pure)', () => {
     }
   });
 });
+
+const SHARDS = Array.from({ length: TASK_TALLY_SHARDS }, (_, shard) => shard);
+const tallyOf = (h: Harness, shard: number) => h.client.workflow.getHandle(taskTallyWorkflowId(shard));
+/** Every shard's counts, summed. */
+const tallied = async (h: Harness) => sumCounts(await Promise.all(SHARDS.map((shard) => tallyOf(h, shard).query(taskCountsQuery))));
 
 /** A client whose visibility calls (list, count, scan) are counted. */
 async function countingClient(
@@ -167,18 +199,17 @@ describe('the task tally through Drover', () => {
       { state: 'completed', type: 'reviewer', mode: 'http_pull', count: 1 },
       { state: 'running', type: 'reviewer', mode: 'http_pull', count: 1 },
     ];
-    // The tasks' signals found no tally; visibility has them all.
-    await expect(h.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID).describe()).rejects.toBeInstanceOf(WorkflowNotFoundError);
+    // The tasks' tells found no tally; visibility has them all.
+    for (const shard of SHARDS) await expect(tallyOf(h, shard).describe()).rejects.toBeInstanceOf(WorkflowNotFoundError);
     await waitFor(async () => (JSON.stringify(await visibilityRows(h)) === JSON.stringify(expected) ? true : undefined), 'visibility to show the tasks');
 
     const readers = [1, 2].map(() => new TaskTallyReader({ client: h.client, tasks: h.tasks, types: h.config.types }));
     const [first, second] = await Promise.all(readers.map((reader) => reader.read()));
     expect(plain(first!)).toEqual(expected);
     expect(plain(second!)).toEqual(expected);
-    // One tally, one run, seeded once: what it answers is not doubled.
-    const tally = h.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID);
-    expect(plain(await tally.query(taskCountsQuery))).toEqual(expected);
-    expect((await tally.describe()).status.name).toBe('RUNNING');
+    // One tally per shard, each seeded once: what they answer is not doubled.
+    expect(plain(await tallied(h))).toEqual(expected);
+    for (const shard of SHARDS) expect((await tallyOf(h, shard).describe()).status.name).toBe('RUNNING');
 
     // From now on the tasks' own signals move them.
     await h.tasks.claim(pending[0]!, pullAgent('seed-a2', 'dev'));
@@ -253,8 +284,7 @@ describe('the task tally through Drover', () => {
   it('the tally hears of a task through activities, of a new one once it has been pending a while: the task workflow sends it no signal', async () => {
     await statsOf(app); // a tally runs
     const type = uniqueType('tally');
-    const tally = h.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID);
-    const rows = async () => plain(ofTypes(await tally.query(taskCountsQuery), [type]));
+    const rows = async () => plain(ofTypes(await tallied(h), [type]));
     const history = async (taskId: string) => (await h.client.workflow.getHandle(taskId).fetchHistory()).events ?? [];
     const told = (events: Awaited<ReturnType<typeof history>>) => events.flatMap((e) => (e.activityTaskScheduledEventAttributes?.activityType?.name === 'tellTaskTally' ? [e] : []));
 
@@ -325,7 +355,7 @@ describe('the task tally through Drover', () => {
     const { taskId } = await h.tasks.start(input(type, { leaseMs: 120_000, maxHistoryEvents: 40 }));
     const firstRun = (await h.client.workflow.getHandle(taskId).describe()).runId;
     const grant = await h.tasks.claim(taskId, pullAgent('mend-a1', type));
-    const tally = h.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID);
+    const tally = tallyOf(h, tallyShardOf(taskId));
     const placeOf = async () => ofTypes(await tally.query(taskCountsQuery), [type]);
     const running = [{ state: 'running', type, mode: 'http_pull', count: 1 }];
     await waitFor(async () => (JSON.stringify(await placeOf()) === JSON.stringify(running) ? true : undefined), 'the tally to see the task running');
@@ -346,14 +376,40 @@ describe('the task tally through Drover', () => {
     await h.tasks.cancel(taskId);
   });
 
+  it('a tally an operator terminated is started again with its share, the other shards left as they are: the sums still match visibility', async () => {
+    const type = uniqueType('tally');
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) ids.push((await h.tasks.start(input(type))).taskId);
+    for (const taskId of ids.slice(0, 6)) await h.tasks.cancel(taskId);
+    for (const taskId of ids.slice(0, 6)) await h.tasks.result(taskId);
+    const expected = [
+      { state: 'cancelled', type, mode: 'undecided', count: 6 },
+      { state: 'pending', type, mode: 'undecided', count: 6 },
+    ];
+    await waitFor(async () => (JSON.stringify(ofTypes(await tallied(h), [type])) === JSON.stringify(expected) ? true : undefined), 'the tallies to count the tasks');
+    // The shard of the first cancelled task goes; the others keep running, their counts untouched.
+    const lost = tallyShardOf(ids[0]!);
+    const others = SHARDS.filter((shard) => shard !== lost);
+    const runsBefore = await Promise.all(others.map(async (shard) => (await tallyOf(h, shard).describe()).runId));
+    await tallyOf(h, lost).terminate('an operator cleaning up');
+    await waitFor(async () => (JSON.stringify(await visibilityRows(h, [type])) === JSON.stringify(expected) ? true : undefined), 'visibility to show the tasks');
+
+    const reader = new TaskTallyReader({ client: h.client, tasks: h.tasks, types: [...h.config.types, type] });
+    expect(ofTypes(await reader.read(), [type])).toEqual(expected);
+    expect((await tallyOf(h, lost).describe()).status.name).toBe('RUNNING');
+    expect(await Promise.all(others.map(async (shard) => (await tallyOf(h, shard).describe()).runId))).toEqual(runsBefore);
+    // What every shard now answers sums to the same: the closed tasks the others count are not counted again.
+    expect(ofTypes(await tallied(h), [type])).toEqual(expected);
+    for (const taskId of ids.slice(6)) await h.tasks.cancel(taskId);
+  });
+
   it('a tell tried again after it landed (its completion lost) does not count a closed task twice: the server takes one signal per tell', async () => {
     const type = uniqueType('tally');
-    const tally = h.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID);
-    await tally.query(taskCountsQuery); // it runs: the first test seeded it
+    await tallied(h); // they run: the first test seeded them
     const completed = (taskId: string) => ({ taskId, to: { state: 'completed', type, mode: 'http_pull' } });
     const countOnceSeen = async (count: number) =>
       waitFor(async () => {
-        const rows = ofTypes(await tally.query(taskCountsQuery), [type]);
+        const rows = ofTypes(await tallied(h), [type]);
         return (rows[0]?.count ?? 0) >= count ? rows : undefined;
       }, `the tally to count ${count}`);
     // The tries of one tell share its request id: the second changes nothing.
@@ -385,7 +441,7 @@ describe('the task tally through Drover', () => {
       await lone.tasks.start(input(type));
       await waitFor(async () => ((await visibilityRows(lone)).length === 1 ? true : undefined), 'the task in visibility');
       expect(ofTypes((await statsOf(loneApp)).by_state_type_mode, [type])).toEqual([{ state: 'pending', type, mode: 'undecided', count: 1 }]);
-      expect(lines.some((line) => line.includes('started the task tally'))).toBe(true);
+      expect(lines.some((line) => line.includes('started a task tally, seeded from visibility'))).toBe(true);
       worker.shutdown();
       await waitFor(() => (worker.getState() === 'STOPPED' ? true : undefined), 'the worker to stop');
       await new Promise((r) => setTimeout(r, 1_100)); // past the shared cache
@@ -417,7 +473,7 @@ describe.runIf(process.env.DROVER_TALLY_BENCH)('stats latency, before (visibilit
     const app = await buildApp({ config, client: counting.client, tasks: counting.tasks, logger: false });
     try {
       // A fresh tally for this run (the shared server's default namespace may have one from before).
-      await counting.client.workflow.getHandle(TASK_TALLY_WORKFLOW_ID).terminate('bench').catch(() => undefined);
+      for (const shard of SHARDS) await counting.client.workflow.getHandle(taskTallyWorkflowId(shard)).terminate('bench').catch(() => undefined);
       const types = config.types;
       const started: string[] = [];
       const run = `${Date.now()}`;

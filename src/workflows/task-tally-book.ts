@@ -50,6 +50,25 @@ export function newTaskPlace(type: string): TaskPlace {
   return { state: 'pending', type, mode: 'undecided' };
 }
 
+/**
+ * How many tally workflows share the tasks, each counting the tasks whose ids fall to it
+ * (tallyShardOf). A tally carries its open tasks' ids through continue-as-new, about 85 bytes a
+ * task against Temporal's 2 MB payload limit: one tally would stop at about 24,000 open tasks, eight
+ * at about 190,000; and the tasks' tells are spread over eight workflows. Changing it re-deals
+ * the tasks: a deployment that does starts fresh tallies, seeded from visibility (src/task-tally.ts).
+ */
+export const TASK_TALLY_SHARDS = 8;
+
+/** The tally a task is counted in: FNV-1a of its id, over TASK_TALLY_SHARDS. */
+export function tallyShardOf(taskId: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < taskId.length; i++) {
+    hash ^= taskId.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return hash % TASK_TALLY_SHARDS;
+}
+
 export function placeKey(place: TaskPlace): string {
   return JSON.stringify([place.state, place.type, place.mode]);
 }
@@ -108,17 +127,48 @@ export class TaskTallyBook {
   counts(): TaskCount[] {
     const sums = new Map(this.closed);
     for (const key of this.open.values()) sums.set(key, (sums.get(key) ?? 0) + 1);
-    const rows: TaskCount[] = [];
-    for (const [key, count] of sums) {
-      const place = placeOf(key);
-      if (place && count > 0) rows.push({ ...place, count });
-    }
-    const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
-    return rows.sort((a, b) => cmp(a.type, b.type) || cmp(a.state, b.state) || cmp(a.mode, b.mode));
+    return countRows(sums);
   }
 
   /** How many open tasks the book holds by id (what continue-as-new carries). */
   get openTasks(): number {
     return this.open.size;
   }
+}
+
+/** Counts of several tallies (the shards) summed, in counts()' order. */
+export function sumCounts(tallies: readonly TaskCount[][]): TaskCount[] {
+  const sums = new Map<string, number>();
+  for (const rows of tallies) {
+    for (const row of rows) {
+      const key = placeKey(row);
+      sums.set(key, (sums.get(key) ?? 0) + countOf(row.count));
+    }
+  }
+  return countRows(sums);
+}
+
+/**
+ * Closed-task counts (by place key) less what `counted` already has of each place: what a tally
+ * seeded beside running ones takes, so that no closed task is counted twice.
+ */
+export function closedNotCounted(closed: Readonly<Record<string, number>>, counted: readonly TaskCount[]): Record<string, number> {
+  const already = new Map(counted.map((row) => [placeKey(row), row.count]));
+  const left: Record<string, number> = {};
+  for (const [key, n] of Object.entries(closed)) {
+    const rest = countOf(n) - (already.get(key) ?? 0);
+    if (rest > 0 && placeOf(key) !== undefined) left[key] = rest;
+  }
+  return left;
+}
+
+/** Non-zero rows from counts by place key, by type, state and mode (code-point order). */
+function countRows(sums: ReadonlyMap<string, number>): TaskCount[] {
+  const rows: TaskCount[] = [];
+  for (const [key, count] of sums) {
+    const place = placeOf(key);
+    if (place && count > 0) rows.push({ ...place, count });
+  }
+  const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+  return rows.sort((a, b) => cmp(a.type, b.type) || cmp(a.state, b.state) || cmp(a.mode, b.mode));
 }

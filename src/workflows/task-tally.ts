@@ -1,16 +1,25 @@
 // The task tally: how many tasks there are by state × agent type × mode, for GET /api/v1/stats,
 // without asking Temporal visibility (which cannot group by Drover's search attributes, and allows
-// a production namespace ~10 calls a second). One entity workflow per namespace. Each task tells
-// it where the task is as its state or mode changes, through an activity (TALLY_BY_ACTIVITIES_PATCH
-// in ./task.ts; runs from before it signal it themselves). The API reads the counts with a query,
-// and starts it, seeded from visibility, the first time it finds none (src/task-tally.ts).
+// a production namespace ~10 calls a second). TASK_TALLY_SHARDS entity workflows per namespace,
+// each counting the tasks whose ids fall to it. Each task tells its tally where the task is as
+// its state or mode changes, through an activity (TALLY_BY_ACTIVITIES_PATCH in ./task.ts). The API
+// reads the counts with a query to each, and starts those it finds missing, seeded from
+// visibility (src/task-tally.ts).
 // Deterministic code only.
 import * as wf from '@temporalio/workflow';
 import { DROVER_ENTITY_ID_PREFIX } from '../names';
 import { TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTransition } from './task-tally-book';
 
 export const TASK_TALLY_WORKFLOW_TYPE = 'taskTallyWorkflow';
-export const TASK_TALLY_WORKFLOW_ID = `${DROVER_ENTITY_ID_PREFIX}task-tally`;
+/** The tally of the tasks whose ids fall to `shard` (tallyShardOf). */
+export function taskTallyWorkflowId(shard: number): string {
+  return `${DROVER_ENTITY_ID_PREFIX}task-tally-${shard}`;
+}
+/**
+ * The one tally of earlier versions, which task runs from before TALLY_BY_ACTIVITIES_PATCH still
+ * signal (from workflow code: their histories replay with this id). No reader asks it any more.
+ */
+export const LEGACY_TASK_TALLY_WORKFLOW_ID = `${DROVER_ENTITY_ID_PREFIX}task-tally`;
 /** Task workflows signal the tally under this patch: histories from before it replay without the signals. */
 export const TASK_TALLY_PATCH = 'task-tally';
 

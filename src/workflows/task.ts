@@ -23,7 +23,7 @@ import {
 import { taskPriority } from './priority';
 import type { AttemptError, PullOffer, SshDispatch, SshRun, TaskMachineState } from './task-machine';
 import { TaskMachine } from './task-machine';
-import { TASK_TALLY_PATCH, TASK_TALLY_WORKFLOW_ID, taskTransitionSignal } from './task-tally';
+import { LEGACY_TASK_TALLY_WORKFLOW_ID, TASK_TALLY_PATCH, taskTransitionSignal } from './task-tally';
 import { newTaskPlace, placeKey, taskPlace } from './task-tally-book';
 
 /**
@@ -382,7 +382,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       };
       // Waited for like a report: the task closes, or continues-as-new, only once the tally has it.
       reportsInFlight += 1;
-      void wf.CancellationScope.nonCancellable(() => wf.getExternalWorkflowHandle(TASK_TALLY_WORKFLOW_ID).signal(taskTransitionSignal, [transition]))
+      void wf.CancellationScope.nonCancellable(() => wf.getExternalWorkflowHandle(LEGACY_TASK_TALLY_WORKFLOW_ID).signal(taskTransitionSignal, [transition]))
         // No tally (nobody has asked for the stats yet, or it was terminated): never the task's concern.
         .catch(() => undefined)
         .finally(() => {
