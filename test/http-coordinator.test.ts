@@ -5,8 +5,10 @@ import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ADMIN, adminAuth, agent, dequeue, enqueue, startHarness, taskUrl, testConfig, type Harness } from './support/http';
 import { uniqueRepo } from './support/temporal';
-import { TASK_STATES } from '../src/model';
-import { TaskClient } from '../src/task-client';
+import { countingClient } from './support/counting-client';
+import { TASK_COUNTS_TTL_MS } from '../src/api/metrics';
+import { sumCounts, TASK_TALLY_SHARDS } from '../src/workflows/task-tally-book';
+import { taskCountsQuery, taskTallyWorkflowId } from '../src/workflows/task-tally';
 
 const A1 = agent('a1', ['dev']);
 const A2 = agent('a2', ['dev']);
@@ -271,18 +273,30 @@ describe('operators', () => {
     expect(metrics).toContain('drover_dequeue_waiting 0');
   });
 
-  test('scrapes of the open /metrics endpoint share their visibility counts', async () => {
-    let counts = 0;
-    const tasks = new (class extends TaskClient {
-      override async count(filter: Parameters<TaskClient['count']>[0]) {
-        counts += 1;
-        return super.count(filter);
-      }
-    })(h.client);
-    const scraped = await h.app({ tasks });
-    const answers = await Promise.all(Array.from({ length: 20 }, () => scraped.inject({ method: 'GET', url: '/metrics' })));
-    for (const answer of answers) expect(answer.body).toMatch(/drover_tasks\{state="pending"\} \d+/);
-    expect(counts).toBe(TASK_STATES.length);
+  test('/metrics counts tasks from the task tallies: once they run, scrapes share one read and make no visibility call', async () => {
+    const counting = await countingClient(h.namespace);
+    try {
+      const scraped = await h.app({ client: counting.client, tasks: counting.tasks });
+      const pending = (await h.tasks.start({ agentType: 'metrics', kind: 'custom', repo: uniqueRepo(), number: 0, title: 'counted', prompt: 'p' })).taskId;
+      // The stats start any tally not yet running (the only visibility calls); the tallies then follow the tasks.
+      expect((await scraped.inject({ method: 'GET', url: '/api/v1/stats', headers: adminAuth })).statusCode).toBe(200);
+      await new Promise((r) => setTimeout(r, TASK_COUNTS_TTL_MS)); // past what a scrape keeps
+      const visibilityBefore = counting.visibilityCalls();
+      const queriesBefore = counting.queries();
+      const answers = await Promise.all(Array.from({ length: 20 }, () => scraped.inject({ method: 'GET', url: '/metrics' })));
+      // One read for the 20 scrapes: a query to each tally, no visibility call.
+      expect(counting.queries() - queriesBefore).toBe(TASK_TALLY_SHARDS);
+      expect(counting.visibilityCalls()).toBe(visibilityBefore);
+      const tallies = Array.from({ length: TASK_TALLY_SHARDS }, (_, shard) => h.client.workflow.getHandle(taskTallyWorkflowId(shard)));
+      const pendingNow = sumCounts(await Promise.all(tallies.map((tally) => tally.query(taskCountsQuery))))
+        .filter((row) => row.state === 'pending')
+        .reduce((sum, row) => sum + row.count, 0);
+      expect(pendingNow).toBeGreaterThan(0);
+      for (const answer of answers) expect(answer.body).toContain(`drover_tasks{state="pending"} ${pendingNow}`);
+      await h.tasks.cancel(pending);
+    } finally {
+      await counting.close();
+    }
   });
 
   test('the OpenAPI document lists every endpoint, with a browsable UI', async () => {

@@ -3,7 +3,7 @@
 // Drover on the real dev server: seeding from visibility, counts that follow tasks and match what
 // visibility says, and a task that continues-as-new counted once.
 import { Writable } from 'node:stream';
-import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
+import { WorkflowNotFoundError } from '@temporalio/client';
 import { NativeConnection, type Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { pino } from 'pino';
@@ -11,13 +11,13 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { buildApp } from '../src/api/app';
 import type { Claimant, TaskInput, TaskOptions } from '../src/model';
 import { startDevServer } from '../src/dev-server';
-import { TaskClient } from '../src/task-client';
 import { countTasksFromVisibility, TaskTallyReader, tellTaskTally } from '../src/task-tally';
 import { NEW_TASK_TALLY_DELAY_MS } from '../src/workflows/task';
 import { TaskMachine } from '../src/workflows/task-machine';
 import { closedNotCounted, newTaskPlace, placeKey, sumCounts, TASK_TALLY_SHARDS, tallyShardOf, TaskTallyBook, taskPlace, type TaskPlace } from '../src/workflows/task-tally-book';
 import { taskCountsQuery, taskTallyWorkflowId, taskTransitionSignal } from '../src/workflows/task-tally';
 import { createTaskWorker } from '../src/workers/task-worker';
+import { countingClient } from './support/counting-client';
 import { adminAuth, enqueue, startHarness, testConfig, type Harness } from './support/http';
 import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
 
@@ -124,25 +124,6 @@ const SHARDS = Array.from({ length: TASK_TALLY_SHARDS }, (_, shard) => shard);
 const tallyOf = (h: Harness, shard: number) => h.client.workflow.getHandle(taskTallyWorkflowId(shard));
 /** Every shard's counts, summed. */
 const tallied = async (h: Harness) => sumCounts(await Promise.all(SHARDS.map((shard) => tallyOf(h, shard).query(taskCountsQuery))));
-
-/** A client whose visibility calls (list, count, scan) are counted. */
-async function countingClient(
-  namespace: string,
-  address: string = inject('temporalAddress'),
-): Promise<{ client: Client; tasks: TaskClient; visibilityCalls: () => number; close: () => Promise<void> }> {
-  const connection = await Connection.connect({ address });
-  let calls = 0;
-  const service = connection.workflowService as unknown as Record<string, (...args: unknown[]) => unknown>;
-  for (const name of ['listWorkflowExecutions', 'countWorkflowExecutions', 'scanWorkflowExecutions', 'listOpenWorkflowExecutions', 'listClosedWorkflowExecutions']) {
-    const original = service[name]!.bind(service);
-    service[name] = (...args: unknown[]) => {
-      calls += 1;
-      return original(...args);
-    };
-  }
-  const client = new Client({ connection, namespace });
-  return { client, tasks: new TaskClient(client), visibilityCalls: () => calls, close: () => connection.close() };
-}
 
 let numbers = 0;
 function input(agentType: string, options: Partial<TaskOptions> = {}): TaskInput {

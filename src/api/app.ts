@@ -28,6 +28,7 @@ import { logsPlugin } from './logs';
 import { sessionsPlugin } from './sessions';
 import { createHostPresence } from '../host-presence';
 import { ApiMetrics } from './metrics';
+import { TaskTallyReader } from '../task-tally';
 import { statsPlugin } from './stats';
 import { tasksAdminPlugin } from './tasks-admin';
 import { tasksAgentsPlugin } from './tasks-agents';
@@ -100,7 +101,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   const tasks = deps.tasks ?? new TaskClient(client);
   const costs = new CostLedgerReader(client);
-  const metrics = new ApiMetrics(tasks, costs);
+  // Task counts for the stats and /metrics: the task tallies, not visibility.
+  const taskTally = new TaskTallyReader({ client, tasks, types: config.types, log: app.log });
+  const metrics = new ApiMetrics(() => taskTally.read(), costs);
   metrics.install(app);
   const temporalHealth = deps.temporalHealth ?? new TemporalCallObserver();
   metrics.observeTemporal(temporalHealth);
@@ -127,6 +130,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     maxWaitMs: durationMs(config.api.maxDequeueWait),
     taskOptions: taskDefaults(config),
     costs,
+    taskTally,
     async budgetHold(repo) {
       if (dailyBudget(config.budgets.dailyUsd, repo) === undefined) return undefined; // no ledger read without a budget
       return budgetHold(await costs.read(), config.budgets.dailyUsd, repo);

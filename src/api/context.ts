@@ -10,6 +10,7 @@ import type { TaskClient } from '../task-client';
 import type { PullMatcher } from './pull-matcher';
 import type { AgentDirectory } from './directory';
 import type { ApiMetrics } from './metrics';
+import type { TaskTallyReader } from '../task-tally';
 import type { TemporalCallObserver } from '../temporal-health';
 
 /** Live state of an SSH host, supplied by the SSH side (see GET /api/v1/hosts). */
@@ -37,6 +38,8 @@ export interface ApiContext {
   hostPresence?: HostPresence;
   /** The cost ledger's sums (src/costs.ts): stats, metrics and daily budgets. */
   costs: CostLedgerReader;
+  /** Task counts by state × type × mode (src/task-tally.ts): stats and metrics. */
+  taskTally: TaskTallyReader;
   /** The hold a new task of `repo` gets while its daily budget is spent (budgets.dailyUsd), if any. */
   budgetHold(repo: string): Promise<TaskHold | undefined>;
   /** What the Temporal client's calls met (reachable or not, throttling): /readyz and /metrics read it. */

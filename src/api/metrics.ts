@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { TASK_STATES } from '../model';
 import type { CostLedgerReader } from '../costs';
-import type { TaskClient } from '../task-client';
+import type { TaskCount } from '../workflows/task-tally-book';
 import type { TemporalCallObserver } from '../temporal-health';
 import type { PullMetrics } from './pull-matcher';
 
@@ -65,27 +65,28 @@ export class ApiMetrics {
 
   private temporal: TemporalCallObserver | undefined;
 
-  constructor(tasks: TaskClient, costs?: CostLedgerReader) {
+  /** `taskCounts` reads the task tallies (TaskTallyReader): no visibility call once they run. */
+  constructor(taskCounts: () => Promise<TaskCount[]>, costs?: CostLedgerReader) {
     collectDefaultMetrics({ register: this.registry, prefix: 'drover_' });
     if (costs) this.costMetrics(costs);
     // /metrics is open: however often it is scraped, Temporal is asked at most once per TTL.
-    let counted: { at: number; counts: Promise<Array<PromiseSettledResult<number>>> } | undefined;
+    let counted: { at: number; counts: Promise<TaskCount[]> } | undefined;
     const scrape = this.scrapeRead.bind(this);
     new Gauge({
       name: 'drover_tasks',
-      help: `Tasks by state, from Temporal visibility (read at scrape time, at most every ${TASK_COUNTS_TTL_MS / 1000} s)`,
+      help: `Tasks by state, from the task tallies (read at scrape time, at most every ${TASK_COUNTS_TTL_MS / 1000} s)`,
       labelNames: ['state'] as const,
       registers: [this.registry],
       async collect() {
         const counts = await scrape(() => {
           if (!counted || Date.now() - counted.at >= TASK_COUNTS_TTL_MS) {
-            counted = { at: Date.now(), counts: Promise.allSettled(TASK_STATES.map((state) => tasks.count({ state }))) };
+            counted = { at: Date.now(), counts: taskCounts() };
           }
           return counted.counts;
         });
-        counts?.forEach((result, i) => {
-          if (result.status === 'fulfilled') this.set({ state: TASK_STATES[i]! }, result.value);
-        });
+        // Not read (Temporal unreachable, the tallies unanswered): the last values stand.
+        if (!counts) return;
+        for (const state of TASK_STATES) this.set({ state }, counts.filter((row) => row.state === state).reduce((sum, row) => sum + row.count, 0));
       },
     });
   }

@@ -6,7 +6,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import { durationMs } from '../config';
 import { costWindows } from '../costs';
 import { TASK_STATES } from '../model';
-import { countTasksFromVisibility, TaskTallyReader } from '../task-tally';
+import { countTasksFromVisibility } from '../task-tally';
 import { TaskTallyBook, type TaskCount } from '../workflows/task-tally-book';
 import type { ApiContext, PluginOptions } from './context';
 import { errorResponses } from './schemas';
@@ -70,10 +70,9 @@ async function compute(ctx: ApiContext, taskCounts: () => Promise<TaskCount[]>) 
 }
 
 export const statsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { ctx }) => {
-  const tally = new TaskTallyReader({ client: ctx.client, tasks: ctx.tasks, types: ctx.config.types, log: fastify.log });
   const taskCounts = async (): Promise<TaskCount[]> => {
     try {
-      return await tally.read();
+      return await ctx.taskTally.read();
     } catch (error) {
       // No worker runs the tally yet (or it is slow to answer): count the expensive way, this once.
       fastify.log.warn({ err: error }, 'task tally unavailable: counting tasks from visibility instead (many visibility calls)');
