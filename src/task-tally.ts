@@ -18,9 +18,12 @@ import { TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTallyWorkflowId, taskTra
  * task's concern.
  *
  * `requestId` names this tell (the activity's run and id): the server takes a signal once per
- * request id, so a retry of a tell that landed (its completion lost to a worker restart) cannot
- * count a closed task twice. The client's own signal call takes a fresh id each time, hence the
- * service call here, with the client's data converter.
+ * request id within a tally's run, so a retry of a tell that landed (its completion lost to a
+ * worker restart) does not count a closed task twice, unless the tally continued-as-new in between
+ * (every 2,000 events: a retry comes a minute after the lost try, at the activity's start-to-close
+ * timeout). The client's own signal call takes a fresh id each time, hence the service call here,
+ * with the client's data converter (no codec, serialization context or interceptors: Drover
+ * configures none).
  */
 export async function tellTaskTally(client: Client, transition: TaskTransition, requestId: string): Promise<void> {
   try {
@@ -119,11 +122,12 @@ export class TaskTallyReader {
   private async load(): Promise<TaskCount[]> {
     // A tally that has ended (an operator terminated it) takes no more tells: now and then, make
     // sure each runs, and start a new one where not. A describe reads the workflow's own record.
+    // Between checks a terminated tally still answers (a closed run answers queries) with its last counts.
     const checking = Date.now() - this.checkedAt >= (this.options.checkEveryMs ?? 60_000);
     const reads = await Promise.all(SHARDS.map((shard) => (checking ? this.readChecked(shard) : this.readShard(shard))));
-    if (checking) this.checkedAt = Date.now();
-    if (reads.some((read) => 'missing' in read)) return this.seed(reads);
-    return sumCounts(reads.map((read) => ('counts' in read ? read.counts : [])));
+    const counts = reads.some((read) => 'missing' in read) ? await this.seed(reads) : sumCounts(reads.map((read) => ('counts' in read ? read.counts : [])));
+    if (checking) this.checkedAt = Date.now(); // only once every tally runs
+    return counts;
   }
 
   private async readChecked(shard: number): Promise<ShardRead> {
@@ -151,19 +155,33 @@ export class TaskTallyReader {
     return client.withDeadline(Date.now() + (this.options.queryTimeoutMs ?? 2_000), () => client.workflow.getHandle(taskTallyWorkflowId(shard)).query(taskCountsQuery));
   }
 
+  /** A query to a tally another process has just started: it answers once its first workflow task has run. */
+  private async queryJustStarted(shard: number): Promise<TaskCount[]> {
+    for (let tries = 1; ; tries++) {
+      try {
+        return await this.query(shard);
+      } catch (error) {
+        if (tries >= 5) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    }
+  }
+
   /**
    * Counts from visibility, then starts each missing tally with its share: the open tasks whose
    * ids fall to it, and (the first missing one) the closed tasks the running tallies do not
    * count. A task that moves between the count and the start is a small, known inaccuracy: its
    * tell finds no tally. One that moved between open states stays where the count saw it until
    * its next move; one created meanwhile is not counted until its next move; one that closed
-   * meanwhile stays counted open for good. Seeding happens once per tally, and the window is the
-   * few seconds the count takes.
+   * meanwhile stays counted open for good; one that closed in a running tally meanwhile may be
+   * missed by the count (visibility lags a little), never counted twice. Seeding happens once per
+   * tally, and the window is the few seconds the count takes. At most 100,000 open tasks are listed.
    */
   private async seed(reads: ShardRead[]): Promise<TaskCount[]> {
     const { client, tasks, types, log } = this.options;
     const state = await countTasksFromVisibility(tasks, types);
-    const running = reads.flatMap((read) => ('counts' in read ? [read.counts] : []));
+    // Read after the count: what closed meanwhile in a running tally is then not given to a new one too.
+    const running = await Promise.all(reads.flatMap((read) => ('counts' in read ? [this.query(read.shard)] : [])));
     const missing = reads.filter((read) => 'missing' in read).map((read) => read.shard);
     const closedElsewhere = closedNotCounted(state.closed, sumCounts(running));
     const counted = await Promise.all(
@@ -182,8 +200,8 @@ export class TaskTallyReader {
           });
         } catch (error) {
           if (!(error instanceof WorkflowExecutionAlreadyStartedError)) throw error;
-          // Another process seeded it first: its counts stand.
-          return this.query(shard);
+          // Another process seeded it first: its counts stand, once its first workflow task has run.
+          return this.queryJustStarted(shard);
         }
         log?.info({ shard, openTasks: Object.keys(share.open).length }, 'started a task tally, seeded from visibility');
         return new TaskTallyBook(share).counts();

@@ -4,6 +4,7 @@
 // visibility says, and a task that continues-as-new counted once.
 import { Writable } from 'node:stream';
 import { WorkflowNotFoundError } from '@temporalio/client';
+import { MockActivityEnvironment } from '@temporalio/testing';
 import { NativeConnection, type Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { pino } from 'pino';
@@ -11,13 +12,16 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { buildApp } from '../src/api/app';
 import type { Claimant, TaskInput, TaskOptions } from '../src/model';
 import { startDevServer } from '../src/dev-server';
-import { countTasksFromVisibility, TaskTallyReader, tellTaskTally } from '../src/task-tally';
+import { createReportActivities } from '../src/activities/report';
+import { TASKS_QUEUE } from '../src/names';
+import { countTasksFromVisibility, TaskTallyReader } from '../src/task-tally';
 import { NEW_TASK_TALLY_DELAY_MS } from '../src/workflows/task';
 import { TaskMachine } from '../src/workflows/task-machine';
 import { closedNotCounted, newTaskPlace, placeKey, sumCounts, TASK_TALLY_SHARDS, tallyShardOf, TaskTallyBook, taskPlace, type TaskPlace } from '../src/workflows/task-tally-book';
-import { taskCountsQuery, taskTallyWorkflowId, taskTransitionSignal } from '../src/workflows/task-tally';
+import { LEGACY_TASK_TALLY_WORKFLOW_ID, TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTallyWorkflowId, taskTransitionSignal, type taskTallyWorkflow } from '../src/workflows/task-tally';
 import { createTaskWorker } from '../src/workers/task-worker';
 import { countingClient } from './support/counting-client';
+import { recordHistory } from './support/histories';
 import { adminAuth, enqueue, startHarness, testConfig, type Harness } from './support/http';
 import { uniqueRepo, uniqueType, waitFor } from './support/temporal';
 
@@ -384,25 +388,65 @@ describe('the task tally through Drover', () => {
     for (const taskId of ids.slice(6)) await h.tasks.cancel(taskId);
   });
 
-  it('a tell tried again after it landed (its completion lost) does not count a closed task twice: the server takes one signal per tell', async () => {
+  it("a tellTaskTally activity tried again after its signal landed (its completion lost) does not count a closed task twice: its tries share one request id", async () => {
     const type = uniqueType('tally');
     await tallied(h); // they run: the first test seeded them
+    const { tellTaskTally } = createReportActivities();
     const completed = (taskId: string) => ({ taskId, to: { state: 'completed', type, mode: 'http_pull' } });
+    const tell = (activityId: string, attempt: number, taskId: string) =>
+      new MockActivityEnvironment({ activityId, attempt, workflowExecution: { workflowId: taskId, runId: `run-of-${taskId}` } }, { client: h.client }).run(tellTaskTally, completed(taskId));
     const countOnceSeen = async (count: number) =>
       waitFor(async () => {
         const rows = ofTypes(await tallied(h), [type]);
         return (rows[0]?.count ?? 0) >= count ? rows : undefined;
-      }, `the tally to count ${count}`);
-    // The tries of one tell share its request id: the second changes nothing.
-    await tellTaskTally(h.client, completed('t1'), 'run-1/7');
-    await tellTaskTally(h.client, completed('t1'), 'run-1/7');
-    // A tell of its own (another id) for another task, sent after: once it is counted, so is
-    // everything sent before it. The book alone would have counted t1 twice (3).
-    await tellTaskTally(h.client, completed('t2'), 'run-2/7');
+      }, `the tallies to count ${count}`);
+    // The second try of the same tell changes nothing.
+    await tell('7', 1, 't1');
+    await tell('7', 2, 't1');
+    // A task in the same shard, told after: once it is counted, so is everything sent before it.
+    // The book alone would have counted t1 twice (3).
+    const sameShard = Array.from({ length: 64 }, (_, i) => `t2-${i}`).find((id) => tallyShardOf(id) === tallyShardOf('t1'))!;
+    await tell('7', 1, sameShard);
     expect(await countOnceSeen(2)).toEqual([{ state: 'completed', type, mode: 'http_pull', count: 2 }]);
-    // The same task told closed by another tell is counted again: what the request id guards against.
-    await tellTaskTally(h.client, completed('t1'), 'run-1/8');
+    // Another tell (another activity) saying the same is taken: what the request id guards against.
+    await tell('8', 1, 't1');
     expect(await countOnceSeen(3)).toEqual([{ state: 'completed', type, mode: 'http_pull', count: 3 }]);
+  });
+
+  it('the single tally of earlier versions forwards what old task runs still tell it to the shards, in order', async () => {
+    await tallied(h); // the shards run
+    const type = uniqueType('tally');
+    const legacy = await h.client.workflow.start<typeof taskTallyWorkflow>(TASK_TALLY_WORKFLOW_TYPE, {
+      workflowId: LEGACY_TASK_TALLY_WORKFLOW_ID,
+      taskQueue: TASKS_QUEUE,
+      args: [{ state: { open: {}, closed: {} } }],
+    });
+    try {
+      // A task run from before the tally-by-activities patch signals it from workflow code.
+      const ids = ['old-1', 'old-2', 'old-3'];
+      for (const taskId of ids) await legacy.signal(taskTransitionSignal, [{ taskId, to: { state: 'pending', type, mode: 'undecided' } }]);
+      await legacy.signal(taskTransitionSignal, [{ taskId: 'old-1', to: { state: 'running', type, mode: 'http_pull' } }]);
+      await legacy.signal(taskTransitionSignal, [{ taskId: 'old-1', to: { state: 'completed', type, mode: 'http_pull' } }, { taskId: 'old-2', to: { state: 'cancelled', type, mode: 'undecided' } }]);
+      const expected = [
+        { state: 'cancelled', type, mode: 'undecided', count: 1 },
+        { state: 'completed', type, mode: 'http_pull', count: 1 },
+        { state: 'pending', type, mode: 'undecided', count: 1 },
+      ];
+      const rows = await waitFor(async () => {
+        const got = ofTypes(await tallied(h), [type]);
+        return JSON.stringify(got) === JSON.stringify(expected) ? got : undefined;
+      }, 'the shards to hear of the old tasks');
+      expect(rows).toEqual(expected);
+      // Each transition reached the shard of its task, and only that one.
+      for (const shard of SHARDS) {
+        const mine = ids.filter((id) => tallyShardOf(id) === shard);
+        const counted = ofTypes(await tallyOf(h, shard).query(taskCountsQuery), [type]).reduce((sum, row) => sum + row.count, 0);
+        expect(counted).toBe(mine.length);
+      }
+      await recordHistory(h, 'legacy-tally-forwarding', LEGACY_TASK_TALLY_WORKFLOW_ID);
+    } finally {
+      await legacy.terminate('test over');
+    }
   });
 
   it('with no worker to answer for the tally, the stats count from visibility, and say so in the log', async () => {

@@ -94,6 +94,12 @@ const validPlace = (place: unknown): place is TaskPlace =>
   typeof (place as TaskPlace).type === 'string' &&
   typeof (place as TaskPlace).mode === 'string';
 
+/** A transition the book can take (one sent from outside may be anything). */
+export function isTransition(transition: unknown): transition is TaskTransition {
+  const t = transition as TaskTransition | undefined;
+  return !!t && typeof t === 'object' && typeof t.taskId === 'string' && t.taskId !== '' && validPlace(t.to);
+}
+
 const countOf = (n: unknown): number => (typeof n === 'number' && Number.isInteger(n) && n > 0 ? n : 0);
 
 export class TaskTallyBook {
@@ -113,7 +119,7 @@ export class TaskTallyBook {
 
   /** Moves a task to `to`. False when nothing changed (a repeat) or the transition is malformed. */
   apply(transition: TaskTransition): boolean {
-    if (!transition || typeof transition.taskId !== 'string' || transition.taskId === '' || !validPlace(transition.to)) return false;
+    if (!isTransition(transition)) return false;
     const to = placeKey(transition.to);
     const was = this.open.get(transition.taskId);
     if (was === to) return false;

@@ -8,7 +8,7 @@
 // Deterministic code only.
 import * as wf from '@temporalio/workflow';
 import { DROVER_ENTITY_ID_PREFIX } from '../names';
-import { TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTransition } from './task-tally-book';
+import { isTransition, tallyShardOf, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTransition } from './task-tally-book';
 
 export const TASK_TALLY_WORKFLOW_TYPE = 'taskTallyWorkflow';
 /** The tally of the tasks whose ids fall to `shard` (tallyShardOf). */
@@ -17,9 +17,13 @@ export function taskTallyWorkflowId(shard: number): string {
 }
 /**
  * The one tally of earlier versions, which task runs from before TALLY_BY_ACTIVITIES_PATCH still
- * signal (from workflow code: their histories replay with this id). No reader asks it any more.
+ * signal (from workflow code: their histories replay with this id), as do the tellTaskTally
+ * activities of workers not yet upgraded. No reader asks it any more: it forwards what it hears to
+ * the shards (TALLY_FORWARDING_PATCH).
  */
 export const LEGACY_TASK_TALLY_WORKFLOW_ID = `${DROVER_ENTITY_ID_PREFIX}task-tally`;
+/** The legacy tally forwards transitions to the shards under this patch: its histories from before replay without the signals. */
+export const TALLY_FORWARDING_PATCH = 'task-tally-forwarding';
 /** Task workflows signal the tally under this patch: histories from before it replay without the signals. */
 export const TASK_TALLY_PATCH = 'task-tally';
 
@@ -28,20 +32,55 @@ export const taskTransitionSignal = wf.defineSignal<[TaskTransition[]]>('taskTra
 /** Non-zero counts by type, state and mode. */
 export const taskCountsQuery = wf.defineQuery<TaskCount[]>('taskCounts');
 
-const MAX_HISTORY_EVENTS = 2_000;
+/**
+ * A tally continues-as-new at this many events. Under a steady stream of tells the server refuses
+ * the first try (a tell came in meanwhile: UNHANDLED_COMMAND), which costs the worker a replay of
+ * the whole history: measured on the cluster tier with 10,000 pending tasks, a 2,000-event history
+ * took 6–22 s to replay, timed out, and the tally thrashed for minutes while every task waited for
+ * the worker. 500 keeps the replay short; a run carries its open tasks over (about 85 bytes each).
+ */
+const MAX_HISTORY_EVENTS = 500;
+/** Runs from before it continue-as-new at 2,000 events, as their histories did. */
+export const TALLY_SHORT_HISTORY_PATCH = 'task-tally-short-history';
 
 export async function taskTallyWorkflow(args: { state?: TaskTallyState } = {}): Promise<void> {
   const book = new TaskTallyBook(args.state);
+  const maxHistoryEvents = wf.patched(TALLY_SHORT_HISTORY_PATCH) ? MAX_HISTORY_EVENTS : 2_000;
+  const legacy = wf.workflowInfo().workflowId === LEGACY_TASK_TALLY_WORKFLOW_ID;
+  /** Per shard, the last forward on its way: the next goes after it, so that a task's moves arrive in order. */
+  const forwarded = new Map<number, Promise<void>>();
+  let forwarding = 0;
+  function forward(transitions: TaskTransition[]): void {
+    const byShard = new Map<number, TaskTransition[]>();
+    for (const transition of transitions) {
+      const shard = tallyShardOf(transition.taskId);
+      byShard.set(shard, [...(byShard.get(shard) ?? []), transition]);
+    }
+    for (const [shard, batch] of byShard) {
+      forwarding += 1;
+      const send = () => wf.getExternalWorkflowHandle(taskTallyWorkflowId(shard)).signal(taskTransitionSignal, batch);
+      // No shard yet (nobody has asked for the stats since the upgrade): it is seeded from visibility when one does.
+      const sending = (forwarded.get(shard) ?? Promise.resolve()).then(send).catch(() => undefined);
+      forwarded.set(shard, sending);
+      void sending.finally(() => {
+        forwarding -= 1;
+      });
+    }
+  }
+
   wf.setHandler(taskTransitionSignal, (transitions) => {
     // A malformed transition is skipped: a throw here would fail the workflow task over and over.
-    for (const transition of Array.isArray(transitions) ? transitions : []) book.apply(transition);
+    const valid = (Array.isArray(transitions) ? transitions : []).filter(isTransition);
+    for (const transition of valid) book.apply(transition);
+    if (legacy && valid.length > 0 && wf.patched(TALLY_FORWARDING_PATCH)) forward(valid);
   });
   wf.setHandler(taskCountsQuery, () => book.counts());
 
-  // Transitions keep arriving for as long as tasks run: start a fresh history now and then.
+  // Transitions keep arriving for as long as tasks run: start a fresh history now and then (not
+  // while a forward is on its way: the server drops a signal sent in the workflow task that ends the run).
   await wf.condition(() => {
     const info = wf.workflowInfo();
-    return info.continueAsNewSuggested || info.historyLength >= MAX_HISTORY_EVENTS;
+    return (info.continueAsNewSuggested || info.historyLength >= maxHistoryEvents) && forwarding === 0;
   });
   await wf.condition(wf.allHandlersFinished);
   await wf.continueAsNew<typeof taskTallyWorkflow>({ state: book.snapshot() });
