@@ -82,6 +82,31 @@ function attemptError(error: unknown): AttemptError {
   return { kind: 'failed', message };
 }
 
+/**
+ * Activities sent one after another, each once the one before has ended (tally tells, reports):
+ * the task waits for them before it closes or continues-as-new.
+ */
+class InOrder {
+  /** Sent and not yet ended: what the task waits for. */
+  inFlight = 0;
+  private last: Promise<void> = Promise.resolve();
+
+  constructor(private readonly ended: () => void) {}
+
+  /** `ordered` false sends at once, beside those before (runs from before ORDERED_REPORTS_PATCH). */
+  send(deliver: () => Promise<void>, ordered = true): void {
+    this.inFlight += 1;
+    // Not cancellable: a cancel requested through Temporal must not drop one on its way.
+    const send = () => wf.CancellationScope.nonCancellable(deliver);
+    const sending = (ordered ? this.last.then(send) : send()).catch(() => undefined);
+    this.last = sending;
+    void sending.finally(() => {
+      this.inFlight -= 1;
+      this.ended();
+    });
+  }
+}
+
 export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> {
   const info = wf.workflowInfo();
   const machine = args.resume ? TaskMachine.resume(args.resume) : TaskMachine.create(args.taskId, args.input, Date.now(), info.firstExecutionRunId);
@@ -115,8 +140,9 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       .catch(() => undefined); // cancelled: told already
   }
   const newTask = placeKey(newTaskPlace(status.input.agentType));
-  let tallyInFlight = 0;
-  let lastTally: Promise<void> = Promise.resolve();
+  // A continue-as-new or the close may be waiting for a tell or a report to end.
+  const tallySends = new InOrder(() => (dirty = true));
+  const reportSends = new InOrder(() => (dirty = true));
   /** Tells the tally where the task now is, after the tells before (not behind the reports: a stuck comment must not hold the counts up). */
   function tellTally(): void {
     if (!tallyByActivities) return; // publish() signals it
@@ -127,14 +153,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       newTaskDelay.cancel();
     }
     toldPlace = placeKey(place);
-    tallyInFlight += 1;
-    const send = () => wf.CancellationScope.nonCancellable(() => tallyTells.tellTaskTally({ taskId: status.taskId, to: place }));
-    const sending = lastTally.then(send).catch(() => undefined);
-    lastTally = sending;
-    void sending.finally(() => {
-      tallyInFlight -= 1;
-      dirty = true; // a continue-as-new or the close may be waiting for it
-    });
+    tallySends.send(() => tallyTells.tellTaskTally({ taskId: status.taskId, to: place }));
   }
 
   // Reports go out in the background and are retried without limit: a Forgejo outage delays a
@@ -150,23 +169,13 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     scheduleToCloseTimeout: '10 minutes',
     retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
   });
-  let reportsInFlight = 0;
   /** Set by a cancel requested through Temporal once the task is closed: stop waiting for reports. */
   let reportsAbandoned = false;
-  /** The last report on its way: the next one goes out after it, so that events arrive in order. */
-  let lastReport: Promise<void> = Promise.resolve();
+  /** Sends a report after the ones before it, so that events arrive in order. */
   function report(type: TaskEvent['type']): void {
     const snapshot: TaskStatus = { ...status, attempts: status.attempts.map((a) => ({ ...a, logTail: undefined })) };
-    reportsInFlight += 1;
-    // Not cancellable: a cancel requested through Temporal must not drop a report on its way.
-    const send = () => wf.CancellationScope.nonCancellable(() => reports.reportTaskEvent({ type, status: snapshot }));
     // Before the patch, reports went out side by side (a `started` could arrive after `forked`).
-    const sending = (wf.patched(ORDERED_REPORTS_PATCH) ? lastReport.then(send) : send()).catch(() => undefined);
-    lastReport = sending;
-    void sending.finally(() => {
-      reportsInFlight -= 1;
-      dirty = true; // a continue-as-new may have been waiting for it
-    });
+    reportSends.send(() => reports.reportTaskEvent({ type, status: snapshot }), wf.patched(ORDERED_REPORTS_PATCH));
   }
 
   function scheduleSshAttempt(next: SshDispatch): void {
@@ -381,12 +390,12 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
         to: { state: status.state, type, mode: status.mode },
       };
       // Waited for like a report: the task closes, or continues-as-new, only once the tally has it.
-      reportsInFlight += 1;
+      reportSends.inFlight += 1;
       void wf.CancellationScope.nonCancellable(() => wf.getExternalWorkflowHandle(LEGACY_TASK_TALLY_WORKFLOW_ID).signal(taskTransitionSignal, [transition]))
         // No tally (nobody has asked for the stats yet, or it was terminated): never the task's concern.
         .catch(() => undefined)
         .finally(() => {
-          reportsInFlight -= 1;
+          reportSends.inFlight -= 1;
           if (historyFull()) dirty = true; // a continue-as-new may be waiting for it
         });
     }
@@ -420,7 +429,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
       transition((now) => machine.expire(now, { lateWakeGrace: wf.patched(LATE_WAKE_GRACE_PATCH), lapseGrace: () => wf.patched(LAPSE_GRACE_PATCH) }));
 
       // Not while an activity is in flight: continuing as new would abandon it.
-      if (!machine.closed && !machine.attemptInFlight && reportsInFlight === 0 && tallyInFlight === 0 && historyFull()) {
+      if (!machine.closed && !machine.attemptInFlight && reportSends.inFlight === 0 && tallySends.inFlight === 0 && historyFull()) {
         // Long-held tasks (many heartbeats) start a fresh history, carrying everything over. The
         // offer of a pending one is withdrawn: the next run offers the task anew.
         transition(() => machine.withdrawOffer());
@@ -435,7 +444,7 @@ export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> 
     tellTally();
     report(machine.closingEvent());
     // A cancel through Temporal is the way out of tally tells too.
-    await wf.condition(() => (tallyInFlight === 0 && reportsInFlight === 0) || reportsAbandoned);
+    await wf.condition(() => (tallySends.inFlight === 0 && reportSends.inFlight === 0) || reportsAbandoned);
     await wf.condition(wf.allHandlersFinished);
     return status;
   });
