@@ -37,9 +37,9 @@ afterAll(async () => {
   await temporal?.close();
 });
 
-function echoWorkers(connect = () => NativeConnection.connect({ address: `127.0.0.1:${proxy.port}` })) {
+function echoWorkers(connect = () => NativeConnection.connect({ address: `127.0.0.1:${proxy.port}` }), ended?: (key: string, worker: Worker) => void) {
   const taskQueue = `renewable-${randomUUID().slice(0, 8)}`;
-  const workers = new RenewableWorkers({ connect, log: silent });
+  const workers = new RenewableWorkers({ connect, log: silent, ended });
   const create = (c: NativeConnection) => Worker.create({ connection: c, taskQueue, workflowBundle: bundle });
   const echo = (text: string) => client.workflow.execute('echo', { taskQueue, workflowId: `${taskQueue}-${randomUUID()}`, args: [text], workflowRunTimeout: '60s' });
   return { workers, create, echo, taskQueue };
@@ -149,6 +149,7 @@ test("an SSH host's workers renewed while its agent runs: the run finishes undis
 test('a connection closes once no worker is left on it, also one a worker joined during a renewal; a key re-added while its worker stops waits for it; close() closes them all', async () => {
   const opened: NativeConnection[] = [];
   const closed = new Set<NativeConnection>();
+  const endedWorkers = new Set<Worker>();
   const { workers, create, echo, taskQueue } = echoWorkers(async () => {
     const connection = await NativeConnection.connect({ address: inject('temporalAddress') });
     const close = connection.close.bind(connection);
@@ -158,13 +159,18 @@ test('a connection closes once no worker is left on it, also one a worker joined
     };
     opened.push(connection);
     return connection;
-  });
-  await workers.add(taskQueue, create);
-  // Added while a renewal makes its workers: it lands on the connection being replaced.
+  }, (_key, worker) => endedWorkers.add(worker));
+  const { worker: replaced } = await workers.add(taskQueue, create);
+  // Added while a renewal makes its workers: it lands on the connection being replaced. Its
+  // worker is still being made when the renewal is done and the worker it replaced has ended,
+  // the moment that connection's last made worker is gone: it must stay open for this one.
   const renewing = workers.renew();
   const other = `${taskQueue}-other`;
-  await workers.add(other, (c) => Worker.create({ connection: c, taskQueue: other, workflowBundle: bundle }));
-  await renewing;
+  await workers.add(other, async (c) => {
+    await renewing;
+    await expect.poll(() => endedWorkers.has(replaced), { timeout: 20_000 }).toBe(true);
+    return Worker.create({ connection: c, taskQueue: other, workflowBundle: bundle });
+  });
   expect(opened).toHaveLength(2);
   expect(await echo('on the fresh connection')).toBe('on the fresh connection');
   const [first, second] = opened as [NativeConnection, NativeConnection];

@@ -41,8 +41,12 @@ interface Member {
 export class RenewableWorkers {
   /** The connection new workers get; a renewal replaces it. */
   private current: Promise<NativeConnection> | undefined;
-  /** Every connection opened here and not yet closed, with the workers on it that have not ended. */
-  private readonly connections = new Map<Promise<NativeConnection>, Set<Worker>>();
+  /**
+   * Every connection opened here and not yet closed, with its users: the workers on it that have
+   * not ended, and the workers still being made on it (a Worker takes a while to make, and a
+   * renewal can end the last worker on the connection it replaces meanwhile).
+   */
+  private readonly connections = new Map<Promise<NativeConnection>, { workers: Set<Worker>; making: number }>();
   private readonly connectionOf = new Map<Worker, Promise<NativeConnection>>();
   private readonly members = new Map<string, Member>();
   /** Workers on their way out, by key: a worker for the same key waits for them (the SDK allows one per queue per connection). */
@@ -178,7 +182,7 @@ export class RenewableWorkers {
   /** Opens a connection, kept with the workers on it until it is closed. */
   private open(): Promise<NativeConnection> {
     const connection = this.options.connect();
-    this.connections.set(connection, new Set());
+    this.connections.set(connection, { workers: new Set(), making: 0 });
     // A connection that could not be opened is forgotten: the next add() tries again.
     connection.catch(() => {
       this.connections.delete(connection);
@@ -189,8 +193,20 @@ export class RenewableWorkers {
 
   private async make(key: string, create: Member['create'], on?: Promise<NativeConnection>): Promise<Worker> {
     const connection = on ?? (this.current ??= this.open());
-    const worker = await this.outsideCallers(async () => create(await connection));
-    this.connections.get(connection)?.add(worker);
+    const users = this.connections.get(connection);
+    if (users) users.making++;
+    let worker: Worker;
+    try {
+      worker = await this.outsideCallers(async () => create(await connection));
+    } catch (error) {
+      if (users) users.making--;
+      this.closeIfUnused(connection);
+      throw error;
+    }
+    if (users) {
+      users.making--;
+      users.workers.add(worker);
+    }
     this.connectionOf.set(worker, connection);
     return worker;
   }
@@ -247,15 +263,16 @@ export class RenewableWorkers {
     const connection = this.connectionOf.get(worker);
     this.connectionOf.delete(worker);
     if (connection) {
-      this.connections.get(connection)?.delete(worker);
+      this.connections.get(connection)?.workers.delete(worker);
       this.closeIfUnused(connection);
     }
     this.options.ended?.(key, worker);
   }
 
-  /** A connection no longer current closes once no worker is left on it (the SDK refuses to close one in use). */
+  /** A connection no longer current closes once no worker is left on it or being made on it (the SDK refuses to close one in use). */
   private closeIfUnused(connection: Promise<NativeConnection>): void {
-    if (connection !== this.current && this.connections.get(connection)?.size === 0) void this.closeConnection(connection);
+    const users = this.connections.get(connection);
+    if (connection !== this.current && users && users.workers.size === 0 && users.making === 0) void this.closeConnection(connection);
   }
 
   private async closeConnection(connection: Promise<NativeConnection>): Promise<void> {
