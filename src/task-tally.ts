@@ -2,41 +2,30 @@
 // workflows (src/workflows/task-tally.ts) with one query to each, no visibility call. Visibility
 // is counted only to seed a tally where there is none yet, and by the stats when the tallies
 // cannot answer.
-import { isGrpcServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
-// The SDK's own encoding of signal arguments (what the client's signal call uses).
-import { encodeToPayloads } from '@temporalio/common/lib/internal-non-workflow';
+import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { EXECUTION_MODES, TASK_STATES } from './model';
 import { TASKS_QUEUE } from './names';
-import { GrpcCode } from './temporal-health';
 import type { TaskClient } from './task-client';
 import { closedNotCounted, isOpenState, placeKey, sumCounts, TASK_TALLY_SHARDS, tallyShardOf, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTransition } from './workflows/task-tally-book';
-import { TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTallyWorkflowId, taskTransitionSignal, type taskTallyWorkflow } from './workflows/task-tally';
+import { TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTallyWorkflowId, tellTaskTransitionUpdate, type taskTallyWorkflow } from './workflows/task-tally';
 
 /**
- * Tells the tally where a task is now (the tellTaskTally activity, src/activities/report.ts). No
- * tally (nobody has asked for the stats yet, or it was terminated): nothing to tell, never the
- * task's concern.
+ * Tells the tally where a task is now (the tellTaskTally activity, src/activities/report.ts), and
+ * returns once the tally has taken it. No tally (nobody has asked for the stats yet, or it was
+ * terminated): nothing to tell, never the task's concern.
  *
- * `requestId` names this tell (the activity's run and id): the server takes a signal once per
- * request id within a tally's run, so a retry of a tell that landed (its completion lost to a
+ * `tellId` names this tell (the activity's run and id), as the Update's id: the tally takes an
+ * Update once per id within its run, so a retry of a tell that landed (its completion lost to a
  * worker restart) does not count a closed task twice, unless the tally continued-as-new in between
- * (every 2,000 events: a retry comes a minute after the lost try, at the activity's start-to-close
- * timeout). The client's own signal call takes a fresh id each time, hence the service call here,
- * with the client's data converter (no codec, serialization context or interceptors: Drover
- * configures none).
+ * (every 500 events: a retry comes a minute after the lost try, at the activity's start-to-close
+ * timeout). An Update that reaches a tally while it continues-as-new is refused with a retryable
+ * error (the client tries again, on the next run).
  */
-export async function tellTaskTally(client: Client, transition: TaskTransition, requestId: string): Promise<void> {
+export async function tellTaskTally(client: Client, transition: TaskTransition, tellId: string): Promise<void> {
   try {
-    await client.workflowService.signalWorkflowExecution({
-      namespace: client.options.namespace,
-      workflowExecution: { workflowId: taskTallyWorkflowId(tallyShardOf(transition.taskId)) },
-      signalName: taskTransitionSignal.name,
-      input: { payloads: await encodeToPayloads(client.options.loadedDataConverter, [transition]) },
-      identity: client.options.identity,
-      requestId,
-    });
+    await client.workflow.getHandle(taskTallyWorkflowId(tallyShardOf(transition.taskId))).executeUpdate(tellTaskTransitionUpdate, { args: [transition], updateId: tellId });
   } catch (error) {
-    if (!(isGrpcServiceError(error) && error.code === GrpcCode.NOT_FOUND)) throw error;
+    if (!(error instanceof WorkflowNotFoundError)) throw error;
   }
 }
 

@@ -4,6 +4,7 @@
 // visibility says, and a task that continues-as-new counted once.
 import { Writable } from 'node:stream';
 import { WorkflowNotFoundError } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { NativeConnection, type Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
@@ -388,7 +389,50 @@ describe('the task tally through Drover', () => {
     for (const taskId of ids.slice(6)) await h.tasks.cancel(taskId);
   });
 
-  it("a tellTaskTally activity tried again after its signal landed (its completion lost) does not count a closed task twice: its tries share one request id", async () => {
+  it('a tally continues-as-new while tells stream in: no try of it is refused, and every tell is counted once', async () => {
+    const type = uniqueType('tally');
+    await statsOf(app); // the tallies run (the first answer starts any that does not)
+    const shard = 3;
+    const tally = tallyOf(h, shard);
+    const firstRun = (await tally.describe()).runId;
+    const { tellTaskTally } = createReportActivities();
+    // Tasks of one shard, each told once it has completed, eight tells in flight at any time (the
+    // server allows ten Updates in flight per workflow), until the tally has continued-as-new twice.
+    const taskIds = (function* () {
+      for (let i = 0; ; i++) if (tallyShardOf(`stream-${type}-${i}`) === shard) yield `stream-${type}-${i}`;
+    })();
+    const runs = new Set([firstRun]);
+    let told = 0;
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (runs.size < 3 && told < 2_000) {
+          const taskId = taskIds.next().value!;
+          told++;
+          await new MockActivityEnvironment({ activityId: '1', workflowExecution: { workflowId: taskId, runId: `run-of-${taskId}` } }, { client: h.client }).run(tellTaskTally, { taskId, to: { state: 'completed', type, mode: 'http_pull' } });
+          runs.add((await tally.describe()).runId);
+        }
+      }),
+    );
+    expect(runs.size).toBeGreaterThanOrEqual(3);
+    expect(ofTypes(await tally.query(taskCountsQuery), [type])).toEqual([{ state: 'completed', type, mode: 'http_pull', count: told }]);
+    // Every run from the first to the current one: none had a workflow task refused.
+    const refused: string[] = [];
+    let runId: string | undefined = firstRun;
+    const chain: string[] = [];
+    while (runId) {
+      chain.push(runId);
+      const history = await h.client.workflow.getHandle(taskTallyWorkflowId(shard), runId).fetchHistory();
+      for (const event of history.events ?? []) {
+        const failed = event.workflowTaskFailedEventAttributes;
+        if (failed) refused.push(`${runId}: workflow task failed, ${temporal.api.enums.v1.WorkflowTaskFailedCause[failed.cause ?? 0]}`);
+      }
+      runId = history.events?.at(-1)?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
+    }
+    expect(chain.length).toBeGreaterThanOrEqual(3);
+    expect(refused).toEqual([]);
+  });
+
+  it("a tellTaskTally activity tried again after its tell landed (its completion lost) does not count a closed task twice: its tries share one Update id", async () => {
     const type = uniqueType('tally');
     await tallied(h); // they run: the first test seeded them
     const { tellTaskTally } = createReportActivities();

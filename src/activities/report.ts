@@ -63,8 +63,8 @@ export function createReportActivities(sinks: TaskEventSink[] = []): ReportActiv
     // Needs only Temporal: retried (by the workflow's retry policy) until the tally has it, or is gone.
     async tellTaskTally(transition: TaskTransition): Promise<void> {
       const { client, info } = Context.current();
-      // One id per tell, the same on every try (the server takes it once per tally run): the task's
-      // run and the activity's id (or, for an activity started on its own, its run id).
+      // One id per tell, the same on every try (the tally takes an Update id once per run): the
+      // task's run and the activity's id (or, for an activity started on its own, its run id).
       await tellTaskTally(client, transition, `${info.workflowExecution?.runId ?? info.activityRunId}/${info.activityId}`);
     },
   };

@@ -27,17 +27,28 @@ export const TALLY_FORWARDING_PATCH = 'task-tally-forwarding';
 /** Task workflows signal the tally under this patch: histories from before it replay without the signals. */
 export const TASK_TALLY_PATCH = 'task-tally';
 
-/** Tasks' transitions, in the order they happened (a task sends one at a time). */
+/**
+ * Where a task is now: what each task's tellTaskTally activity tells its shard. An Update, not a
+ * signal: the server refuses a run's continue-as-new while a signal that came in meanwhile waits
+ * (UNHANDLED_COMMAND; the worker then replays the whole history), and under a steady stream of
+ * tells it refused every try for minutes. An Update that has not reached the run is moved by the
+ * server onto the next run instead. Its id (the tell's) is taken once per run.
+ */
+export const tellTaskTransitionUpdate = wf.defineUpdate<void, [TaskTransition]>('tellTaskTransition');
+/**
+ * Tasks' transitions, in the order they happened: what task runs from before TALLY_BY_ACTIVITIES_PATCH
+ * signal the legacy tally, what it forwards to the shards, and what tellTaskTally activities of
+ * workers from before the Update send.
+ */
 export const taskTransitionSignal = wf.defineSignal<[TaskTransition[]]>('taskTransition');
 /** Non-zero counts by type, state and mode. */
 export const taskCountsQuery = wf.defineQuery<TaskCount[]>('taskCounts');
 
 /**
- * A tally continues-as-new at this many events. Under a steady stream of tells the server refuses
- * the first try (a tell came in meanwhile: UNHANDLED_COMMAND), which costs the worker a replay of
- * the whole history: measured on the cluster tier with 10,000 pending tasks, a 2,000-event history
- * took 6–22 s to replay, timed out, and the tally thrashed for minutes while every task waited for
- * the worker. 500 keeps the replay short; a run carries its open tasks over (about 85 bytes each).
+ * A tally continues-as-new at this many events, so that a worker that has to replay one (after a
+ * restart or an eviction) does so quickly: measured on the cluster tier with 10,000 pending tasks,
+ * a 2,000-event history took 6–22 s to replay on the loaded worker. A run carries its open tasks
+ * over (about 85 bytes each).
  */
 const MAX_HISTORY_EVENTS = 500;
 /** Runs from before it continue-as-new at 2,000 events, as their histories did. */
@@ -74,6 +85,18 @@ export async function taskTallyWorkflow(args: { state?: TaskTallyState } = {}): 
     for (const transition of valid) book.apply(transition);
     if (legacy && valid.length > 0 && wf.patched(TALLY_FORWARDING_PATCH)) forward(valid);
   });
+  wf.setHandler(
+    tellTaskTransitionUpdate,
+    (transition) => {
+      book.apply(transition);
+    },
+    {
+      // Rejected before it is written to the history.
+      validator: (transition) => {
+        if (!isTransition(transition)) throw new Error('not a task transition: a task id and a place (state, type, mode) are needed');
+      },
+    },
+  );
   wf.setHandler(taskCountsQuery, () => book.counts());
 
   // Transitions keep arriving for as long as tasks run: start a fresh history now and then (not
