@@ -6,27 +6,67 @@ import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Clien
 import { EXECUTION_MODES, TASK_STATES } from './model';
 import { TASKS_QUEUE } from './names';
 import type { TaskClient } from './task-client';
-import { closedNotCounted, isOpenState, placeKey, sumCounts, TASK_TALLY_SHARDS, tallyShardOf, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTransition } from './workflows/task-tally-book';
-import { TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTallyWorkflowId, tellTaskTransitionUpdate, type taskTallyWorkflow } from './workflows/task-tally';
+import { closedNotCounted, isOpenState, placeKey, sumCounts, TASK_TALLY_SHARDS, tallyShardOf, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTell } from './workflows/task-tally-book';
+import { TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTallyWorkflowId, tellTaskTransitionsUpdate, type taskTallyWorkflow } from './workflows/task-tally';
 
 /**
- * Tells the tally where a task is now (the tellTaskTally activity, src/activities/report.ts), and
- * returns once the tally has taken it. No tally (nobody has asked for the stats yet, or it was
- * terminated): nothing to tell, never the task's concern.
- *
- * `tellId` names this tell (the activity's run and id), as the Update's id: the tally takes an
- * Update once per id within its run, so a retry of a tell that landed (its completion lost to a
- * worker restart) does not count a closed task twice, unless the tally continued-as-new in between
- * (every 500 events: a retry comes a minute after the lost try, at the activity's start-to-close
- * timeout). An Update that reaches a tally while it continues-as-new is refused with a retryable
- * error (the client tries again, on the next run).
+ * Sends the tellTaskTally activities' tells (src/activities/report.ts) to the tallies, each tally's
+ * in batches: one Update in flight per tally from this process, carrying every tell that came in
+ * while the one before was on its way. The server allows ten Updates in flight per workflow and
+ * takes each in a workflow task of the tally: one Update per tell met that limit as soon as a
+ * backlog of new tasks was told (10,000 pending on the cluster tier), and every refused Update
+ * was sent again. An Update, not a signal: the server refuses a run's continue-as-new while a
+ * signal that came in meanwhile waits (UNHANDLED_COMMAND, and the worker then replays the whole
+ * history); under a steady stream of tells it refused every try for minutes. An Update that
+ * reaches a tally as it continues-as-new is refused with a retryable error, and the client sends
+ * it to the next run.
  */
-export async function tellTaskTally(client: Client, transition: TaskTransition, tellId: string): Promise<void> {
-  try {
-    await client.workflow.getHandle(taskTallyWorkflowId(tallyShardOf(transition.taskId))).executeUpdate(tellTaskTransitionUpdate, { args: [transition], updateId: tellId });
-  } catch (error) {
-    if (!(error instanceof WorkflowNotFoundError)) throw error;
+export class TaskTallyTeller {
+  private readonly queues = new Map<number, { waiting: Array<{ tell: TaskTell; settle: (error?: unknown) => void }>; sending: boolean }>();
+
+  constructor(
+    private readonly client: Client,
+    private readonly options: { maxBatch?: number; updateTimeoutMs?: number } = {},
+  ) {}
+
+  /**
+   * Resolves once the tally has taken the tell, or there is no tally (nobody has asked for the
+   * stats yet, or it was terminated): nothing to tell, never the task's concern.
+   */
+  tell(tell: TaskTell): Promise<void> {
+    const shard = tallyShardOf(tell.transition.taskId);
+    const queue = this.queues.get(shard) ?? { waiting: [], sending: false };
+    this.queues.set(shard, queue);
+    const told = new Promise<void>((resolve, reject) => queue.waiting.push({ tell, settle: (error) => (error === undefined ? resolve() : reject(error)) }));
+    if (!queue.sending) void this.send(shard, queue);
+    return told;
   }
+
+  private async send(shard: number, queue: { waiting: Array<{ tell: TaskTell; settle: (error?: unknown) => void }>; sending: boolean }): Promise<void> {
+    queue.sending = true;
+    while (queue.waiting.length > 0) {
+      const batch = queue.waiting.splice(0, this.options.maxBatch ?? 500);
+      let failure: unknown;
+      try {
+        // Bounded: a tally whose worker does not answer must not hold the tells behind it forever.
+        await this.client.withDeadline(Date.now() + (this.options.updateTimeoutMs ?? 30_000), () =>
+          this.client.workflow.getHandle(taskTallyWorkflowId(shard)).executeUpdate(tellTaskTransitionsUpdate, { args: [batch.map((w) => w.tell)] }),
+        );
+      } catch (error) {
+        if (!(error instanceof WorkflowNotFoundError)) failure = error;
+      }
+      for (const waiting of batch) waiting.settle(failure);
+    }
+    queue.sending = false;
+  }
+}
+
+/** One teller per client (a worker's renewal brings a new one; the old one's batches finish). */
+const tellers = new WeakMap<Client, TaskTallyTeller>();
+export function taskTallyTellerFor(client: Client): TaskTallyTeller {
+  let teller = tellers.get(client);
+  if (!teller) tellers.set(client, (teller = new TaskTallyTeller(client)));
+  return teller;
 }
 
 /** Runs `work` over `items`, at most `concurrency` at once. */

@@ -4,6 +4,7 @@
 // visibility says, and a task that continues-as-new counted once.
 import { Writable } from 'node:stream';
 import { WorkflowNotFoundError } from '@temporalio/client';
+import { defaultPayloadConverter } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { NativeConnection, type Worker } from '@temporalio/worker';
@@ -15,10 +16,10 @@ import type { Claimant, TaskInput, TaskOptions } from '../src/model';
 import { startDevServer } from '../src/dev-server';
 import { createReportActivities } from '../src/activities/report';
 import { TASKS_QUEUE } from '../src/names';
-import { countTasksFromVisibility, TaskTallyReader } from '../src/task-tally';
+import { countTasksFromVisibility, TaskTallyReader, TaskTallyTeller } from '../src/task-tally';
 import { NEW_TASK_TALLY_DELAY_MS } from '../src/workflows/task';
 import { TaskMachine } from '../src/workflows/task-machine';
-import { closedNotCounted, newTaskPlace, placeKey, sumCounts, TASK_TALLY_SHARDS, tallyShardOf, TaskTallyBook, taskPlace, type TaskPlace } from '../src/workflows/task-tally-book';
+import { closedNotCounted, newTaskPlace, placeKey, sumCounts, TASK_TALLY_SHARDS, tallyShardOf, TaskTallyBook, taskPlace, type TaskPlace, type TaskTell } from '../src/workflows/task-tally-book';
 import { LEGACY_TASK_TALLY_WORKFLOW_ID, TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTallyWorkflowId, taskTransitionSignal, type taskTallyWorkflow } from '../src/workflows/task-tally';
 import { createTaskWorker } from '../src/workers/task-worker';
 import { countingClient } from './support/counting-client';
@@ -127,6 +128,16 @@ describe('the task tally book (pure)', () => {
 
 const SHARDS = Array.from({ length: TASK_TALLY_SHARDS }, (_, shard) => shard);
 const tallyOf = (h: Harness, shard: number) => h.client.workflow.getHandle(taskTallyWorkflowId(shard));
+/** The events of a tally's runs, from `runId` to the current one. */
+async function runsFrom(h: Harness, shard: number, runId: string): Promise<Array<{ runId: string; events: temporal.api.history.v1.IHistoryEvent[] }>> {
+  const runs: Array<{ runId: string; events: temporal.api.history.v1.IHistoryEvent[] }> = [];
+  for (let run: string | undefined = runId; run; ) {
+    const events: temporal.api.history.v1.IHistoryEvent[] = (await h.client.workflow.getHandle(taskTallyWorkflowId(shard), run).fetchHistory()).events ?? [];
+    runs.push({ runId: run, events });
+    run = events.at(-1)?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
+  }
+  return runs;
+}
 /** Every shard's counts, summed. */
 const tallied = async (h: Harness) => sumCounts(await Promise.all(SHARDS.map((shard) => tallyOf(h, shard).query(taskCountsQuery))));
 
@@ -396,8 +407,8 @@ describe('the task tally through Drover', () => {
     const tally = tallyOf(h, shard);
     const firstRun = (await tally.describe()).runId;
     const { tellTaskTally } = createReportActivities();
-    // Tasks of one shard, each told once it has completed, eight tells in flight at any time (the
-    // server allows ten Updates in flight per workflow), until the tally has continued-as-new twice.
+    // Tasks of one shard, each told once it has completed, eight tells on their way at any time,
+    // until the tally has continued-as-new twice.
     const taskIds = (function* () {
       for (let i = 0; ; i++) if (tallyShardOf(`stream-${type}-${i}`) === shard) yield `stream-${type}-${i}`;
     })();
@@ -416,23 +427,37 @@ describe('the task tally through Drover', () => {
     expect(runs.size).toBeGreaterThanOrEqual(3);
     expect(ofTypes(await tally.query(taskCountsQuery), [type])).toEqual([{ state: 'completed', type, mode: 'http_pull', count: told }]);
     // Every run from the first to the current one: none had a workflow task refused.
-    const refused: string[] = [];
-    let runId: string | undefined = firstRun;
-    const chain: string[] = [];
-    while (runId) {
-      chain.push(runId);
-      const history = await h.client.workflow.getHandle(taskTallyWorkflowId(shard), runId).fetchHistory();
-      for (const event of history.events ?? []) {
-        const failed = event.workflowTaskFailedEventAttributes;
-        if (failed) refused.push(`${runId}: workflow task failed, ${temporal.api.enums.v1.WorkflowTaskFailedCause[failed.cause ?? 0]}`);
-      }
-      runId = history.events?.at(-1)?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
-    }
+    const chain = await runsFrom(h, shard, firstRun);
     expect(chain.length).toBeGreaterThanOrEqual(3);
+    const refused = chain.flatMap(({ runId, events }) =>
+      events.flatMap((event) => {
+        const failed = event.workflowTaskFailedEventAttributes;
+        return failed ? [`${runId}: workflow task failed, ${temporal.api.enums.v1.WorkflowTaskFailedCause[failed.cause ?? 0]}`] : [];
+      }),
+    );
     expect(refused).toEqual([]);
   });
 
-  it("a tellTaskTally activity tried again after its tell landed (its completion lost) does not count a closed task twice: its tries share one Update id", async () => {
+  it('tells that come in while one is on its way to a tally go together: a burst of 200 is two Updates, and each counted once', async () => {
+    const type = uniqueType('tally');
+    await statsOf(app);
+    const shard = 5;
+    const firstRun = (await tallyOf(h, shard).describe()).runId;
+    const taskIds = Array.from({ length: 2_000 }, (_, i) => `burst-${type}-${i}`)
+      .filter((id) => tallyShardOf(id) === shard)
+      .slice(0, 200);
+    const teller = new TaskTallyTeller(h.client);
+    await Promise.all(taskIds.map((taskId) => teller.tell({ tellId: `tell-${taskId}`, transition: { taskId, to: { state: 'completed', type, mode: 'http_pull' } } })));
+    expect(ofTypes(await tallied(h), [type])).toEqual([{ state: 'completed', type, mode: 'http_pull', count: 200 }]);
+    // The first went alone; the 199 that came in meanwhile, in the one after it.
+    const batches = (await runsFrom(h, shard, firstRun))
+      .flatMap(({ events }) => events.flatMap((event) => event.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input?.args?.payloads ?? []))
+      .map((payload) => defaultPayloadConverter.fromPayload<TaskTell[]>(payload).filter((tell) => tell.transition.to.type === type).length)
+      .filter((n) => n > 0);
+    expect(batches).toEqual([1, 199]);
+  });
+
+  it("a tellTaskTally activity tried again after its tell landed (its completion lost) does not count a closed task twice: its tries share one tell id", async () => {
     const type = uniqueType('tally');
     await tallied(h); // they run: the first test seeded them
     const { tellTaskTally } = createReportActivities();

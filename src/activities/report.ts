@@ -2,7 +2,7 @@
 // (src/activities/sinks.ts). Without any sink configured, events are only logged.
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
-import { tellTaskTally } from '../task-tally';
+import { taskTallyTellerFor } from '../task-tally';
 import type { ReportActivities, TaskEvent } from '../workflows/activity-types';
 import type { TaskTransition } from '../workflows/task-tally-book';
 
@@ -63,9 +63,9 @@ export function createReportActivities(sinks: TaskEventSink[] = []): ReportActiv
     // Needs only Temporal: retried (by the workflow's retry policy) until the tally has it, or is gone.
     async tellTaskTally(transition: TaskTransition): Promise<void> {
       const { client, info } = Context.current();
-      // One id per tell, the same on every try (the tally takes an Update id once per run): the
-      // task's run and the activity's id (or, for an activity started on its own, its run id).
-      await tellTaskTally(client, transition, `${info.workflowExecution?.runId ?? info.activityRunId}/${info.activityId}`);
+      // One id per tell, the same on every try (a tally takes a tell id once per run): the task's
+      // run and the activity's id (or, for an activity started on its own, its run id).
+      await taskTallyTellerFor(client).tell({ tellId: `${info.workflowExecution?.runId ?? info.activityRunId}/${info.activityId}`, transition });
     },
   };
 }

@@ -23,6 +23,15 @@ export interface TaskTransition {
   to: TaskPlace;
 }
 
+/**
+ * A task's transition as its tellTaskTally activity tells it, named by the tell's own id (the
+ * same on every try of the activity): a tally takes each tell id once within its run.
+ */
+export interface TaskTell {
+  tellId: string;
+  transition: TaskTransition;
+}
+
 export interface TaskCount extends TaskPlace {
   count: number;
 }
@@ -98,6 +107,12 @@ const validPlace = (place: unknown): place is TaskPlace =>
 export function isTransition(transition: unknown): transition is TaskTransition {
   const t = transition as TaskTransition | undefined;
   return !!t && typeof t === 'object' && typeof t.taskId === 'string' && t.taskId !== '' && validPlace(t.to);
+}
+
+/** A tell the tally can take (one sent from outside may be anything). */
+export function isTell(tell: unknown): tell is TaskTell {
+  const t = tell as TaskTell | undefined;
+  return !!t && typeof t === 'object' && typeof t.tellId === 'string' && t.tellId !== '' && isTransition(t.transition);
 }
 
 const countOf = (n: unknown): number => (typeof n === 'number' && Number.isInteger(n) && n > 0 ? n : 0);

@@ -8,7 +8,7 @@
 // Deterministic code only.
 import * as wf from '@temporalio/workflow';
 import { DROVER_ENTITY_ID_PREFIX } from '../names';
-import { isTransition, tallyShardOf, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTransition } from './task-tally-book';
+import { isTell, isTransition, tallyShardOf, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTell, type TaskTransition } from './task-tally-book';
 
 export const TASK_TALLY_WORKFLOW_TYPE = 'taskTallyWorkflow';
 /** The tally of the tasks whose ids fall to `shard` (tallyShardOf). */
@@ -28,13 +28,11 @@ export const TALLY_FORWARDING_PATCH = 'task-tally-forwarding';
 export const TASK_TALLY_PATCH = 'task-tally';
 
 /**
- * Where a task is now: what each task's tellTaskTally activity tells its shard. An Update, not a
- * signal: the server refuses a run's continue-as-new while a signal that came in meanwhile waits
- * (UNHANDLED_COMMAND; the worker then replays the whole history), and under a steady stream of
- * tells it refused every try for minutes. An Update that has not reached the run is moved by the
- * server onto the next run instead. Its id (the tell's) is taken once per run.
+ * Tells from the tasks' tellTaskTally activities, in batches (TaskTallyTeller, src/task-tally.ts).
+ * An Update, not a signal: the server refuses a continue-as-new while a signal that came in
+ * meanwhile waits, not while an Update does. A malformed tell is skipped.
  */
-export const tellTaskTransitionUpdate = wf.defineUpdate<void, [TaskTransition]>('tellTaskTransition');
+export const tellTaskTransitionsUpdate = wf.defineUpdate<void, [TaskTell[]]>('tellTaskTransitions');
 /**
  * Tasks' transitions, in the order they happened: what task runs from before TALLY_BY_ACTIVITIES_PATCH
  * signal the legacy tally, what it forwards to the shards, and what tellTaskTally activities of
@@ -85,15 +83,21 @@ export async function taskTallyWorkflow(args: { state?: TaskTallyState } = {}): 
     for (const transition of valid) book.apply(transition);
     if (legacy && valid.length > 0 && wf.patched(TALLY_FORWARDING_PATCH)) forward(valid);
   });
+  /** The tells this run has taken: a tell tried again after it landed (its activity's completion lost) counts once. */
+  const tellsTaken = new Set<string>();
   wf.setHandler(
-    tellTaskTransitionUpdate,
-    (transition) => {
-      book.apply(transition);
+    tellTaskTransitionsUpdate,
+    (tells) => {
+      for (const tell of tells.filter(isTell)) {
+        if (tellsTaken.has(tell.tellId)) continue;
+        tellsTaken.add(tell.tellId);
+        book.apply(tell.transition);
+      }
     },
     {
       // Rejected before it is written to the history.
-      validator: (transition) => {
-        if (!isTransition(transition)) throw new Error('not a task transition: a task id and a place (state, type, mode) are needed');
+      validator: (tells) => {
+        if (!Array.isArray(tells)) throw new Error('not a list of tells');
       },
     },
   );
