@@ -2,6 +2,7 @@
 // workflows (src/workflows/task-tally.ts) with one query to each, no visibility call. Visibility
 // is counted only to seed a tally where there is none yet, and by the stats when the tallies
 // cannot answer.
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { EXECUTION_MODES, TASK_STATES } from './model';
 import { TASKS_QUEUE } from './names';
@@ -11,7 +12,7 @@ import { TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTallyWorkflowId, tellTas
 
 /**
  * Sends the tellTaskTally activities' tells (src/activities/report.ts) to the tallies, each tally's
- * in batches: one Update in flight per tally from this process, carrying every tell that came in
+ * in batches: one Update in flight per tally from each worker's client, carrying every tell that came in
  * while the one before was on its way. The server allows ten Updates in flight per workflow and
  * takes each in a workflow task of the tally: one Update per tell met that limit as soon as a
  * backlog of new tasks was told (10,000 pending on the cluster tier), and every refused Update
@@ -22,7 +23,9 @@ import { TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTallyWorkflowId, tellTas
  * it to the next run.
  */
 export class TaskTallyTeller {
-  private readonly queues = new Map<number, { waiting: Array<{ tell: TaskTell; settle: (error?: unknown) => void }>; sending: boolean }>();
+  private readonly queues = new Map<number, TellQueue>();
+  /** Batches go out in the context this teller was made in, never the context of the tell that started them (its activity's). */
+  private readonly outsideCallers = AsyncLocalStorage.snapshot();
 
   constructor(
     private readonly client: Client,
@@ -31,25 +34,34 @@ export class TaskTallyTeller {
 
   /**
    * Resolves once the tally has taken the tell, or there is no tally (nobody has asked for the
-   * stats yet, or it was terminated): nothing to tell, never the task's concern.
+   * stats yet, or it was terminated): nothing to tell, never the task's concern. A tell whose
+   * `signal` aborts before it is sent (its activity timed out or was cancelled) is not sent: its
+   * activity's next try tells it, and this one, sent later, could land in a tally run that no
+   * longer knows its id, and count a closed task again.
    */
-  tell(tell: TaskTell): Promise<void> {
+  tell(tell: TaskTell, signal?: AbortSignal): Promise<void> {
     const shard = tallyShardOf(tell.transition.taskId);
     const queue = this.queues.get(shard) ?? { waiting: [], sending: false };
     this.queues.set(shard, queue);
-    const told = new Promise<void>((resolve, reject) => queue.waiting.push({ tell, settle: (error) => (error === undefined ? resolve() : reject(error)) }));
-    if (!queue.sending) void this.send(shard, queue);
+    const told = new Promise<void>((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      queue.waiting.push({ tell, signal, settle: (error) => (error === undefined ? resolve() : reject(error)) });
+      signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
+    });
+    if (!queue.sending) this.outsideCallers(() => void this.send(shard, queue));
     return told;
   }
 
-  private async send(shard: number, queue: { waiting: Array<{ tell: TaskTell; settle: (error?: unknown) => void }>; sending: boolean }): Promise<void> {
+  private async send(shard: number, queue: TellQueue): Promise<void> {
     queue.sending = true;
     while (queue.waiting.length > 0) {
-      const batch = queue.waiting.splice(0, this.options.maxBatch ?? 500);
+      const batch = queue.waiting.splice(0, this.options.maxBatch ?? 500).filter((waiting) => !waiting.signal?.aborted);
+      if (batch.length === 0) continue;
       let failure: unknown;
       try {
-        // Bounded: a tally whose worker does not answer must not hold the tells behind it forever.
-        await this.client.withDeadline(Date.now() + (this.options.updateTimeoutMs ?? 30_000), () =>
+        // Bounded, within the activity's minute: a tally whose worker does not answer must not
+        // hold the tells behind it for long. The client may retry within it for up to ~10 s more.
+        await this.client.withDeadline(Date.now() + (this.options.updateTimeoutMs ?? 20_000), () =>
           this.client.workflow.getHandle(taskTallyWorkflowId(shard)).executeUpdate(tellTaskTransitionsUpdate, { args: [batch.map((w) => w.tell)] }),
         );
       } catch (error) {
@@ -59,6 +71,11 @@ export class TaskTallyTeller {
     }
     queue.sending = false;
   }
+}
+
+interface TellQueue {
+  waiting: Array<{ tell: TaskTell; signal?: AbortSignal; settle: (error?: unknown) => void }>;
+  sending: boolean;
 }
 
 /** One teller per client (a worker's renewal brings a new one; the old one's batches finish). */

@@ -457,6 +457,23 @@ describe('the task tally through Drover', () => {
     expect(batches).toEqual([1, 199]);
   });
 
+  it("a tell whose activity timed out or was cancelled while it waited for the tally is not sent (the activity's next try tells it)", async () => {
+    const type = uniqueType('tally');
+    await statsOf(app);
+    const teller = new TaskTallyTeller(h.client);
+    const [first, abandoned, last] = Array.from({ length: 2_000 }, (_, i) => `abandoned-${type}-${i}`)
+      .filter((id) => tallyShardOf(id) === 6)
+      .slice(0, 3)
+      .map((taskId) => ({ tellId: `tell-${taskId}`, transition: { taskId, to: { state: 'completed', type, mode: 'http_pull' } } }));
+    const sending = teller.tell(first!); // on its way: the next ones wait for it
+    const activity = new AbortController();
+    const waiting = teller.tell(abandoned!, activity.signal);
+    activity.abort(new Error('the activity timed out'));
+    await expect(waiting).rejects.toThrow('the activity timed out');
+    await Promise.all([sending, teller.tell(last!)]);
+    expect(ofTypes(await tallied(h), [type])).toEqual([{ state: 'completed', type, mode: 'http_pull', count: 2 }]);
+  });
+
   it("a tellTaskTally activity tried again after its tell landed (its completion lost) does not count a closed task twice: its tries share one tell id", async () => {
     const type = uniqueType('tally');
     await tallied(h); // they run: the first test seeded them
@@ -469,16 +486,19 @@ describe('the task tally through Drover', () => {
         const rows = ofTypes(await tallied(h), [type]);
         return (rows[0]?.count ?? 0) >= count ? rows : undefined;
       }, `the tallies to count ${count}`);
+    // A tally takes a tell id once per run: the tells here go to a tally far from its continue-as-new (500 events).
+    const lengths = await Promise.all(SHARDS.map(async (shard) => (await tallyOf(h, shard).describe()).historyLength));
+    const t1 = Array.from({ length: 256 }, (_, i) => `t1-${i}`).find((id) => lengths[tallyShardOf(id)]! < 400)!;
     // The second try of the same tell changes nothing.
-    await tell('7', 1, 't1');
-    await tell('7', 2, 't1');
+    await tell('7', 1, t1);
+    await tell('7', 2, t1);
     // A task in the same shard, told after: once it is counted, so is everything sent before it.
     // The book alone would have counted t1 twice (3).
-    const sameShard = Array.from({ length: 64 }, (_, i) => `t2-${i}`).find((id) => tallyShardOf(id) === tallyShardOf('t1'))!;
+    const sameShard = Array.from({ length: 256 }, (_, i) => `t2-${i}`).find((id) => tallyShardOf(id) === tallyShardOf(t1))!;
     await tell('7', 1, sameShard);
     expect(await countOnceSeen(2)).toEqual([{ state: 'completed', type, mode: 'http_pull', count: 2 }]);
-    // Another tell (another activity) saying the same is taken: what the request id guards against.
-    await tell('8', 1, 't1');
+    // Another tell (another activity) saying the same is taken: what the tell id guards against.
+    await tell('8', 1, t1);
     expect(await countOnceSeen(3)).toEqual([{ state: 'completed', type, mode: 'http_pull', count: 3 }]);
   });
 

@@ -62,10 +62,10 @@ export function createReportActivities(sinks: TaskEventSink[] = []): ReportActiv
 
     // Needs only Temporal: retried (by the workflow's retry policy) until the tally has it, or is gone.
     async tellTaskTally(transition: TaskTransition): Promise<void> {
-      const { client, info } = Context.current();
+      const { client, info, cancellationSignal } = Context.current();
       // One id per tell, the same on every try (a tally takes a tell id once per run): the task's
       // run and the activity's id (or, for an activity started on its own, its run id).
-      await taskTallyTellerFor(client).tell({ tellId: `${info.workflowExecution?.runId ?? info.activityRunId}/${info.activityId}`, transition });
+      await taskTallyTellerFor(client).tell({ tellId: `${info.workflowExecution?.runId ?? info.activityRunId}/${info.activityId}`, transition }, cancellationSignal);
     },
   };
 }
