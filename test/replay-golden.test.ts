@@ -11,7 +11,7 @@ const goldens = readdirSync(GOLDEN_DIR).filter((file) => file.endsWith('.json'))
 
 test('the committed golden histories are there', () => {
   expect(goldens.map((file) => file.replace(/\.json$/, ''))).toEqual(
-    expect.arrayContaining(['ssh-match', 'host-lost', 'http-pull', 'assign-host', 'lease-lapse', 'cancel-pull', 'cancel-ssh', 'ssh-reattach', 'pull-run-timeout', 'cancel-pull-grace', 'pull-offer-claim', 'pull-offer-assign-agent', 'ssh-match-offer-withdrawn', 'pull-lapse-late-result', 'pull-offer-claim-tally-by-activities', 'legacy-tally-before-forwarding', 'legacy-tally-forwarding']),
+    expect.arrayContaining(['ssh-match', 'host-lost', 'http-pull', 'assign-host', 'lease-lapse', 'cancel-pull', 'cancel-ssh', 'ssh-reattach', 'pull-run-timeout', 'cancel-pull-grace', 'pull-offer-claim', 'pull-offer-assign-agent', 'ssh-match-offer-withdrawn', 'pull-lapse-late-result', 'pull-offer-claim-tally-by-activities', 'legacy-tally-before-forwarding', 'legacy-tally-forwarding', 'tally-tells-by-updates']),
   );
 });
 

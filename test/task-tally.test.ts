@@ -455,6 +455,7 @@ describe('the task tally through Drover', () => {
       .map((payload) => defaultPayloadConverter.fromPayload<TaskTell[]>(payload).filter((tell) => tell.transition.to.type === type).length)
       .filter((n) => n > 0);
     expect(batches).toEqual([1, 199]);
+    await recordHistory(h, 'tally-tells-by-updates', taskTallyWorkflowId(shard));
   });
 
   it("a tell whose activity timed out or was cancelled while it waited for the tally is not sent (the activity's next try tells it)", async () => {
