@@ -131,8 +131,15 @@ export interface TaskTallyReaderOptions {
   tasks: TaskClient;
   /** The configured agent types: what seeding counts closed tasks of. */
   types: readonly string[];
-  /** How long a query may take before the read fails (the stats then count from visibility). */
+  /**
+   * How long a query may take. A tally that does not answer in time (its workflow task queued
+   * behind others on a loaded worker) is read from its last answer, if that is at most
+   * `lastAnswerForMs` old; otherwise, or when no tally answers, the read fails (the stats then
+   * count from visibility).
+   */
   queryTimeoutMs?: number;
+  /** How old a tally's last answer may be to stand in for one that did not come in time. */
+  lastAnswerForMs?: number;
   /** How often to check that the tallies still run (describes, not visibility calls). */
   checkEveryMs?: number;
   log?: InfoLogger;
@@ -140,8 +147,8 @@ export interface TaskTallyReaderOptions {
 
 const SHARDS = Array.from({ length: TASK_TALLY_SHARDS }, (_, shard) => shard);
 
-/** A tally's counts, or that it is not there. */
-type ShardRead = { shard: number; counts: TaskCount[] } | { shard: number; missing: true };
+/** A tally's counts, that it is not there, or that it did not answer. */
+type ShardRead = { shard: number; counts: TaskCount[] } | { shard: number; missing: true } | { shard: number; failed: unknown };
 
 /**
  * Reads the task tallies: one query to each shard, summed. Where one is missing (a new deployment,
@@ -153,6 +160,8 @@ type ShardRead = { shard: number; counts: TaskCount[] } | { shard: number; missi
 export class TaskTallyReader {
   private inFlight: Promise<TaskCount[]> | undefined;
   private checkedAt = -Infinity;
+  /** Each tally's last answer. */
+  private readonly lastAnswers = new Map<number, { counts: TaskCount[]; at: number }>();
 
   constructor(private readonly options: TaskTallyReaderOptions) {}
 
@@ -171,7 +180,11 @@ export class TaskTallyReader {
     // Between checks a terminated tally still answers (a closed run answers queries) with its last counts.
     const checking = Date.now() - this.checkedAt >= (this.options.checkEveryMs ?? 60_000);
     const reads = await Promise.all(SHARDS.map((shard) => (checking ? this.readChecked(shard) : this.readShard(shard))));
-    const counts = reads.some((read) => 'missing' in read) ? await this.seed(reads) : sumCounts(reads.map((read) => ('counts' in read ? read.counts : [])));
+    const failed = reads.filter((read) => 'failed' in read);
+    let counts: TaskCount[];
+    if (failed.length > 0) counts = this.withLastAnswers(reads, failed);
+    else if (reads.some((read) => 'missing' in read)) counts = await this.seed(reads);
+    else counts = sumCounts(reads.map((read) => ('counts' in read ? read.counts : [])));
     if (checking) this.checkedAt = Date.now(); // only once every tally runs
     return counts;
   }
@@ -189,11 +202,28 @@ export class TaskTallyReader {
 
   private async readShard(shard: number): Promise<ShardRead> {
     try {
-      return { shard, counts: await this.query(shard) };
+      const counts = await this.query(shard);
+      this.lastAnswers.set(shard, { counts, at: Date.now() });
+      return { shard, counts };
     } catch (error) {
       if (error instanceof WorkflowNotFoundError) return { shard, missing: true };
-      throw error;
+      return { shard, failed: error };
     }
+  }
+
+  /**
+   * The counts where some tallies did not answer: theirs from their last answers, if recent. A
+   * read fails when none answered (no worker runs them: the stats count from visibility), when one
+   * that did not has no recent answer, or when one is also missing (seeding needs every other).
+   */
+  private withLastAnswers(reads: ShardRead[], failed: ShardRead[]): TaskCount[] {
+    const now = Date.now();
+    const error = (failed[0] as { failed: unknown }).failed;
+    if (failed.length === reads.length || reads.some((read) => 'missing' in read)) throw error;
+    const standIns = failed.map((read) => ({ shard: read.shard, last: this.lastAnswers.get(read.shard) }));
+    if (standIns.some(({ last }) => !last || now - last.at > (this.options.lastAnswerForMs ?? 30_000))) throw error;
+    this.options.log?.info({ shards: standIns.map(({ shard, last }) => ({ shard, ageMs: now - last!.at })), err: error }, 'a task tally did not answer in time: its last answer stands in');
+    return sumCounts(reads.map((read) => ('counts' in read ? read.counts : this.lastAnswers.get(read.shard)!.counts)));
   }
 
   private query(shard: number): Promise<TaskCount[]> {
