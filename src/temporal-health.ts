@@ -4,6 +4,8 @@
 // /readyz and /metrics read it. The workers' Rust core logs its own retries through the SDK
 // Runtime's logger: TemporalRuntimeLog forwards those to pino, rate-limited too.
 import { AsyncLocalStorage } from 'node:async_hooks';
+// The client's own copy (one version in the lockfile): a status's metadata must be its Metadata.
+import { Metadata } from '@grpc/grpc-js';
 import type { ConnectionOptions } from '@temporalio/client';
 import type { LogLevel, LogMetadata, Logger as SdkLogger } from '@temporalio/common';
 
@@ -292,8 +294,15 @@ export class TemporalCallObserver {
    */
   interceptor(): Interceptor {
     return (options, nextCall) => {
-      const call = nextCall(options);
       const method = methodName(options.method_definition.path);
+      let call: InterceptingCallInterface;
+      try {
+        call = nextCall(options);
+      } catch (error) {
+        // The connection was closed while the SDK's retry waited to try again: its timer would
+        // throw (an uncaught exception) and the call never settle. It ends, cancelled, instead.
+        return closedCall(error) as ReturnType<Interceptor>;
+      }
       // A plain call that delegates to the next one, watching the status on its way back: grpc-js
       // needs only the InterceptingCallInterface (the type names its class), and a copy of
       // @grpc/grpc-js of our own could differ from the client's.
@@ -444,4 +453,25 @@ export class TemporalRuntimeLog implements SdkLogger {
   close(): void {
     this.window.close();
   }
+}
+
+/** A call that cannot be made (its channel is shut down): it ends at once, cancelled, not retried. */
+function closedCall(error: unknown): InterceptingCallInterface {
+  const details = `the connection is closed: ${error instanceof Error ? error.message : String(error)}`;
+  let ended = false;
+  const end = (listener: Parameters<InterceptingCallInterface['start']>[1]) => {
+    if (ended) return;
+    ended = true;
+    listener?.onReceiveStatus?.({ code: GrpcCode.CANCELLED, details, metadata: new Metadata() });
+  };
+  return {
+    start: (_metadata, listener) => end(listener),
+    sendMessageWithContext: () => undefined,
+    sendMessage: () => undefined,
+    startRead: () => undefined,
+    halfClose: () => undefined,
+    cancelWithStatus: () => undefined,
+    getPeer: () => '',
+    getAuthContext: () => null,
+  };
 }

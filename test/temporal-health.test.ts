@@ -10,7 +10,7 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { pino } from 'pino';
-import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, test, vi } from 'vitest';
 import { buildApp } from '../src/api/app';
 import { ApiMetrics } from '../src/api/metrics';
 import { startDevServer } from '../src/dev-server';
@@ -29,6 +29,7 @@ import {
 } from '../src/temporal-health';
 import { testConfig } from './support/http';
 import { freePort } from './support/process';
+import { TcpProxy } from './support/tcp-proxy';
 import { waitFor } from './support/temporal';
 
 const OK = 0;
@@ -274,6 +275,24 @@ describe('the observer', () => {
     expect(text).toMatch(/^drover_temporal_reconnects_total 1$/m);
     observer.stop();
   });
+});
+
+test('a call waiting to be tried again when its connection closes fails, cancelled: it neither hangs nor throws out of the retry timer', async () => {
+  const [host, port] = inject('temporalAddress').split(':');
+  const proxy = await TcpProxy.start({ host: host!, port: Number(port) });
+  try {
+    const { connection, temporalHealth } = await connectClient({ ...testConfig('default').temporal, address: `127.0.0.1:${proxy.port}` });
+    await connection.workflowService.getSystemInfo({});
+    proxy.refuse(true); // every attempt fails UNAVAILABLE: the SDK's retry waits, then tries again
+    const failing = connection.workflowService.getSystemInfo({});
+    failing.catch(() => undefined);
+    await waitFor(() => (temporalHealth.state().status === 'unreachable' ? true : undefined), 'a failed attempt');
+    temporalHealth.stop();
+    await connection.close(); // while the retry waits
+    await expect(failing).rejects.toMatchObject({ code: GrpcCode.CANCELLED, message: expect.stringContaining('the connection is closed') });
+  } finally {
+    await proxy.close();
+  }
 });
 
 describe("the workers' Runtime log", () => {
