@@ -202,19 +202,24 @@ export class TaskTallyReader {
 
   private async readShard(shard: number): Promise<ShardRead> {
     try {
-      const counts = await this.query(shard);
-      this.lastAnswers.set(shard, { counts, at: Date.now() });
-      return { shard, counts };
+      return { shard, counts: this.answered(shard, await this.query(shard)) };
     } catch (error) {
       if (error instanceof WorkflowNotFoundError) return { shard, missing: true };
       return { shard, failed: error };
     }
   }
 
+  /** Keeps a tally's answer (what stands in for it if it does not answer later). */
+  private answered(shard: number, counts: TaskCount[]): TaskCount[] {
+    this.lastAnswers.set(shard, { counts, at: Date.now() });
+    return counts;
+  }
+
   /**
-   * The counts where some tallies did not answer: theirs from their last answers, if recent. A
-   * read fails when none answered (no worker runs them: the stats count from visibility), when one
-   * that did not has no recent answer, or when one is also missing (seeding needs every other).
+   * The counts where some tallies did not answer: theirs from their last answers (kept per
+   * process), if recent. A read fails when none answered (no worker runs them, or every one is
+   * stuck: the stats count from visibility), when one that did not has no recent answer, or when
+   * one is also missing (seeding needs every other).
    */
   private withLastAnswers(reads: ShardRead[], failed: ShardRead[]): TaskCount[] {
     const now = Date.now();
@@ -222,7 +227,7 @@ export class TaskTallyReader {
     if (failed.length === reads.length || reads.some((read) => 'missing' in read)) throw error;
     const standIns = failed.map((read) => ({ shard: read.shard, last: this.lastAnswers.get(read.shard) }));
     if (standIns.some(({ last }) => !last || now - last.at > (this.options.lastAnswerForMs ?? 30_000))) throw error;
-    this.options.log?.info({ shards: standIns.map(({ shard, last }) => ({ shard, ageMs: now - last!.at })), err: error }, 'a task tally did not answer in time: its last answer stands in');
+    this.options.log?.info({ shards: standIns.map(({ shard, last }) => ({ shard, ageMs: now - last!.at })), err: error }, 'a task tally did not answer: its last answer stands in');
     return sumCounts(reads.map((read) => ('counts' in read ? read.counts : this.lastAnswers.get(read.shard)!.counts)));
   }
 
@@ -257,7 +262,7 @@ export class TaskTallyReader {
     const { client, tasks, types, log } = this.options;
     const state = await countTasksFromVisibility(tasks, types);
     // Read after the count: what closed meanwhile in a running tally is then not given to a new one too.
-    const running = await Promise.all(reads.flatMap((read) => ('counts' in read ? [this.query(read.shard)] : [])));
+    const running = await Promise.all(reads.flatMap((read) => ('counts' in read ? [this.query(read.shard).then((counts) => this.answered(read.shard, counts))] : [])));
     const missing = reads.filter((read) => 'missing' in read).map((read) => read.shard);
     const closedElsewhere = closedNotCounted(state.closed, sumCounts(running));
     const counted = await Promise.all(
@@ -277,10 +282,10 @@ export class TaskTallyReader {
         } catch (error) {
           if (!(error instanceof WorkflowExecutionAlreadyStartedError)) throw error;
           // Another process seeded it first: its counts stand, once its first workflow task has run.
-          return this.queryJustStarted(shard);
+          return this.answered(shard, await this.queryJustStarted(shard));
         }
         log?.info({ shard, openTasks: Object.keys(share.open).length }, 'started a task tally, seeded from visibility');
-        return new TaskTallyBook(share).counts();
+        return this.answered(shard, new TaskTallyBook(share).counts());
       }),
     );
     return sumCounts([...running, ...counted]);

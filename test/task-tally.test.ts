@@ -400,7 +400,7 @@ describe('the task tally through Drover', () => {
     for (const taskId of ids.slice(6)) await h.tasks.cancel(taskId);
   });
 
-  it('a tally that does not answer in time is read from its last answer for a while, without a visibility call; after that the read fails (the stats count from visibility)', async () => {
+  it('a tally that does not answer is read from its last answer for a while, without a visibility call; after that the read fails (the stats count from visibility)', async () => {
     const type = uniqueType('tally');
     const ids: string[] = [];
     for (let i = 0; i < 4; i++) ids.push((await h.tasks.start(input(type))).taskId);
@@ -411,8 +411,7 @@ describe('the task tally through Drover', () => {
       client: counting.client,
       tasks: counting.tasks,
       types: [...h.config.types, type],
-      queryTimeoutMs: 1_000,
-      lastAnswerForMs: 4_000,
+      lastAnswerForMs: 6_000,
       checkEveryMs: 3_600_000,
       log: { info: (_object, message) => logged.push(message) },
     });
@@ -421,18 +420,20 @@ describe('the task tally through Drover', () => {
     const stuck = tallyShardOf(ids[0]!);
     await tallyOf(h, stuck).terminate('test: a tally whose worker is stuck');
     await h.client.workflow.start<typeof taskTallyWorkflow>(TASK_TALLY_WORKFLOW_TYPE, { workflowId: taskTallyWorkflowId(stuck), taskQueue: `no-worker-${type}`, args: [{}] });
-    const visibilityBefore = counting.visibilityCalls();
-    expect(ofTypes(await reader.read(), [type])).toEqual(expected);
-    expect(logged).toContain('a task tally did not answer in time: its last answer stands in');
-    expect(counting.visibilityCalls()).toBe(visibilityBefore);
-    await new Promise((resolve) => setTimeout(resolve, 4_100)); // its last answer is too old now
-    await expect(reader.read()).rejects.toThrow();
-
-    // The stuck run goes; a reader that checks the tallies starts that one again, seeded from visibility.
-    await tallyOf(h, stuck).terminate('test: done');
-    const checking = new TaskTallyReader({ client: h.client, tasks: h.tasks, types: [...h.config.types, type], checkEveryMs: 0 });
-    expect(ofTypes(await checking.read(), [type])).toEqual(expected);
-    for (const taskId of ids) await h.tasks.cancel(taskId);
+    try {
+      const visibilityBefore = counting.visibilityCalls();
+      expect(ofTypes(await reader.read(), [type])).toEqual(expected);
+      expect(logged).toContain('a task tally did not answer: its last answer stands in');
+      expect(counting.visibilityCalls()).toBe(visibilityBefore);
+      await new Promise((resolve) => setTimeout(resolve, 6_100)); // its last answer is too old now
+      await expect(reader.read()).rejects.toThrow();
+    } finally {
+      // The stuck run goes; a reader that checks the tallies starts that one again, seeded from visibility.
+      await tallyOf(h, stuck).terminate('test: done');
+      const checking = new TaskTallyReader({ client: h.client, tasks: h.tasks, types: [...h.config.types, type], checkEveryMs: 0 });
+      expect(ofTypes(await checking.read(), [type])).toEqual(expected);
+      for (const taskId of ids) await h.tasks.cancel(taskId);
+    }
   });
 
   it('a tally continues-as-new while tells stream in: no try of it is refused, and every tell is counted once', async () => {

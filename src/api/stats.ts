@@ -74,7 +74,7 @@ export const statsPlugin: FastifyPluginAsync<PluginOptions> = async (fastify, { 
     try {
       return await ctx.taskTally.read();
     } catch (error) {
-      // No worker runs the tally yet (or it is slow to answer): count the expensive way, this once.
+      // No worker runs the tallies, or one has not answered for 30 s: count the expensive way, this once.
       fastify.log.warn({ err: error }, 'task tally unavailable: counting tasks from visibility instead (many visibility calls)');
       return new TaskTallyBook(await countTasksFromVisibility(ctx.tasks, ctx.config.types)).counts();
     }
