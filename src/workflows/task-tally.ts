@@ -8,6 +8,7 @@
 // Deterministic code only.
 import * as wf from '@temporalio/workflow';
 import { DROVER_ENTITY_ID_PREFIX } from '../names';
+import { InOrder } from './in-order';
 import { isTell, isTransition, tallyShardOf, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTell, type TaskTransition } from './task-tally-book';
 
 export const TASK_TALLY_WORKFLOW_TYPE = 'taskTallyWorkflow';
@@ -56,9 +57,9 @@ export async function taskTallyWorkflow(args: { state?: TaskTallyState } = {}): 
   const book = new TaskTallyBook(args.state);
   const maxHistoryEvents = wf.patched(TALLY_SHORT_HISTORY_PATCH) ? MAX_HISTORY_EVENTS : 2_000;
   const legacy = wf.workflowInfo().workflowId === LEGACY_TASK_TALLY_WORKFLOW_ID;
-  /** Per shard, the last forward on its way: the next goes after it, so that a task's moves arrive in order. */
-  const forwarded = new Map<number, Promise<void>>();
-  let forwarding = 0;
+  /** Per shard, forwards in order: a task's moves arrive as they happened. */
+  const forwards = new Map<number, InOrder>();
+  const forwarding = () => [...forwards.values()].reduce((sum, chain) => sum + chain.inFlight, 0);
   function forward(transitions: TaskTransition[]): void {
     const byShard = new Map<number, TaskTransition[]>();
     for (const transition of transitions) {
@@ -66,14 +67,10 @@ export async function taskTallyWorkflow(args: { state?: TaskTallyState } = {}): 
       byShard.set(shard, [...(byShard.get(shard) ?? []), transition]);
     }
     for (const [shard, batch] of byShard) {
-      forwarding += 1;
-      const send = () => wf.getExternalWorkflowHandle(taskTallyWorkflowId(shard)).signal(taskTransitionSignal, batch);
+      const chain = forwards.get(shard) ?? new InOrder();
+      forwards.set(shard, chain);
       // No shard yet (nobody has asked for the stats since the upgrade): it is seeded from visibility when one does.
-      const sending = (forwarded.get(shard) ?? Promise.resolve()).then(send).catch(() => undefined);
-      forwarded.set(shard, sending);
-      void sending.finally(() => {
-        forwarding -= 1;
-      });
+      chain.send(() => wf.getExternalWorkflowHandle(taskTallyWorkflowId(shard)).signal(taskTransitionSignal, batch));
     }
   }
 
@@ -107,7 +104,7 @@ export async function taskTallyWorkflow(args: { state?: TaskTallyState } = {}): 
   // while a forward is on its way: the server drops a signal sent in the workflow task that ends the run).
   await wf.condition(() => {
     const info = wf.workflowInfo();
-    return (info.continueAsNewSuggested || info.historyLength >= maxHistoryEvents) && forwarding === 0;
+    return (info.continueAsNewSuggested || info.historyLength >= maxHistoryEvents) && forwarding() === 0;
   });
   await wf.condition(wf.allHandlersFinished);
   await wf.continueAsNew<typeof taskTallyWorkflow>({ state: book.snapshot() });

@@ -23,6 +23,7 @@ import {
 import { taskPriority } from './priority';
 import type { AttemptError, PullOffer, SshDispatch, SshRun, TaskMachineState } from './task-machine';
 import { TaskMachine } from './task-machine';
+import { InOrder } from './in-order';
 import { LEGACY_TASK_TALLY_WORKFLOW_ID, TASK_TALLY_PATCH, taskTransitionSignal } from './task-tally';
 import { newTaskPlace, placeKey, taskPlace } from './task-tally-book';
 
@@ -80,31 +81,6 @@ function attemptError(error: unknown): AttemptError {
   }
   if (isCancellation(error)) return { kind: 'cancelled', message };
   return { kind: 'failed', message };
-}
-
-/**
- * Activities sent one after another, each once the one before has ended (tally tells, reports):
- * the task waits for them before it closes or continues-as-new.
- */
-class InOrder {
-  /** Sent and not yet ended: what the task waits for. */
-  inFlight = 0;
-  private last: Promise<void> = Promise.resolve();
-
-  constructor(private readonly ended: () => void) {}
-
-  /** `ordered` false sends at once, beside those before (runs from before ORDERED_REPORTS_PATCH). */
-  send(deliver: () => Promise<void>, ordered = true): void {
-    this.inFlight += 1;
-    // Not cancellable: a cancel requested through Temporal must not drop one on its way.
-    const send = () => wf.CancellationScope.nonCancellable(deliver);
-    const sending = (ordered ? this.last.then(send) : send()).catch(() => undefined);
-    this.last = sending;
-    void sending.finally(() => {
-      this.inFlight -= 1;
-      this.ended();
-    });
-  }
 }
 
 export async function taskWorkflow(args: TaskWorkflowArgs): Promise<TaskStatus> {
