@@ -6,6 +6,7 @@ import { hostname } from 'node:os';
 import type { Client } from '@temporalio/client';
 import { WorkflowNotFoundError } from '@temporalio/common';
 import { TASKS_QUEUE } from './names';
+import { BOOKKEEPING_PRIORITY } from './workflows/priority';
 import {
   HOST_REGISTRY_MEMO,
   HOST_REGISTRY_WORKFLOW_ID,
@@ -164,6 +165,7 @@ export class PresencePublisher {
         await this.options.client.workflow.signalWithStart(HOST_REGISTRY_WORKFLOW_TYPE, {
           workflowId: HOST_REGISTRY_WORKFLOW_ID,
           taskQueue: TASKS_QUEUE,
+          priority: BOOKKEEPING_PRIORITY,
           args: [{}],
           signal: hostPresenceSignal,
           signalArgs: [report],

@@ -6,6 +6,7 @@ import { WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import { ApplicationFailure, WorkflowNotFoundError } from '@temporalio/common';
 import type { DroverConfig, HostConfig } from '../config';
 import { TASKS_QUEUE } from '../names';
+import { BOOKKEEPING_PRIORITY } from '../workflows/priority';
 import {
   AGENT_REGISTRY_MEMO,
   AGENT_REGISTRY_WORKFLOW_ID,
@@ -158,6 +159,7 @@ export class AgentDirectory {
     await this.options.client.workflow.start<typeof agentRegistryWorkflow>(AGENT_REGISTRY_WORKFLOW_TYPE, {
       workflowId: this.workflowId,
       taskQueue: TASKS_QUEUE,
+      priority: BOOKKEEPING_PRIORITY,
       args: [{}],
       workflowIdConflictPolicy: 'USE_EXISTING',
       staticSummary: 'Drover agent registry: runtime-registered pull agents and presence',
@@ -206,6 +208,7 @@ export class AgentDirectory {
         await this.options.client.workflow.signalWithStart<typeof agentRegistryWorkflow, [{ seen: Array<{ id: string; at: string }> }]>(AGENT_REGISTRY_WORKFLOW_TYPE, {
           workflowId: this.workflowId,
           taskQueue: TASKS_QUEUE,
+          priority: BOOKKEEPING_PRIORITY,
           args: [{}],
           signal: agentsSeenSignal,
           signalArgs: [{ seen }],

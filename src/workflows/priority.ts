@@ -1,5 +1,6 @@
-// Which pending task goes first: Temporal's task-queue priority and fairness keys, as Drover sets
-// them on every pull offer and SSH attempt. Pure: imported by workflow code.
+// Which pending work goes first: Temporal's task-queue priority and fairness keys, as Drover sets
+// them on every task workflow, pull offer and SSH attempt, and on its bookkeeping workflows. Pure:
+// imported by workflow code.
 import type { Priority } from '@temporalio/common';
 import type { TaskInput, TaskKind } from '../model';
 
@@ -18,6 +19,14 @@ export const DEFAULT_KIND_PRIORITIES: Readonly<Record<TaskKind, number>> = {
   implement: 4,
   custom: 4,
 };
+
+/**
+ * Drover's own bookkeeping workflows (the task tallies, the agent and host registries, the cost
+ * ledger) run on drover.tasks beside the task workflows, whose workflow tasks carry their task's
+ * priority: they go first, so that a backlog of thousands of new tasks does not hold them up (a
+ * tally's first workflow task after its continue-as-new waited up to six minutes behind 10,000).
+ */
+export const BOOKKEEPING_PRIORITY: Priority = { priorityKey: PRIORITY_RANGE.first };
 
 /** Temporal limits fairness keys to 64 bytes. */
 export const MAX_FAIRNESS_KEY_BYTES = 64;
@@ -47,7 +56,7 @@ export function fairnessKey(repo: string): string {
   return `${prefix}#${hash}`;
 }
 
-/** What a task's offers and SSH attempts carry to Temporal's matching. */
+/** What a task's workflow (its workflow tasks), offers and SSH attempts carry to Temporal's matching. */
 export function taskPriority(input: Pick<TaskInput, 'kind' | 'priority' | 'repo'>): Priority {
   const key = fairnessKey(input.repo);
   return { priorityKey: taskPriorityKey(input), ...(key ? { fairnessKey: key } : {}) };
