@@ -22,6 +22,7 @@
 //      longest enqueue → dequeue, and the longest dequeue call that began with tasks pending.
 //   5. Drain: 8 agents (4 per process) dequeue and complete the backlog, at most BENCH_PULL_DRAIN_CAP
 //      tasks (2,000 by default: the 10,000 backlog is not drained whole, to bound the time).
+// Before 1, GET /api/v1/stats BENCH_PULL_STATS_SAMPLES (20) times with the backlog pending.
 // The backlog left is then terminated. Once, first: fairness, a repository with
 // BENCH_PULL_FAIRNESS pending tasks and another with one made after them (same type, priority).
 //   BENCH_BACKLOGS (default 0,1000,10000), BENCH_PULL_SAMPLES (100), BENCH_PULL_PRIORITY_SAMPLES (50),
@@ -45,6 +46,7 @@ const DRAIN_CAP = Number(process.env.BENCH_PULL_DRAIN_CAP ?? 2000);
 const FAIRNESS = Number(process.env.BENCH_PULL_FAIRNESS ?? 1000);
 const CONCURRENCY = Number(process.env.BENCH_PULL_CONCURRENCY ?? 32);
 const FIFO_COUNT = 100;
+const STATS_SAMPLES = Number(process.env.BENCH_PULL_STATS_SAMPLES ?? 20);
 /** How long after its offer is scheduled a priority-1 task is surely in matching. */
 const SETTLE_MS = Number(process.env.BENCH_PULL_SETTLE_MS ?? 250);
 const AGENTS = 8;
@@ -292,6 +294,33 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
     return out;
   }
 
+  /**
+   * GET /api/v1/stats, STATS_SAMPLES calls, alternating the two API processes, each after the
+   * endpoint's one-second cache has run out. Also how many of the backlog's tasks the last answer
+   * counted pending (a new task is told to its tally once pending for 2 s: waited for first).
+   */
+  async function statsLatency(type: string, pending: number): Promise<Record<string, unknown>> {
+    const pendingOf = async (url: string) => {
+      const res = await fetch(`${url}/api/v1/stats`, { headers: adminAuth });
+      if (res.status !== 200) throw new Error(`stats answered ${res.status}: ${await res.text()}`);
+      const { tasks } = (await res.json()) as { tasks: { by_state_type_mode: Array<{ state: string; type: string; count: number }> } };
+      return tasks.by_state_type_mode.filter((row) => row.type === type && row.state === 'pending').reduce((sum, row) => sum + row.count, 0);
+    };
+    const deadline = Date.now() + 60_000;
+    while ((await pendingOf(oneUrl)) < pending && Date.now() < deadline) await sleep(1_100);
+    const times: number[] = [];
+    let counted = 0;
+    for (let i = 0; i < STATS_SAMPLES; i++) {
+      await sleep(1_100);
+      const t0 = performance.now();
+      counted = await pendingOf(i % 2 === 0 ? oneUrl : twoUrl);
+      times.push(performance.now() - t0);
+    }
+    const latency = summarize(times);
+    ctx.log(`pull: N=${pending}: GET /api/v1/stats p50 ${latency.p50} ms, p99 ${latency.p99} ms; counts ${counted} of the ${pending} pending`);
+    return { 'ms (both API processes)': latency, [`the backlog counted pending (of ${pending})`]: counted };
+  }
+
   /** Terminates the tasks of a phase left pending (nothing else would close them). */
   async function terminate(ids: Iterable<string>): Promise<number> {
     const left = [...ids];
@@ -381,6 +410,9 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
     ctx.log(`pull: N=${n}: ${fifoCount} tasks made one at a time in ${seconds(oneAtATimeMs)} s, ${Math.max(0, n - fifoCount)} more ${CONCURRENCY} at a time in ${seconds(concurrentMs)} s`);
     out['pending tasks (one type, one repository, priority 5)'] = n;
     out['made in s (one at a time until its offer is scheduled / the rest 32 at a time, then until every offer is)'] = `${seconds(oneAtATimeMs)} / ${seconds(concurrentMs)}`;
+
+    // 0. GET /api/v1/stats with the backlog pending: its counts come from the task tallies.
+    out['GET /api/v1/stats with the backlog pending'] = await statsLatency(backlogType, n);
 
     // 1. FIFO within the priority: the first 100 dequeued by one agent on the other process.
     const fifoAgent = backlogAgents[0]!;
@@ -695,6 +727,17 @@ function targets(perBacklog: Map<number, Record<string, unknown>>, fairness: Rec
     goal: 'two repositories at 1,000 : 1',
     target: 'the single task among the first 10 dequeued',
     measured: `position ${String(find(fairness, 'position of Y'))} (pending ${String(find(fairness, 'pending: repository X'))})`,
+  });
+  rows.push({
+    goal: 'GET /api/v1/stats on a cluster',
+    target: 'within 200 ms, without raising visibility limits',
+    measured: Object.fromEntries(
+      sizes.map((n) => {
+        const stats = perBacklog.get(n)!['GET /api/v1/stats with the backlog pending'] as Record<string, unknown>;
+        const latency = find(stats, 'ms') as Summary;
+        return [label(n), `p50 ${latency.p50} ms, p99 ${latency.p99} ms, max ${latency.max} ms; ${String(find(stats, 'the backlog counted'))} of ${n} counted pending`];
+      }),
+    ),
   });
   return rows;
 }
