@@ -16,8 +16,6 @@ export interface BenchContext {
   trivialPerSecond: number;
   /** A trivial workflow's round trip (start → result, one at a time) on this server, measured first. */
   trivialRoundTrip: Summary;
-  /** Measures that round trip again now (`samples` workflows, one at a time), to set beside a figure. */
-  measureTrivialRoundTrip(samples?: number): Promise<Summary>;
   /** One trivial round trip now, ms: interleaved with a figure's own samples, both see the same moments. */
   timeTrivialRoundTrip(): Promise<number>;
   log(line: string): void;

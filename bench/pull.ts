@@ -296,7 +296,7 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
 
   /**
    * GET /api/v1/stats, STATS_SAMPLES calls, alternating the two API processes, each after the
-   * endpoint's one-second cache has run out. Also how many of the backlog's tasks the last answer
+   * endpoint's one-second cache has run out. Also the fewest of the backlog's tasks an answer
    * counted pending (a new task is told to its tally once pending for 2 s: waited for first).
    */
   async function statsLatency(type: string, pending: number): Promise<Record<string, unknown>> {
@@ -306,19 +306,26 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
       const { tasks } = (await res.json()) as { tasks: { by_state_type_mode: Array<{ state: string; type: string; count: number }> } };
       return tasks.by_state_type_mode.filter((row) => row.type === type && row.state === 'pending').reduce((sum, row) => sum + row.count, 0);
     };
+    // Both processes have read the tallies once (their first read also checks that each runs).
     const deadline = Date.now() + 60_000;
-    while ((await pendingOf(oneUrl)) < pending && Date.now() < deadline) await sleep(1_100);
+    while (Math.min(await pendingOf(oneUrl), await pendingOf(twoUrl)) < pending) {
+      if (Date.now() > deadline) {
+        ctx.log(`pull: the stats did not count all ${pending} pending tasks within 60 s: timed anyway`);
+        break;
+      }
+      await sleep(1_100);
+    }
     const times: number[] = [];
-    let counted = 0;
+    let counted = Infinity;
     for (let i = 0; i < STATS_SAMPLES; i++) {
       await sleep(1_100);
       const t0 = performance.now();
-      counted = await pendingOf(i % 2 === 0 ? oneUrl : twoUrl);
+      counted = Math.min(counted, await pendingOf(i % 2 === 0 ? oneUrl : twoUrl));
       times.push(performance.now() - t0);
     }
     const latency = summarize(times);
-    ctx.log(`pull: N=${pending}: GET /api/v1/stats p50 ${latency.p50} ms, p99 ${latency.p99} ms; counts ${counted} of the ${pending} pending`);
-    return { 'ms (both API processes)': latency, [`the backlog counted pending (of ${pending})`]: counted };
+    ctx.log(`pull: N=${pending}: GET /api/v1/stats p50 ${latency.p50} ms, p99 ${latency.p99} ms; counted at least ${counted} of the ${pending} pending`);
+    return { 'ms (both API processes)': latency, [`the backlog counted pending, least of the answers (of ${pending})`]: counted };
   }
 
   /** Terminates the tasks of a phase left pending (nothing else would close them). */
@@ -412,7 +419,7 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
     out['made in s (one at a time until its offer is scheduled / the rest 32 at a time, then until every offer is)'] = `${seconds(oneAtATimeMs)} / ${seconds(concurrentMs)}`;
 
     // 0. GET /api/v1/stats with the backlog pending: its counts come from the task tallies.
-    out['GET /api/v1/stats with the backlog pending'] = await statsLatency(backlogType, n);
+    out['GET /api/v1/stats with the backlog pending'] = await statsLatency(backlogType, open.size);
 
     // 1. FIFO within the priority: the first 100 dequeued by one agent on the other process.
     const fifoAgent = backlogAgents[0]!;
@@ -735,7 +742,7 @@ function targets(perBacklog: Map<number, Record<string, unknown>>, fairness: Rec
       sizes.map((n) => {
         const stats = perBacklog.get(n)!['GET /api/v1/stats with the backlog pending'] as Record<string, unknown>;
         const latency = find(stats, 'ms') as Summary;
-        return [label(n), `p50 ${latency.p50} ms, p99 ${latency.p99} ms, max ${latency.max} ms; ${String(find(stats, 'the backlog counted'))} of ${n} counted pending`];
+        return [label(n), `p50 ${latency.p50} ms, p99 ${latency.p99} ms, max ${latency.max} ms; at least ${String(find(stats, 'the backlog counted'))} of the backlog counted pending`];
       }),
     ),
   });

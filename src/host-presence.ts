@@ -5,8 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Client } from '@temporalio/client';
 import { WorkflowNotFoundError } from '@temporalio/common';
-import { TASKS_QUEUE } from './names';
-import { BOOKKEEPING_PRIORITY } from './workflows/priority';
+import { BOOKKEEPING_START } from './workflows/priority';
 import {
   HOST_REGISTRY_MEMO,
   HOST_REGISTRY_WORKFLOW_ID,
@@ -164,8 +163,7 @@ export class PresencePublisher {
       try {
         await this.options.client.workflow.signalWithStart(HOST_REGISTRY_WORKFLOW_TYPE, {
           workflowId: HOST_REGISTRY_WORKFLOW_ID,
-          taskQueue: TASKS_QUEUE,
-          priority: BOOKKEEPING_PRIORITY,
+          ...BOOKKEEPING_START,
           args: [{}],
           signal: hostPresenceSignal,
           signalArgs: [report],

@@ -7,7 +7,6 @@ import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/pa
 import { tsToMs } from '@temporalio/common/lib/time';
 import type { Claimant, ClaimGrant, ExecutionMode, HeartbeatAnswer, InstanceRef, TaskInput, TaskKind, TaskResult, TaskState, TaskStatus } from './model';
 import { isDroverEntityId, SA, TASK_WORKFLOW_TYPE, TASKS_QUEUE, taskId as makeTaskId, taskSummary } from './names';
-import { taskPriority } from './workflows/priority';
 import { sessionKeyAttribute } from './sessions';
 import { asRejection, TaskError } from './task-errors';
 import { newTaskPlace } from './workflows/task-tally-book';
@@ -135,8 +134,6 @@ export class TaskClient {
       await this.temporal.workflow.start<typeof taskWorkflow>(TASK_WORKFLOW_TYPE, {
         taskQueue: TASKS_QUEUE,
         workflowId: taskId,
-        // Its workflow tasks go by the task's priority and fairly across repositories, as its offers do.
-        priority: taskPriority(input),
         args: [{ taskId, input }],
         workflowIdReusePolicy: 'ALLOW_DUPLICATE',
         workflowIdConflictPolicy: 'FAIL',

@@ -5,8 +5,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { EXECUTION_MODES, TASK_STATES } from './model';
-import { TASKS_QUEUE } from './names';
-import { BOOKKEEPING_PRIORITY } from './workflows/priority';
+import { BOOKKEEPING_START } from './workflows/priority';
 import type { TaskClient } from './task-client';
 import { closedNotCounted, isOpenState, placeKey, sumCounts, TASK_TALLY_SHARDS, tallyShardOf, TaskTallyBook, type TaskCount, type TaskTallyState, type TaskTell } from './workflows/task-tally-book';
 import { TASK_TALLY_WORKFLOW_TYPE, taskCountsQuery, taskTallyWorkflowId, tellTaskTransitionsUpdate, type taskTallyWorkflow } from './workflows/task-tally';
@@ -275,8 +274,7 @@ export class TaskTallyReader {
         try {
           await client.workflow.start<typeof taskTallyWorkflow>(TASK_TALLY_WORKFLOW_TYPE, {
             workflowId: taskTallyWorkflowId(shard),
-            taskQueue: TASKS_QUEUE,
-            priority: BOOKKEEPING_PRIORITY, // kept through continue-as-new
+            ...BOOKKEEPING_START,
             args: [{ state: share }],
             // The default conflict policy: a running tally makes this start fail, so only one seeds.
             staticSummary: `Drover task tally ${shard + 1} of ${TASK_TALLY_SHARDS}: tasks by state, agent type and mode, for the stats`,

@@ -4,8 +4,7 @@ import type { Client } from '@temporalio/client';
 import type { TaskStatus } from '../model';
 import { COST_LEDGER_WORKFLOW_ID, COST_LEDGER_WORKFLOW_TYPE, recordCostSignal } from '../workflows/cost-ledger';
 import type { CostEntry } from '../workflows/cost-book';
-import { TASKS_QUEUE } from '../names';
-import { BOOKKEEPING_PRIORITY } from '../workflows/priority';
+import { BOOKKEEPING_START } from '../workflows/priority';
 import type { TaskEventSink } from './report';
 
 const count = (value: unknown): number => (typeof value === 'number' && Number.isFinite(value) && value >= 0 ? value : 0);
@@ -35,8 +34,7 @@ export function costLedgerSink(client: Client): TaskEventSink {
     if (!entry) return;
     await client.workflow.signalWithStart(COST_LEDGER_WORKFLOW_TYPE, {
       workflowId: COST_LEDGER_WORKFLOW_ID,
-      taskQueue: TASKS_QUEUE,
-      priority: BOOKKEEPING_PRIORITY,
+      ...BOOKKEEPING_START,
       args: [{}],
       signal: recordCostSignal,
       signalArgs: [entry],

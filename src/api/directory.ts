@@ -5,8 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import { ApplicationFailure, WorkflowNotFoundError } from '@temporalio/common';
 import type { DroverConfig, HostConfig } from '../config';
-import { TASKS_QUEUE } from '../names';
-import { BOOKKEEPING_PRIORITY } from '../workflows/priority';
+import { BOOKKEEPING_START } from '../workflows/priority';
 import {
   AGENT_REGISTRY_MEMO,
   AGENT_REGISTRY_WORKFLOW_ID,
@@ -158,8 +157,7 @@ export class AgentDirectory {
     const token = request.token ?? randomBytes(32).toString('base64url');
     await this.options.client.workflow.start<typeof agentRegistryWorkflow>(AGENT_REGISTRY_WORKFLOW_TYPE, {
       workflowId: this.workflowId,
-      taskQueue: TASKS_QUEUE,
-      priority: BOOKKEEPING_PRIORITY,
+      ...BOOKKEEPING_START,
       args: [{}],
       workflowIdConflictPolicy: 'USE_EXISTING',
       staticSummary: 'Drover agent registry: runtime-registered pull agents and presence',
@@ -207,8 +205,7 @@ export class AgentDirectory {
       try {
         await this.options.client.workflow.signalWithStart<typeof agentRegistryWorkflow, [{ seen: Array<{ id: string; at: string }> }]>(AGENT_REGISTRY_WORKFLOW_TYPE, {
           workflowId: this.workflowId,
-          taskQueue: TASKS_QUEUE,
-          priority: BOOKKEEPING_PRIORITY,
+          ...BOOKKEEPING_START,
           args: [{}],
           signal: agentsSeenSignal,
           signalArgs: [{ seen }],

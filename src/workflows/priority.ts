@@ -1,8 +1,9 @@
 // Which pending work goes first: Temporal's task-queue priority and fairness keys, as Drover sets
-// them on every task workflow, pull offer and SSH attempt, and on its bookkeeping workflows. Pure:
-// imported by workflow code.
+// them on every pull offer and SSH attempt, and on its bookkeeping workflows. Pure: imported by
+// workflow code.
 import type { Priority } from '@temporalio/common';
 import type { TaskInput, TaskKind } from '../model';
+import { TASKS_QUEUE } from '../names';
 
 /** Temporal's priority keys run from 1 (first) to 5 (last) with the server's default `matching.priorityLevels`. */
 export const PRIORITY_RANGE = { first: 1, last: 5 } as const;
@@ -22,11 +23,17 @@ export const DEFAULT_KIND_PRIORITIES: Readonly<Record<TaskKind, number>> = {
 
 /**
  * Drover's own bookkeeping workflows (the task tallies, the agent and host registries, the cost
- * ledger) run on drover.tasks beside the task workflows, whose workflow tasks carry their task's
- * priority: they go first, so that a backlog of thousands of new tasks does not hold them up (a
- * tally's first workflow task after its continue-as-new waited up to six minutes behind 10,000).
+ * ledger) run on drover.tasks beside the task workflows. Their workflow tasks go first, so that a
+ * backlog of thousands of new tasks' workflow tasks does not hold them up (a tally's first
+ * workflow task after its continue-as-new waited up to six minutes behind 10,000). Task workflows
+ * keep the default priority, 3: a task's own keys go on its offers and SSH attempts only, since on
+ * its workflow they would also rank its heartbeat and result Updates, and a background task's
+ * could then wait behind every busier one's until its lease lapsed.
  */
-export const BOOKKEEPING_PRIORITY: Priority = { priorityKey: PRIORITY_RANGE.first };
+export const BOOKKEEPING_PRIORITY: Readonly<Priority> = Object.freeze({ priorityKey: PRIORITY_RANGE.first });
+
+/** How every bookkeeping workflow is started (kept through continue-as-new). */
+export const BOOKKEEPING_START = Object.freeze({ taskQueue: TASKS_QUEUE, priority: BOOKKEEPING_PRIORITY });
 
 /** Temporal limits fairness keys to 64 bytes. */
 export const MAX_FAIRNESS_KEY_BYTES = 64;
@@ -56,7 +63,7 @@ export function fairnessKey(repo: string): string {
   return `${prefix}#${hash}`;
 }
 
-/** What a task's workflow (its workflow tasks), offers and SSH attempts carry to Temporal's matching. */
+/** What a task's offers and SSH attempts carry to Temporal's matching. */
 export function taskPriority(input: Pick<TaskInput, 'kind' | 'priority' | 'repo'>): Priority {
   const key = fairnessKey(input.repo);
   return { priorityKey: taskPriorityKey(input), ...(key ? { fairnessKey: key } : {}) };
