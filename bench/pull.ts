@@ -661,6 +661,12 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
   }
 
   try {
+    // The task tallies run for a deployment's lifetime: the first stats read starts them, seeded
+    // from visibility, before any task here is made (a task made while they are being seeded may
+    // not be counted until it moves: its tell finds no tally, and visibility lags).
+    const seeded = await fetch(`${oneUrl}/api/v1/stats`, { headers: adminAuth });
+    if (seeded.status !== 200) throw new Error(`stats answered ${seeded.status}: ${await seeded.text()}`);
+    await seeded.arrayBuffer();
     ctx.log(`pull: two API processes at ${oneUrl} and ${twoUrl}; fairness first (${FAIRNESS} : 1)…`);
     const report: Record<string, unknown> = {};
     report.fairness = await fairness();
