@@ -294,18 +294,20 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
     return out;
   }
 
+  async function stats(url: string): Promise<{ tasks: { by_state_type_mode: Array<{ state: string; type: string; count: number }> } }> {
+    const res = await fetch(`${url}/api/v1/stats`, { headers: adminAuth });
+    if (res.status !== 200) throw new Error(`stats answered ${res.status}: ${await res.text()}`);
+    return (await res.json()) as Awaited<ReturnType<typeof stats>>;
+  }
+
   /**
    * GET /api/v1/stats, STATS_SAMPLES calls, alternating the two API processes, each after the
    * endpoint's one-second cache has run out. Also the fewest of the backlog's tasks an answer
    * counted pending (a new task is told to its tally once pending for 2 s: waited for first).
    */
   async function statsLatency(type: string, pending: number): Promise<Record<string, unknown>> {
-    const pendingOf = async (url: string) => {
-      const res = await fetch(`${url}/api/v1/stats`, { headers: adminAuth });
-      if (res.status !== 200) throw new Error(`stats answered ${res.status}: ${await res.text()}`);
-      const { tasks } = (await res.json()) as { tasks: { by_state_type_mode: Array<{ state: string; type: string; count: number }> } };
-      return tasks.by_state_type_mode.filter((row) => row.type === type && row.state === 'pending').reduce((sum, row) => sum + row.count, 0);
-    };
+    const pendingOf = async (url: string) =>
+      (await stats(url)).tasks.by_state_type_mode.filter((row) => row.type === type && row.state === 'pending').reduce((sum, row) => sum + row.count, 0);
     // Both processes have read the tallies once (their first read also checks that each runs).
     const deadline = Date.now() + 60_000;
     while (Math.min(await pendingOf(oneUrl), await pendingOf(twoUrl)) < pending) {
@@ -664,9 +666,7 @@ export async function benchPull(ctx: BenchContext): Promise<Record<string, unkno
     // The task tallies run for a deployment's lifetime: the first stats read starts them, seeded
     // from visibility, before any task here is made (a task made while they are being seeded may
     // not be counted until it moves: its tell finds no tally, and visibility lags).
-    const seeded = await fetch(`${oneUrl}/api/v1/stats`, { headers: adminAuth });
-    if (seeded.status !== 200) throw new Error(`stats answered ${seeded.status}: ${await seeded.text()}`);
-    await seeded.arrayBuffer();
+    await stats(oneUrl);
     ctx.log(`pull: two API processes at ${oneUrl} and ${twoUrl}; fairness first (${FAIRNESS} : 1)…`);
     const report: Record<string, unknown> = {};
     report.fairness = await fairness();
